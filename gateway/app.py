@@ -1,0 +1,142 @@
+"""The FastAPI application: routes, error answers and the upstream's lifespan.
+
+The route is thin: authenticate, validate into a Subscription, open a Source
+(so refusals become 400/401/403 before any byte), then hand the Pump's
+frames to sse-starlette's EventSourceResponse.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.resources
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from gateway import __version__
+from gateway.auth import Credential, authenticate
+from gateway.errors import GatewayError
+from gateway.pump import Pump
+from gateway.settings import Settings
+from gateway.source import UpstreamSource, terminal_error
+from gateway.subscription import access_token_param, openapi_parameters, parse_subscription
+from gateway.upstream import Upstream
+
+STREAM_HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Accel-Buffering": "no",
+}
+MEDIA_TYPE = "text/event-stream; charset=utf-8"
+
+
+def _error_response(error: GatewayError) -> JSONResponse:
+    return JSONResponse(
+        error.envelope(), status_code=error.status, headers={"Cache-Control": "no-store"}
+    )
+
+
+def _query(request: Request) -> dict[str, list[str]]:
+    return {key: request.query_params.getlist(key) for key in request.query_params}
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The gateway as an ASGI app; the upstream channel opens in its lifespan."""
+    upstream = Upstream(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await upstream.start()
+        try:
+            yield
+        finally:
+            await upstream.close()
+
+    app = FastAPI(
+        title="kumiho-sse-gateway",
+        version=__version__,
+        summary="Kumiho's gRPC EventStream as Server-Sent Events",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.upstream = upstream
+
+    def credential(request: Request, query: dict[str, list[str]]) -> Credential:
+        return authenticate(
+            settings.auth,
+            headers=request.headers,
+            cookies=request.cookies,
+            access_token=access_token_param(query),
+            service_token=settings.upstream_metadata_token(),
+            api_keys=settings.api_keys,
+        )
+
+    @app.exception_handler(GatewayError)
+    async def _gateway_error(_: Request, exc: GatewayError) -> JSONResponse:
+        return _error_response(exc)
+
+    @app.get(
+        "/events",
+        summary="Stream Kumiho events as Server-Sent Events",
+        response_class=EventSourceResponse,
+        openapi_extra={"parameters": openapi_parameters()},
+        responses={
+            200: {"content": {"text/event-stream": {}}, "description": "the event stream"},
+            400: {"description": "a parameter breaks the limits or is malformed"},
+            401: {"description": "a credential is required, or the upstream refused it"},
+            403: {"description": "the upstream denied access"},
+        },
+    )
+    async def events(request: Request) -> Response:
+        query = _query(request)
+        subscription = parse_subscription(
+            query, request.headers.get("last-event-id"), credential(request, query)
+        )
+        source = UpstreamSource(upstream, subscription, settings)
+        try:
+            await source.open()
+        except BaseException:
+            source.close()
+            raise
+        pump = Pump(source, named=subscription.named, cursor=subscription.cursor, settings=settings)
+        return EventSourceResponse(
+            pump.frames(),
+            headers=STREAM_HEADERS,
+            media_type=MEDIA_TYPE,
+            ping=settings.heartbeat,
+            ping_message_factory=lambda: ServerSentEvent(comment="heartbeat"),
+        )
+
+    @app.get("/capabilities", summary="The upstream's EventCapabilities")
+    async def capabilities(request: Request) -> dict[str, Any]:
+        try:
+            caps = await upstream.capabilities(credential(request, _query(request)))
+        except grpc.aio.AioRpcError as exc:
+            error = terminal_error(exc.code(), exc.details() or "") or GatewayError(
+                503,
+                "upstream_unavailable",
+                f"the upstream did not answer: {exc.code().name}",
+                retryable=True,
+            )
+            raise error from None
+        return {field.name: getattr(caps, field.name) for field in caps.DESCRIPTOR.fields}
+
+    @app.get("/healthz", summary="200 while the process runs")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="200 when the upstream is reachable, 503 otherwise")
+    async def readyz() -> JSONResponse:
+        if await upstream.ready():
+            return JSONResponse({"status": "ready", "upstream": upstream.target.address})
+        return JSONResponse(
+            {"status": "unavailable", "upstream": upstream.target.address}, status_code=503
+        )
+
+    static = importlib.resources.files("gateway.static")
+    app.mount("/", StaticFiles(directory=str(static), html=True), name="dashboard")
+    return app

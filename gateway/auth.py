@@ -1,0 +1,91 @@
+"""Who a request is, and which credential goes upstream for it (``--auth``)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from pydantic import SecretStr
+
+from gateway.errors import GatewayError
+from gateway.settings import AuthMode
+
+MAX_TOKEN_LENGTH = 8192
+COOKIE_NAME = "kumiho_token"
+
+
+@dataclass(frozen=True)
+class Credential:
+    """The token sent upstream (None for none) and a stable, non-secret identity."""
+
+    upstream_token: str | None = field(repr=False)
+    identity: str  # a hash of the token, never the token: safe for logs, keys and metrics
+
+
+ANONYMOUS = Credential(None, "anonymous")
+
+
+def identity_of(token: str) -> str:
+    return "sha256:" + hashlib.sha256(token.encode()).hexdigest()[:32]
+
+
+def _presented_token(
+    headers: Mapping[str, str], cookies: Mapping[str, str], access_token: str | None
+) -> str | None:
+    """The client's token: Authorization header, else cookie, else access_token parameter."""
+    header = headers.get("authorization")
+    if header is not None:
+        scheme, _, token = header.strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise GatewayError(
+                401, "unauthenticated", "the Authorization header must be 'Bearer <token>'"
+            )
+        return _checked(token.strip())
+    for candidate in (cookies.get(COOKIE_NAME), access_token):
+        if candidate:
+            return _checked(candidate)
+    return None
+
+
+def _checked(token: str) -> str:
+    if len(token) > MAX_TOKEN_LENGTH or not all("!" <= c <= "~" for c in token):
+        raise GatewayError(
+            401,
+            "unauthenticated",
+            f"the credential is malformed: at most {MAX_TOKEN_LENGTH} visible ASCII characters",
+        )
+    return token
+
+
+def authenticate(
+    mode: AuthMode,
+    *,
+    headers: Mapping[str, str],
+    cookies: Mapping[str, str],
+    access_token: str | None,
+    service_token: str | None = None,
+    api_keys: Sequence[SecretStr] = (),
+) -> Credential:
+    """The credential for one request, or a 401 GatewayError."""
+    if mode == "none":
+        return ANONYMOUS
+    token = _presented_token(headers, cookies, access_token)
+    if token is None:
+        what = "a Kumiho token" if mode == "passthrough" else "a gateway key"
+        raise GatewayError(
+            401,
+            "unauthenticated",
+            f"{what} is required: send 'Authorization: Bearer <token>', "
+            f"a {COOKIE_NAME} cookie or the access_token parameter",
+        )
+    if mode == "passthrough":
+        return Credential(token, identity_of(token))
+    # service: compare against every key so timing does not reveal which matched.
+    matched = False
+    for key in api_keys:
+        matched |= hmac.compare_digest(key.get_secret_value().encode(), token.encode())
+    if not matched:
+        raise GatewayError(401, "unauthenticated", "the gateway key is not valid")
+    return Credential(service_token, "service")

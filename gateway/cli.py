@@ -1,0 +1,310 @@
+"""The ``kumiho-sse-gateway`` command: serve, demo, devserver, publish."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import typing
+from collections.abc import Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from pydantic import AliasChoices, SecretStr, ValidationError
+
+from gateway import __version__, logs
+from gateway.app import create_app
+from gateway.devserver.control import DevServerClient
+from gateway.devserver.server import DevServerConfig, running_devserver
+from gateway.devserver.servicer import TIERS
+from gateway.settings import Settings
+
+DEFAULT_DB = Path(
+    os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache",
+    "kumiho-sse-gateway",
+    "devserver.sqlite3",
+)
+
+
+def env_names(field: str) -> list[str]:
+    """The environment variables a Settings field reads, in order of precedence."""
+    alias = Settings.model_fields[field].validation_alias
+    assert isinstance(alias, AliasChoices)
+    return [str(name) for name in alias.choices if str(name).isupper()]
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
+    """One flag per Settings field; flags left out fall back to the environment."""
+    for name, field in Settings.model_fields.items():
+        if name in skip:
+            continue
+        flag = "--" + name.replace("_", "-")
+        envs = ", ".join(env_names(name))
+        default = field.default if field.default is not None else "unset"
+        if isinstance(default, SecretStr) or name in ("auth_token", "api_keys"):
+            default = "unset"
+        help_text = f"{field.description} (env: {envs}; default: {default})".replace("%", "%%")
+        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text}
+        annotation = field.annotation
+        args = typing.get_args(annotation)
+        if annotation == bool | None:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(annotation) is typing.Literal:
+            kwargs["choices"] = args
+        elif annotation in (int, float):
+            kwargs["type"] = annotation
+            kwargs["metavar"] = "N"
+        else:
+            kwargs["metavar"] = "VALUE"
+        parser.add_argument(flag, **kwargs)
+
+
+def _settings(namespace: argparse.Namespace, **overrides: Any) -> Settings:
+    given = {k: v for k, v in vars(namespace).items() if k in Settings.model_fields}
+    try:
+        return Settings(**{**given, **overrides})
+    except ValidationError as exc:
+        raise SystemExit(f"kumiho-sse-gateway: invalid configuration:\n{exc}") from None
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    """Run on uvloop when it is installed (uvicorn[standard] brings it)."""
+    factory: Any = None
+    try:
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvicorn[standard] is a dependency
+        pass
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main)
+
+
+async def _serve_gateway(settings: Settings, announce: str = "") -> None:
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        loop="none",
+        timeout_graceful_shutdown=5,
+        server_header=False,
+    )
+    logs.install(settings.log_level)
+    if announce:
+        print(announce, flush=True)
+    await uvicorn.Server(config).serve()
+
+
+def _cmd_serve(ns: argparse.Namespace) -> None:
+    _run(_serve_gateway(_settings(ns)))
+
+
+def _devserver_config(ns: argparse.Namespace) -> DevServerConfig:
+    tokens: dict[str, str] = {}
+    for spec in ns.token or ():
+        token, _, tenant = spec.partition("=")
+        tokens[token] = tenant or "default"
+    return DevServerConfig(
+        host=ns.host,
+        port=ns.port,
+        db=Path(ns.db),
+        tier=ns.tier,
+        buffer_size=ns.buffer_size,
+        retention_hours=ns.retention_hours,
+        tokens=tokens,
+        denied_tokens=set(ns.deny_token or ()),
+        activity=ns.activity,
+        break_after=ns.break_after,
+        refuse=ns.refuse,
+    )
+
+
+def _cmd_devserver(ns: argparse.Namespace) -> None:
+    config = _devserver_config(ns)
+    config.db.parent.mkdir(parents=True, exist_ok=True)
+
+    async def main() -> None:
+        async with running_devserver(config) as running:
+            print(
+                f"kumiho devserver listening on {config.host}:{running.port} "
+                f"(tier {config.tier}, db {config.db})",
+                flush=True,
+            )
+            await running.server.wait_for_termination()
+
+    _run(main())
+
+
+def _cmd_demo(ns: argparse.Namespace) -> None:
+    db = Path(ns.db)
+    db.parent.mkdir(parents=True, exist_ok=True)
+    config = DevServerConfig(port=0, db=db, activity=ns.activity)
+
+    async def main() -> None:
+        async with running_devserver(config) as running:
+            settings = _settings(
+                argparse.Namespace(),
+                upstream=f"127.0.0.1:{running.port}",
+                host=ns.host,
+                port=ns.port,
+            )
+            url = f"http://{'localhost' if ns.host == '127.0.0.1' else ns.host}:{ns.port}/"
+            await _serve_gateway(
+                settings,
+                announce=(
+                    f"kumiho-sse-gateway demo: reference upstream on 127.0.0.1:{running.port} "
+                    f"({ns.activity:g} events/s)\n"
+                    f"  dashboard  {url}\n"
+                    f"  stream     curl -N {url}events"
+                ),
+            )
+
+    _run(main())
+
+
+def _cmd_publish(ns: argparse.Namespace) -> None:
+    details: dict[str, str] = {}
+    for pair in ns.details:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"kumiho-sse-gateway publish: {pair!r} is not KEY=VALUE")
+        details[key] = value
+    with DevServerClient(ns.upstream) as client:
+        cursors = client.publish(
+            ns.routing_key,
+            ns.kref,
+            details,
+            author=ns.author,
+            username=ns.username,
+            tenant=ns.tenant,
+            count=ns.count,
+        )
+    print("\n".join(cursors))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kumiho-sse-gateway",
+        description="Server-Sent Events gateway for Kumiho's gRPC EventStream.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the gateway in front of a Kumiho server",
+        description="Run the gateway in front of a Kumiho server. Each flag falls back to "
+        "the environment variable named in its help.",
+    )
+    _add_settings_flags(serve)
+    serve.set_defaults(func=_cmd_serve)
+
+    demo = commands.add_parser(
+        "demo",
+        help="run the reference upstream with studio activity and the gateway in front of it",
+    )
+    demo.add_argument(
+        "--host", default="127.0.0.1", help="HTTP listen address (default: %(default)s)"
+    )
+    demo.add_argument("--port", type=int, default=8000, help="HTTP port (default: %(default)s)")
+    demo.add_argument(
+        "--activity",
+        type=float,
+        default=2.0,
+        metavar="RATE",
+        help="events per second (default: %(default)s)",
+    )
+    demo.add_argument("--db", default=str(DEFAULT_DB), help="event log (default: %(default)s)")
+    demo.set_defaults(func=_cmd_demo)
+
+    dev = commands.add_parser(
+        "devserver",
+        help="run the reference upstream (a Kumiho-compatible event server) on its own",
+    )
+    dev.add_argument("--host", default="127.0.0.1", help="listen address (default: %(default)s)")
+    dev.add_argument(
+        "--port", type=int, default=8080, help="gRPC port, 0 = any (default: %(default)s)"
+    )
+    dev.add_argument(
+        "--db", default=str(DEFAULT_DB), help="SQLite event log (default: %(default)s)"
+    )
+    dev.add_argument(
+        "--tier",
+        choices=sorted(TIERS),
+        default="studio",
+        help="capabilities to report (default: %(default)s)",
+    )
+    dev.add_argument(
+        "--buffer-size", type=int, metavar="N", help="events kept per tenant (default: the tier's)"
+    )
+    dev.add_argument(
+        "--retention-hours", type=float, metavar="H", help="age limit of events (default: none)"
+    )
+    dev.add_argument(
+        "--token",
+        action="append",
+        metavar="TOKEN=TENANT",
+        help="accept this bearer token for TENANT (repeatable); with none, no token is needed",
+    )
+    dev.add_argument(
+        "--deny-token",
+        action="append",
+        metavar="TOKEN",
+        help="a valid token that gets PERMISSION_DENIED on events",
+    )
+    dev.add_argument(
+        "--activity",
+        type=float,
+        default=0.0,
+        metavar="RATE",
+        help="generate studio events per second (default: 0, none)",
+    )
+    dev.add_argument(
+        "--break-after",
+        type=int,
+        default=0,
+        metavar="N",
+        help="fault: abort each stream after N events",
+    )
+    dev.add_argument(
+        "--refuse", action="store_true", help="fault: answer every EventStream with UNAVAILABLE"
+    )
+    dev.set_defaults(func=_cmd_devserver)
+
+    pub = commands.add_parser(
+        "publish", help="publish an event into a devserver and print its cursor"
+    )
+    pub.add_argument(
+        "--upstream",
+        default=os.environ.get("KUMIHO_SERVER_ENDPOINT", "localhost:8080"),
+        help="devserver address (env: KUMIHO_SERVER_ENDPOINT; default: %(default)s)",
+    )
+    pub.add_argument(
+        "--tenant", default="", help="tenant to publish for (default: the devserver's default)"
+    )
+    pub.add_argument("--author", default="u-cli", help="author user id (default: %(default)s)")
+    pub.add_argument("--username", default="cli", help="author name (default: %(default)s)")
+    pub.add_argument(
+        "--count", type=int, default=1, help="publish N numbered copies (default: %(default)s)"
+    )
+    pub.add_argument("routing_key", metavar="ROUTING_KEY")
+    pub.add_argument("kref", metavar="KREF")
+    pub.add_argument("details", nargs="*", metavar="KEY=VALUE", help="event details")
+    pub.set_defaults(func=_cmd_publish)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    try:
+        ns.func(ns)
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

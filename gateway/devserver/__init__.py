@@ -1,0 +1,1 @@
+"""The reference upstream: a Kumiho-compatible event server for demos, development and tests."""

@@ -1,0 +1,149 @@
+"""The gateway's configuration: one typed object, read from flags and the environment.
+
+Where the Kumiho SDK already reads an environment variable for the same
+thing, the gateway reads that name too, so it runs with the environment of
+any other Kumiho client. Every field is also a ``serve`` flag (``cli.py``
+builds the flags from this class) and a row of the README's table.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+AuthMode = Literal["none", "passthrough", "service"]
+
+
+def _env(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+class Settings(BaseSettings):
+    """Everything ``serve`` can be told; see the README's configuration table."""
+
+    model_config = SettingsConfigDict(populate_by_name=True, extra="ignore")
+
+    upstream: str = Field(
+        "localhost:8080",
+        validation_alias=_env("upstream", "KUMIHO_SERVER_ENDPOINT", "KUMIHO_SERVER_ADDRESS"),
+        description="Kumiho gRPC endpoint: host[:port], https://host or grpcs://host "
+        "(bare host = plaintext on 8080; https, grpcs or port 443 = TLS)",
+    )
+    use_tls: bool | None = Field(
+        None,
+        validation_alias=_env("use_tls", "KUMIHO_SERVER_USE_TLS"),
+        description="force TLS to the upstream on or off (default: from the endpoint)",
+    )
+    ca_file: str | None = Field(
+        None,
+        validation_alias=_env("ca_file", "KUMIHO_SERVER_CA_FILE"),
+        description="PEM bundle to verify the upstream's certificate",
+    )
+    authority: str | None = Field(
+        None,
+        validation_alias=_env("authority", "KUMIHO_SERVER_AUTHORITY"),
+        description="override the :authority (TLS server name) sent upstream",
+    )
+    auth_token: SecretStr | None = Field(
+        None,
+        validation_alias=_env("auth_token", "KUMIHO_AUTH_TOKEN"),
+        description="the gateway's own Kumiho token, sent upstream in --auth service",
+    )
+    tenant_id: str | None = Field(
+        None,
+        validation_alias=_env("tenant_id", "KUMIHO_TENANT_ID"),
+        description="sent upstream as x-tenant-id (hosted cloud routing)",
+    )
+    host: str = Field(
+        "127.0.0.1",
+        validation_alias=_env("host", "KUMIHO_GATEWAY_HOST"),
+        description="HTTP listen address",
+    )
+    port: int = Field(
+        8000,
+        ge=0,
+        le=65535,
+        validation_alias=_env("port", "KUMIHO_GATEWAY_PORT"),
+        description="HTTP listen port",
+    )
+    auth: AuthMode = Field(
+        "none",
+        validation_alias=_env("auth", "KUMIHO_GATEWAY_AUTH"),
+        description="none | passthrough (forward each client's token) | service "
+        "(clients present a gateway key; KUMIHO_AUTH_TOKEN goes upstream)",
+    )
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        validation_alias=_env("api_keys", "KUMIHO_GATEWAY_API_KEYS"),
+        description="comma-separated gateway keys clients present in --auth service",
+    )
+    heartbeat: float = Field(
+        15.0,
+        gt=0,
+        le=300,
+        validation_alias=_env("heartbeat", "KUMIHO_GATEWAY_HEARTBEAT"),
+        description="seconds between comment lines on an idle stream",
+    )
+    retry_ms: int = Field(
+        2000,
+        ge=100,
+        le=600_000,
+        validation_alias=_env("retry_ms", "KUMIHO_GATEWAY_RETRY_MS"),
+        description="base of the retry: line; each stream adds up to 50% jitter",
+    )
+    backoff_initial: float = Field(
+        0.25,
+        gt=0,
+        validation_alias=_env("backoff_initial", "KUMIHO_GATEWAY_BACKOFF_INITIAL"),
+        description="first delay (s) before resubscribing to a broken upstream stream",
+    )
+    backoff_max: float = Field(
+        10.0,
+        gt=0,
+        validation_alias=_env("backoff_max", "KUMIHO_GATEWAY_BACKOFF_MAX"),
+        description="cap (s) of the doubling, jittered resubscribe delay",
+    )
+    open_timeout: float = Field(
+        5.0,
+        gt=0,
+        validation_alias=_env("open_timeout", "KUMIHO_GATEWAY_OPEN_TIMEOUT"),
+        description="how long (s) a new /events request waits for the upstream's answer "
+        "before streaming anyway (heartbeats, retries)",
+    )
+    flush_interval: float = Field(
+        0.002,
+        ge=0,
+        le=1,
+        validation_alias=_env("flush_interval", "KUMIHO_GATEWAY_FLUSH_INTERVAL"),
+        description="how long (s) a burst of events may gather into one socket write",
+    )
+    buffer_events: int = Field(
+        4096,
+        ge=1,
+        validation_alias=_env("buffer_events", "KUMIHO_GATEWAY_BUFFER_EVENTS"),
+        description="per-client buffer (events) before the upstream read waits",
+    )
+    capabilities_ttl: float = Field(
+        60.0,
+        ge=0,
+        validation_alias=_env("capabilities_ttl", "KUMIHO_GATEWAY_CAPABILITIES_TTL"),
+        description="seconds a GetEventCapabilities answer is reused per credential",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info",
+        validation_alias=_env("log_level", "KUMIHO_GATEWAY_LOG_LEVEL"),
+        description="log level (access log at info)",
+    )
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    def upstream_metadata_token(self) -> str | None:
+        """The token sent upstream in ``service`` mode."""
+        return self.auth_token.get_secret_value() if self.auth_token else None

@@ -1,0 +1,275 @@
+"""Sources: where a subscription's Kumiho events come from.
+
+The pump consumes a ``Source``; today the one implementation is
+``UpstreamSource``, one upstream EventStream per request. A shared hub can
+replace it behind the same interface without touching the route or the
+encoder.
+
+``UpstreamSource`` keeps the client's stream alive whatever the upstream
+does: a broken stream or an unreachable server means resubscribing from the
+last cursor it yielded, after a capped, jittered backoff; a resume point the
+upstream cannot honour becomes a ``Reset`` item (so the gap is never
+silent); a refused credential becomes a ``Failure`` (before the stream
+starts, ``open()`` raises it instead, so the route can answer 401/403).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal, Protocol
+
+import grpc
+
+from gateway._proto import kumiho_pb2
+from gateway.errors import GatewayError
+from gateway.settings import Settings
+from gateway.subscription import Subscription
+from gateway.upstream import EventCall, Upstream
+
+log = logging.getLogger("gateway.source")
+
+# Statuses that mean "this resume point cannot be resumed" (KUMIHO.md).
+_CURSOR_REJECTED = {
+    grpc.StatusCode.OUT_OF_RANGE: "cursor_expired",
+    grpc.StatusCode.NOT_FOUND: "cursor_unknown",
+    grpc.StatusCode.INVALID_ARGUMENT: "cursor_invalid",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    """The requested resume point could not be honoured; what follows starts elsewhere."""
+
+    reason: str
+    requested_cursor: str
+    resumed_from: Literal["earliest", "latest"]
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A terminal error after the stream started; the stream ends after it."""
+
+    error: GatewayError
+
+
+Item = kumiho_pb2.Event | Reset | Failure
+
+
+class Source(Protocol):
+    """What the pump consumes: items for one subscription."""
+
+    async def open(self) -> None:
+        """Start; raise GatewayError for refusals that must be answered before the stream."""
+
+    def items(self) -> AsyncIterator[Item]:
+        """Events, resets and at most one final failure, in delivery order."""
+
+    def close(self) -> None:
+        """Stop now (synchronous, so it is safe inside a cancelled task's cleanup)."""
+
+
+class Backoff:
+    """Doubling delays with full jitter, capped: 'decorrelated' reconnects for a fleet."""
+
+    def __init__(self, initial: float, cap: float) -> None:
+        self._initial = initial
+        self._cap = max(cap, initial)
+        self._next = initial
+
+    def reset(self) -> None:
+        self._next = self._initial
+
+    def delay(self) -> float:
+        ceiling = self._next
+        self._next = min(self._cap, self._next * 2)
+        return random.uniform(ceiling / 2, ceiling)
+
+
+def terminal_error(code: grpc.StatusCode, details: str) -> GatewayError | None:
+    """The GatewayError for a status retrying cannot fix, or None for a transient one."""
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return GatewayError(
+            401, "unauthenticated", f"the upstream rejected the credential: {details}"
+        )
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return GatewayError(
+            403, "permission_denied", f"the upstream denied access to events: {details}"
+        )
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return GatewayError(
+            400, "invalid_parameter", f"the upstream rejected the request: {details}"
+        )
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        return GatewayError(
+            502, "upstream_unsupported", f"the upstream does not serve EventStream: {details}"
+        )
+    return None
+
+
+class _Rejected(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+
+class UpstreamSource:
+    """One upstream EventStream per subscription, resubscribed until closed."""
+
+    def __init__(self, upstream: Upstream, subscription: Subscription, settings: Settings) -> None:
+        self._upstream = upstream
+        self._sub = subscription
+        self._open_timeout = settings.open_timeout
+        self._backoff = Backoff(settings.backoff_initial, settings.backoff_max)
+        self._resume: str | None = subscription.cursor
+        self._start = subscription.start
+        self._live_since: str | None = None  # when a "latest" stream first opened
+        self._cursorless = False  # the upstream sends events without cursors
+        self._pending: list[Item] = []
+        self._call: EventCall | None = None
+        self._replay = True  # whether the upstream can start from the beginning
+
+    # -- requests -------------------------------------------------------------
+
+    def _request(self) -> kumiho_pb2.EventStreamRequest:
+        sub = self._sub
+        req = kumiho_pb2.EventStreamRequest(
+            routing_key_filter=sub.routing_key, kref_filter=sub.kref
+        )
+        if self._resume:
+            req.cursor = self._resume
+        elif self._start == "beginning":
+            req.from_beginning = True
+        elif self._start == "timestamp" and sub.from_timestamp:
+            req.from_timestamp = sub.from_timestamp
+        elif self._live_since:
+            # A "latest" stream broke before its first event: ask for what
+            # happened since it opened instead of silently skipping it.
+            req.from_timestamp = self._live_since
+        return req
+
+    def _reset(self, reason: str) -> Reset:
+        """Give up the current resume point: restart from the earliest event available."""
+        reset = Reset(reason, self._resume or "", "earliest" if self._replay else "latest")
+        self._resume = None
+        self._start = "beginning" if self._replay else "latest"
+        self._live_since = None
+        return reset
+
+    # -- connecting -----------------------------------------------------------
+
+    async def _connect(self, wait: float | None) -> None:
+        """Start a call and wait (up to ``wait`` seconds) until it is open or has failed."""
+        request = self._request()
+        call = self._upstream.event_stream(request, self._sub.credential)
+        self._call = call
+        try:
+            await asyncio.wait_for(asyncio.shield(call.initial_metadata()), wait)
+        except TimeoutError:
+            return  # no answer yet: stream anyway, reads will tell
+        if call.done():
+            code = await call.code()
+            if code != grpc.StatusCode.OK:
+                self._call = None
+                raise _Rejected(code, await call.details() or "")
+        if not self._resume and self._start == "latest" and self._live_since is None:
+            self._live_since = datetime.now(UTC).isoformat(timespec="milliseconds")
+
+    def _classify(self, exc: _Rejected) -> Item | None:
+        """Reset or Failure for a refused call; None when retrying may fix it."""
+        if self._resume and exc.code in _CURSOR_REJECTED:
+            return self._reset(_CURSOR_REJECTED[exc.code])
+        error = terminal_error(exc.code, exc.details)
+        return Failure(error) if error else None
+
+    async def _check_capabilities(self) -> None:
+        try:
+            caps = await self._upstream.capabilities(self._sub.credential)
+        except grpc.aio.AioRpcError as exc:
+            log.info("GetEventCapabilities failed (%s); assuming cursors work", exc.code().name)
+            return
+        self._replay = caps.supports_replay
+        if not caps.supports_cursor:
+            self._pending.append(self._reset("cursor_unsupported"))
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._open_timeout
+        if self._resume:
+            await self._check_capabilities()
+        while True:
+            try:
+                await self._connect(max(0.0, deadline - loop.time()))
+                return
+            except _Rejected as exc:
+                item = self._classify(exc)
+                if isinstance(item, Failure):
+                    raise item.error from None
+                if item is None:
+                    log.info("upstream unavailable at open (%s); streaming anyway", exc)
+                    return
+                self._pending.append(item)
+
+    # -- streaming ------------------------------------------------------------
+
+    async def items(self) -> AsyncIterator[Item]:
+        while self._pending:
+            yield self._pending.pop(0)
+        while True:
+            if self._call is None:
+                try:
+                    await self._connect(None)
+                except _Rejected as exc:
+                    item = self._classify(exc)
+                    if item is not None:
+                        yield item
+                        if isinstance(item, Failure):
+                            return
+                    else:
+                        await self._sleep_before_retry(exc)
+                    continue
+            call = self._call
+            assert call is not None
+            delivered = False
+            try:
+                async for event in call:
+                    if event.cursor:
+                        self._resume = event.cursor
+                    else:
+                        self._cursorless = True
+                    if not delivered:
+                        delivered = True
+                        self._backoff.reset()
+                        self._live_since = None
+                    yield event
+                log.info("upstream ended the stream; resubscribing")
+            except grpc.aio.AioRpcError as exc:
+                rejected = _Rejected(exc.code(), exc.details() or "")
+                item = self._classify(rejected)
+                if item is not None:
+                    yield item
+                    if isinstance(item, Failure):
+                        return
+                    continue
+                await self._sleep_before_retry(rejected)
+            finally:
+                call.cancel()  # no-op when finished; stops the RPC if we are being closed
+                self._call = None
+            if self._cursorless and delivered:
+                # Without cursors nothing can be resumed: say so.
+                yield Reset("stream_interrupted", "", "latest")
+
+    async def _sleep_before_retry(self, exc: Exception) -> None:
+        delay = self._backoff.delay()
+        log.info("upstream stream failed (%s); resubscribing in %.2fs", exc, delay)
+        await asyncio.sleep(delay)
+
+    def close(self) -> None:
+        if self._call is not None:
+            self._call.cancel()
+            self._call = None

@@ -1,0 +1,187 @@
+"""Parse and validate one ``GET /events`` request into a Subscription.
+
+Everything a client can send is checked here, once: length and character
+limits, aliases, repeated parameters, the resume point and the start
+position. Anything wrong is a 400 before any byte of stream.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from gateway.auth import Credential
+from gateway.errors import invalid_parameter
+
+StartKind = Literal["latest", "beginning", "timestamp"]
+
+
+@dataclass(frozen=True)
+class Param:
+    """One query parameter of /events: its name, alias, limit and meaning."""
+
+    name: str
+    alias: str | None
+    max_length: int
+    description: str
+
+
+PARAMS: tuple[Param, ...] = (
+    Param(
+        "routing_key",
+        "routing_key_filter",
+        256,
+        "Kumiho routing-key filter, passed upstream unchanged; absent or empty = all "
+        "(e.g. revision.*, item.*.created)",
+    ),
+    Param(
+        "kref",
+        "kref_filter",
+        1024,
+        "Kumiho kref filter, passed upstream unchanged (e.g. kref://proj/**/*.model)",
+    ),
+    Param(
+        "cursor",
+        "last_event_id",
+        256,
+        "resume after this cursor (the Last-Event-ID header wins when both are sent)",
+    ),
+    Param(
+        "from",
+        None,
+        64,
+        "where to start without a cursor: latest (default), beginning, or an ISO 8601 timestamp",
+    ),
+    Param(
+        "named",
+        None,
+        5,
+        "true: the event: field carries the routing key, for addEventListener",
+    ),
+    Param(
+        "access_token",
+        None,
+        8192,
+        "a credential for clients that cannot set headers (EventSource)",
+    ),
+)
+_BY_NAME = {p.name: p for p in PARAMS}
+MAX_CURSOR = _BY_NAME["cursor"].max_length
+_TRUE = {"true", "1", "yes"}
+_FALSE = {"false", "0", "no", ""}
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """A validated /events request: what to stream, from where, as whom."""
+
+    routing_key: str
+    kref: str
+    cursor: str | None
+    start: StartKind
+    from_timestamp: str | None
+    named: bool
+    credential: Credential
+
+
+def _one(query: Mapping[str, Sequence[str]], param: Param) -> str | None:
+    """The single value of a parameter given by its name or its alias, checked."""
+    given = [(n, v) for n in (param.name, param.alias) if n for v in query.get(n, ())]
+    if not given:
+        return None
+    if len(given) > 1:
+        names = " and ".join(sorted({n for n, _ in given}))
+        raise invalid_parameter(param.name, f"given more than once ({names}); send it once")
+    name, value = given[0]
+    check_text(name, value, param.max_length)
+    return value
+
+
+def check_text(name: str, value: str, max_length: int) -> None:
+    """Reject values over ``max_length`` or holding control characters (CR, LF, NUL, ...)."""
+    if len(value) > max_length:
+        raise invalid_parameter(name, f"is {len(value)} characters long; the limit is {max_length}")
+    for char in value:
+        if unicodedata.category(char) == "Cc":
+            raise invalid_parameter(
+                name, f"contains the control character U+{ord(char):04X}, which is not allowed"
+            )
+
+
+def _start(value: str | None) -> tuple[StartKind, str | None]:
+    if value is None or value == "" or value == "latest":
+        return "latest", None
+    if value == "beginning":
+        return "beginning", None
+    try:
+        datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise invalid_parameter(
+            "from", f"{value!r} is not latest, beginning or an ISO 8601 timestamp"
+        ) from None
+    return "timestamp", value
+
+
+def _named(value: str | None) -> bool:
+    if value is None or value.lower() in _FALSE:
+        return False
+    if value.lower() in _TRUE:
+        return True
+    raise invalid_parameter("named", f"{value!r} is not true or false")
+
+
+def access_token_param(query: Mapping[str, Sequence[str]]) -> str | None:
+    """The ``access_token`` parameter, checked (credentials are resolved by auth.py)."""
+    return _one(query, _BY_NAME["access_token"])
+
+
+def parse_subscription(
+    query: Mapping[str, Sequence[str]],
+    last_event_id: str | None,
+    credential: Credential,
+) -> Subscription:
+    """Build a Subscription from query parameters and the Last-Event-ID header, or raise 400."""
+    if last_event_id is not None:
+        check_text("Last-Event-ID", last_event_id, MAX_CURSOR)
+    cursor = last_event_id or _one(query, _BY_NAME["cursor"]) or None
+    start, timestamp = _start(_one(query, _BY_NAME["from"]))
+    return Subscription(
+        routing_key=_one(query, _BY_NAME["routing_key"]) or "",
+        kref=_one(query, _BY_NAME["kref"]) or "",
+        cursor=cursor,
+        start=start,
+        from_timestamp=timestamp,
+        named=_named(_one(query, _BY_NAME["named"])),
+        credential=credential,
+    )
+
+
+def openapi_parameters() -> list[dict[str, Any]]:
+    """The /events parameters for the OpenAPI page, from the same table that validates them."""
+    params: list[dict[str, Any]] = []
+    for p in PARAMS:
+        for name in (p.name, p.alias):
+            if name:
+                described = p.description if name == p.name else f"alias of {p.name}"
+                params.append(
+                    {
+                        "name": name,
+                        "in": "query",
+                        "required": False,
+                        "description": described,
+                        "schema": {"type": "string", "maxLength": p.max_length},
+                    }
+                )
+    params.append(
+        {
+            "name": "Last-Event-ID",
+            "in": "header",
+            "required": False,
+            "description": "resume after this cursor; sent by EventSource on reconnect",
+            "schema": {"type": "string", "maxLength": MAX_CURSOR},
+        }
+    )
+    return params

@@ -1,0 +1,160 @@
+"""Talk gRPC to the Kumiho server: one grpc.aio channel, metadata, capabilities.
+
+The channel is created inside the running event loop (grpc.aio objects
+belong to the loop that made them) and shared by every request, as the
+Community Edition accepts a single client connection. Endpoint, TLS and
+keepalive follow the official SDK's conventions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import grpc
+
+from gateway._proto import kumiho_pb2, kumiho_pb2_grpc
+from gateway.auth import Credential
+from gateway.settings import Settings
+
+# The SDK's channel options: ping every 30 s, 10 s to answer, even when idle.
+KEEPALIVE_OPTIONS: list[tuple[str, int | bool]] = [
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", True),
+    ("grpc.http2.min_time_between_pings_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 3),
+]
+_CAPABILITIES_DEADLINE = 5.0
+
+EventCall = grpc.aio.UnaryStreamCall[kumiho_pb2.EventStreamRequest, kumiho_pb2.Event]
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where and how to dial the upstream."""
+
+    address: str
+    authority: str
+    use_tls: bool
+
+
+def resolve_target(
+    endpoint: str, *, use_tls: bool | None = None, authority: str | None = None
+) -> Target:
+    """Apply the SDK's endpoint conventions.
+
+    A bare host means plaintext on port 8080; https://, grpcs:// or port 443 mean TLS.
+    """
+    raw = endpoint.strip()
+    if not raw:
+        raise ValueError("the upstream endpoint is empty")
+    scheme = ""
+    if "://" in raw:
+        parsed = urlparse(raw)
+        scheme = parsed.scheme.lower()
+        host, port = parsed.hostname or "", parsed.port
+        if port is None:
+            port = (
+                443 if scheme in {"https", "grpcs"} else 80 if scheme in {"http", "grpc"} else None
+            )
+    else:
+        hostport = raw.split("/", 1)[0]
+        if hostport.startswith("["):  # [::1]:8080
+            host, _, rest = hostport[1:].partition("]")
+            port = int(rest[1:]) if rest.startswith(":") and rest[1:] else None
+        else:
+            host, _, port_text = hostport.partition(":")
+            port = int(port_text) if port_text else None
+    if not host:
+        raise ValueError(f"invalid upstream endpoint {endpoint!r}")
+    if port is None:
+        port = 443 if scheme in {"https", "grpcs"} else 8080
+    tls = scheme in {"https", "grpcs"} or port == 443
+    if use_tls is not None:
+        tls = use_tls
+    shown_host = f"[{host}]" if ":" in host else host
+    return Target(f"{shown_host}:{port}", authority or host, tls)
+
+
+class Upstream:
+    """The gateway's connection to Kumiho; start() it inside the running loop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.target = resolve_target(
+            settings.upstream, use_tls=settings.use_tls, authority=settings.authority
+        )
+        self._ca_file = settings.ca_file
+        self._tenant_id = settings.tenant_id
+        self._capabilities_ttl = settings.capabilities_ttl
+        self._capabilities: dict[str, tuple[float, kumiho_pb2.EventCapabilities]] = {}
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: kumiho_pb2_grpc.KumihoServiceAsyncStub | None = None
+
+    async def start(self) -> None:
+        root = await asyncio.to_thread(Path(self._ca_file).read_bytes) if self._ca_file else None
+        options: list[tuple[str, str | int | bool]] = list(KEEPALIVE_OPTIONS)
+        if self.target.use_tls:
+            options.append(("grpc.default_authority", self.target.authority))
+            options.append(("grpc.ssl_target_name_override", self.target.authority))
+            self._channel = grpc.aio.secure_channel(
+                self.target.address, grpc.ssl_channel_credentials(root), options=options
+            )
+        else:
+            self._channel = grpc.aio.insecure_channel(self.target.address, options=options)
+        self._stub = kumiho_pb2_grpc.KumihoServiceStub(self._channel)
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close(grace=None)
+            self._channel = None
+
+    def metadata(self, credential: Credential) -> tuple[tuple[str, str], ...]:
+        """Call metadata: a fresh correlation id, the bearer token, the tenant."""
+        md: list[tuple[str, str]] = [("x-correlation-id", uuid.uuid4().hex)]
+        if credential.upstream_token:
+            md.append(("authorization", f"Bearer {credential.upstream_token}"))
+        if self._tenant_id:
+            md.append(("x-tenant-id", self._tenant_id))
+        return tuple(md)
+
+    def event_stream(
+        self, request: kumiho_pb2.EventStreamRequest, credential: Credential
+    ) -> EventCall:
+        """Start an EventStream call (no deadline, like the SDKs)."""
+        assert self._stub is not None, "Upstream.start() was not awaited"
+        return self._stub.EventStream(request, metadata=self.metadata(credential))
+
+    async def capabilities(self, credential: Credential) -> kumiho_pb2.EventCapabilities:
+        """GetEventCapabilities for this credential, reused for ``capabilities_ttl`` seconds."""
+        assert self._stub is not None, "Upstream.start() was not awaited"
+        cached = self._capabilities.get(credential.identity)
+        now = time.monotonic()
+        if cached and now - cached[0] < self._capabilities_ttl:
+            return cached[1]
+        caps: kumiho_pb2.EventCapabilities = await self._stub.GetEventCapabilities(
+            kumiho_pb2.GetEventCapabilitiesRequest(),
+            metadata=self.metadata(credential),
+            timeout=_CAPABILITIES_DEADLINE,
+        )
+        if len(self._capabilities) > 10_000:  # bound memory under many distinct tokens
+            self._capabilities.clear()
+        self._capabilities[credential.identity] = (now, caps)
+        return caps
+
+    async def ready(self, wait: float = 1.0) -> bool:
+        """Whether the channel is (or becomes, within ``wait`` seconds) connected."""
+        if self._channel is None:
+            return False
+        state = self._channel.get_state(try_to_connect=True)
+        if state == grpc.ChannelConnectivity.READY:
+            return True
+        try:
+            await asyncio.wait_for(self._channel.channel_ready(), wait)
+        except TimeoutError:
+            return False
+        return True

@@ -1,0 +1,1 @@
+"""The dashboard's files; a package only so that it ships inside the wheel as gateway.static."""
