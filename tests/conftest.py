@@ -1,0 +1,218 @@
+"""Real servers for the tests: a devserver process and gateway processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from httpx_sse import ServerSentEvent, connect_sse
+
+from gateway.devserver.control import DevServerClient
+
+STARTUP_DEADLINE = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], bool], deadline: float = 10.0, what: str = "condition") -> None:
+    """Poll ``predicate`` until it holds or ``deadline`` seconds pass."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {deadline}s waiting for {what}")
+
+
+@dataclass
+class DevServer:
+    """A ``kumiho-sse-gateway devserver`` process."""
+
+    db: Path
+    args: list[str] = field(default_factory=list)
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[str] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> DevServer:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "devserver", "--port", str(self.port),
+             "--db", str(self.db), *self.args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()  # the devserver prints one line once it listens
+        assert "listening" in line, f"devserver did not start: {line!r}"
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def client(self) -> DevServerClient:
+        return DevServerClient(self.address)
+
+    def publish(self, routing_key: str, kref: str, details: dict[str, str] | None = None, **kw: Any) -> list[str]:
+        with self.client() as c:
+            return c.publish(routing_key, kref, details, **kw)
+
+    def open_streams(self) -> int:
+        with self.client() as c:
+            return c.stats().open_streams
+
+
+@dataclass
+class Gateway:
+    """A ``kumiho-sse-gateway serve`` process, its log captured to a file."""
+
+    upstream: str
+    log_path: Path
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Gateway:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KUMIHO_")}
+        env.update(self.env)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "serve", "--upstream", self.upstream,
+                 "--port", str(self.port), *self.args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+
+        def healthy() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"gateway exited:\n{self.log_path.read_text()}")
+            try:
+                return httpx.get(self.url + "/healthz", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(healthy, STARTUP_DEADLINE, "the gateway to answer /healthz")
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def make_devserver(tmp_path: Path) -> Iterator[Callable[..., DevServer]]:
+    started: list[DevServer] = []
+
+    def make(*args: str, db: Path | None = None) -> DevServer:
+        server = DevServer(db or tmp_path / f"devserver-{len(started)}.sqlite3", list(args)).start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def make_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
+    started: list[Gateway] = []
+
+    def make(upstream: str, *args: str, env: dict[str, str] | None = None) -> Gateway:
+        gateway = Gateway(
+            upstream, tmp_path / f"gateway-{len(started)}.log", list(args), dict(env or {})
+        ).start()
+        started.append(gateway)
+        return gateway
+
+    yield make
+    for gateway in started:
+        gateway.stop(signal.SIGKILL)
+
+
+# Fast heartbeats and backoff so the resilience tests finish quickly.
+FAST = ("--heartbeat", "0.5", "--backoff-initial", "0.05", "--backoff-max", "0.5")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DevServer, Gateway]]:
+    """One devserver and one gateway shared by a module's read-only tests."""
+    tmp = tmp_path_factory.mktemp("stack")
+    devserver = DevServer(tmp / "devserver.sqlite3").start()
+    gateway = Gateway(devserver.address, tmp / "gateway.log", list(FAST)).start()
+    yield devserver, gateway
+    gateway.stop(signal.SIGKILL)
+    devserver.stop(signal.SIGKILL)
+
+
+def unique_project() -> str:
+    """A kref project of its own, so tests sharing a devserver never see each other's events."""
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+def read_events(
+    url: str,
+    count: int,
+    *,
+    headers: dict[str, str] | None = None,
+    params: dict[str, str] | None = None,
+    timeout: float = 15.0,
+    stop: Callable[[ServerSentEvent], bool] | None = None,
+) -> list[ServerSentEvent]:
+    """Connect to /events and collect ``count`` dispatched events (control events included)."""
+    events: list[ServerSentEvent] = []
+    with (
+        httpx.Client(timeout=httpx.Timeout(timeout)) as client,
+        connect_sse(client, "GET", url + "/events", params=params, headers=dict(headers or {})) as source,
+    ):
+        assert source.response.status_code == 200, source.response.read()
+        deadline = time.monotonic() + timeout
+        for sse in source.iter_sse():
+            if not sse.data:
+                continue  # a retry:-only block: browsers dispatch nothing for it
+            events.append(sse)
+            if len(events) >= count or (stop and stop(sse)) or time.monotonic() > deadline:
+                break
+    return events
+
+
+def data(events: list[ServerSentEvent]) -> list[dict[str, Any]]:
+    return [json.loads(e.data) for e in events]
+

@@ -1,0 +1,231 @@
+"""GET /events end to end: a real devserver, a real gateway, real SSE clients."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import DevServer, Gateway, data, read_events, unique_project
+
+
+@pytest.fixture
+def project(stack: tuple[DevServer, Gateway]) -> str:
+    return unique_project()
+
+
+def _beginning(project: str, **extra: str) -> dict[str, str]:
+    return {"from": "beginning", "kref": f"kref://{project}/**", **extra}
+
+
+def test_stream_headers_retry_line_and_ids_equal_cursors(stack: tuple[DevServer, Gateway], project: str) -> None:
+    devserver, gateway = stack
+    cursors = devserver.publish("revision.created", f"kref://{project}/a/hero.model?r=1", count=3)
+    with httpx.stream("GET", gateway.url + "/events", params=_beginning(project), timeout=10) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"] == "text/event-stream; charset=utf-8"
+        assert r.headers["cache-control"] == "no-store"
+        assert r.headers["x-accel-buffering"] == "no"
+        lines = r.iter_lines()
+        first = next(lines)
+        assert first.startswith("retry: ")
+        assert 2000 <= int(first.removeprefix("retry: ")) <= 3000  # base 2000 ms + <= 50% jitter
+    events = read_events(gateway.url, 3, params=_beginning(project))
+    assert [e.id for e in events] == cursors
+    assert [d["cursor"] for d in data(events)] == cursors
+    assert all(e.event == "message" for e in events)  # no event: field unless named=true
+
+
+def test_every_data_field(stack: tuple[DevServer, Gateway], project: str) -> None:
+    devserver, gateway = stack
+    kref = f"kref://{project}/chars/hero.model?r=3"
+    [cursor] = devserver.publish(
+        "revision.tagged", kref, {"tag": "approved"}, author="u-42", username="mina"
+    )
+    [event] = read_events(gateway.url, 1, params=_beginning(project))
+    body = json.loads(event.data)
+    assert set(body) == {"routing_key", "kref", "timestamp", "author", "username", "details", "cursor"}
+    assert body["routing_key"] == "revision.tagged"
+    assert body["kref"] == kref
+    assert body["author"] == "u-42"
+    assert body["username"] == "mina"
+    assert body["details"] == {"tag": "approved"}
+    assert body["cursor"] == cursor
+    assert body["timestamp"].endswith("Z") and body["timestamp"][:4].isdigit()
+    assert "\n" not in event.data
+
+
+HARD_VALUES = {
+    "lf": "line one\nline two",
+    "cr": "carriage\rreturn",
+    "crlf": "windows\r\nline",
+    "ls": "unicode\u2028line separator",
+    "nel": "next\u0085line",
+    "ps": "para\u2029graph",
+    "quotes": 'she said "hi" \\ \'there\'',
+    "sse": "\n\ndata: forged\nid: 0-0\n\n",
+    "emoji": "🦊 kitsune",
+}
+
+
+def test_hard_payloads_stay_one_event_and_round_trip(stack: tuple[DevServer, Gateway], project: str) -> None:
+    devserver, gateway = stack
+    devserver.publish("item.model.created", f"kref://{project}/狐/hero.model", HARD_VALUES)
+    devserver.publish("item.model.created", f"kref://{project}/after.model", {"k": "v"})
+    events = read_events(gateway.url, 2, params=_beginning(project))
+    assert data(events)[0]["details"] == HARD_VALUES
+    assert data(events)[1]["details"] == {"k": "v"}
+    # The raw bytes too: one data line per event, no raw line breaks of any kind inside it.
+    with httpx.stream("GET", gateway.url + "/events", params=_beginning(project), timeout=10) as r:
+        raw = b""
+        deadline = time.monotonic() + 10
+        for chunk in r.iter_bytes():
+            raw += chunk
+            if raw.count(b"\ndata: ") >= 2 or time.monotonic() > deadline:
+                break
+    line = next(ln for ln in raw.split(b"\n") if ln.startswith(b"data: "))
+    text = line.decode()
+    assert not any(c in text for c in "\r\u2028\u2029\u0085")
+    assert json.loads(text.removeprefix("data: "))["details"] == HARD_VALUES
+
+
+def test_resume_by_header_cursor_and_last_event_id(stack: tuple[DevServer, Gateway], project: str) -> None:
+    devserver, gateway = stack
+    cursors = devserver.publish("revision.created", f"kref://{project}/x.model", count=5)
+    kref = {"kref": f"kref://{project}/**"}
+    by_header = read_events(gateway.url, 3, params=kref, headers={"Last-Event-ID": cursors[1]})
+    by_cursor = read_events(gateway.url, 3, params={**kref, "cursor": cursors[1]})
+    by_alias = read_events(gateway.url, 3, params={**kref, "last_event_id": cursors[1]})
+    for events in (by_header, by_cursor, by_alias):
+        assert [e.id for e in events] == cursors[2:]
+    header_wins = read_events(
+        gateway.url, 1, params={**kref, "cursor": cursors[0]}, headers={"Last-Event-ID": cursors[3]}
+    )
+    assert [e.id for e in header_wins] == cursors[4:]
+
+
+def test_filters_and_start_reach_the_upstream_unchanged(stack: tuple[DevServer, Gateway], project: str) -> None:
+    devserver, gateway = stack
+    cases = [
+        ({"routing_key": "revision.*", "kref": f"kref://{project}/**/*.model"}, "latest", None),
+        ({"routing_key_filter": "item.#", "kref_filter": "kref://p/**", "from": "beginning"}, "from_beginning", True),
+        ({"from": "2025-12-03T10:00:00Z"}, "from_timestamp", "2025-12-03T10:00:00Z"),
+    ]
+    for params, position, value in cases:
+        with httpx.stream("GET", gateway.url + "/events", params=params, timeout=10) as r:
+            assert r.status_code == 200
+        with devserver.client() as c:
+            request = c.recent_requests()[-1]
+        assert request.routing_key_filter == params.get("routing_key", params.get("routing_key_filter", ""))
+        assert request.kref_filter == params.get("kref", params.get("kref_filter", ""))
+        assert not request.HasField("cursor")
+        if value is None:
+            assert request.WhichOneof("start_position") is None  # like the SDK: nothing = latest
+        else:
+            assert request.WhichOneof("start_position") == position
+            assert getattr(request, position) == value
+
+
+def test_filters_select_events(stack: tuple[DevServer, Gateway], project: str) -> None:
+    devserver, gateway = stack
+    devserver.publish("item.model.created", f"kref://{project}/a/hero.model")
+    want = devserver.publish("revision.tagged", f"kref://{project}/a/hero.model?r=1", {"tag": "approved"})
+    devserver.publish("revision.tagged", f"kref://{project}/a/hero.rig?r=1", {"tag": "approved"})
+    events = read_events(
+        gateway.url, 1, params=_beginning(project, routing_key="revision.*", kref=f"kref://{project}/**/*.model")
+    )
+    assert [e.id for e in events] == want
+
+
+def test_named_events_carry_the_routing_key(stack: tuple[DevServer, Gateway], project: str) -> None:
+    devserver, gateway = stack
+    devserver.publish("revision.tagged", f"kref://{project}/a.model?r=1", {"tag": "published"})
+    [event] = read_events(gateway.url, 1, params=_beginning(project, named="true"))
+    assert event.event == "revision.tagged"
+
+
+@pytest.mark.parametrize(
+    ("params", "headers", "needle"),
+    [
+        ({"routing_key": "a" * 257}, {}, "routing_key"),
+        ({"kref": "k" * 1025}, {}, "kref"),
+        ({"cursor": "1" * 257}, {}, "cursor"),
+        ({}, {"Last-Event-ID": "9" * 257}, "Last-Event-ID"),
+        ({"routing_key": "a\nb"}, {}, "U+000A"),
+        ({"kref": "kref://a\rb"}, {}, "U+000D"),
+        ({"cursor": "1-\x00"}, {}, "U+0000"),
+        ({"last_event_id": "1-\x1b"}, {}, "U+001B"),
+        ({"from": "yesterday"}, {}, "from"),
+        ({"named": "maybe"}, {}, "named"),
+        ({"routing_key": "a", "routing_key_filter": "b"}, {}, "more than once"),
+    ],
+)
+def test_bad_input_is_a_400_with_the_envelope(
+    stack: tuple[DevServer, Gateway], params: dict[str, str], headers: dict[str, str], needle: str
+) -> None:
+    _, gateway = stack
+    r = httpx.get(gateway.url + "/events", params=params, headers=headers, timeout=10)
+    assert r.status_code == 400
+    assert r.headers["content-type"] == "application/json"
+    error = r.json()["error"]
+    assert error["code"] == "invalid_parameter"
+    assert error["retryable"] is False
+    assert needle in error["message"]
+
+
+def test_repeated_parameter_is_a_400(stack: tuple[DevServer, Gateway]) -> None:
+    _, gateway = stack
+    r = httpx.get(gateway.url + "/events?kref=a&kref=b", timeout=10)
+    assert r.status_code == 400
+    assert "more than once" in r.json()["error"]["message"]
+
+
+def test_heartbeats_on_an_idle_stream(stack: tuple[DevServer, Gateway], project: str) -> None:
+    _, gateway = stack  # started with --heartbeat 0.5
+    comments = 0
+    start = time.monotonic()
+    with httpx.stream("GET", gateway.url + "/events", params={"kref": f"kref://{project}/**"}, timeout=10) as r:
+        for line in r.iter_lines():
+            if line.startswith(":"):
+                comments += 1
+                if comments == 2:
+                    break
+    assert comments == 2
+    assert time.monotonic() - start < 5
+
+
+def test_curl_reads_the_stream(stack: tuple[DevServer, Gateway], project: str) -> None:
+    devserver, gateway = stack
+    cursors = devserver.publish("revision.created", f"kref://{project}/c.model", count=2)
+    url = f"{gateway.url}/events?from=beginning&kref=kref://{project}/**"
+    proc = subprocess.Popen(["curl", "-sN", "--max-time", "20", url], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    ids: list[str] = []
+    try:
+        for line in proc.stdout:
+            if line.startswith("id: "):
+                ids.append(line.strip().removeprefix("id: "))
+                if len(ids) == 2:
+                    break
+    finally:
+        proc.kill()
+        proc.wait()
+    assert ids == cursors
+
+
+def test_other_endpoints(stack: tuple[DevServer, Gateway]) -> None:
+    _, gateway = stack
+    assert httpx.get(gateway.url + "/healthz").json() == {"status": "ok"}
+    assert httpx.get(gateway.url + "/readyz").status_code == 200
+    caps = httpx.get(gateway.url + "/capabilities").json()
+    assert caps["tier"] == "studio" and caps["supports_cursor"] is True
+    assert caps["max_retention_hours"] == 24
+    page = httpx.get(gateway.url + "/")
+    assert page.status_code == 200 and "EventSource" in httpx.get(gateway.url + "/app.js").text
+    openapi = httpx.get(gateway.url + "/openapi.json").json()
+    names = {p["name"] for p in openapi["paths"]["/events"]["get"]["parameters"]}
+    assert {"routing_key", "kref_filter", "cursor", "last_event_id", "from", "named", "Last-Event-ID"} <= names
+    assert httpx.get(gateway.url + "/docs").status_code == 200
