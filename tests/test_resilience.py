@@ -1,0 +1,190 @@
+"""The client's stream survives the upstream: broken streams, restarts, outages, expiry."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from collections.abc import Callable
+
+import httpx
+from httpx_sse import ServerSentEvent, connect_sse
+
+from tests.conftest import FAST, DevServer, Gateway, data, free_port, read_events, wait_until
+
+KREF = "kref://studio/shots/sq010.comp"
+
+
+class Reader(threading.Thread):
+    """Reads one /events connection in the background, recording every event."""
+
+    def __init__(self, url: str, params: dict[str, str] | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(daemon=True)
+        self.url, self.params, self.headers = url, params, dict(headers or {})
+        self.events: list[ServerSentEvent] = []
+        self.connected = threading.Event()
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.status = 0
+
+    def run(self) -> None:
+        try:
+            with (
+                httpx.Client(timeout=httpx.Timeout(30)) as client,
+                connect_sse(client, "GET", self.url + "/events", params=self.params, headers=self.headers) as source,
+            ):
+                self.status = source.response.status_code
+                self.connected.set()
+                for sse in source.iter_sse():
+                    if sse.data:
+                        self.events.append(sse)
+                    if self.stop.is_set():
+                        return
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+            self.connected.set()
+
+    def wait_for(self, count: int, deadline: float = 20.0) -> list[ServerSentEvent]:
+        wait_until(lambda: len(self.events) >= count or self.error is not None, deadline, f"{count} events")
+        assert self.error is None, self.error
+        return self.events
+
+
+def numbers(events: list[ServerSentEvent]) -> list[int]:
+    return [int(d["details"]["n"]) for d in data(events) if d.get("details", {}).get("n")]
+
+
+def test_broken_upstream_streams_lose_and_repeat_nothing(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver("--break-after", "7")
+    gateway = make_gateway(devserver.address, *FAST)
+    reader = Reader(gateway.url)
+    reader.start()
+    reader.connected.wait(10)
+    for batch in range(5):
+        with devserver.client() as c:
+            c.publish("revision.created", KREF, {"batch": str(batch)}, count=20)
+    events = reader.wait_for(100)
+    reader.stop.set()
+    assert [json.loads(e.data)["details"]["batch"] for e in events] == [str(b) for b in range(5) for _ in range(20)]
+    assert [e.id for e in events] == sorted({e.id for e in events}, key=lambda c: tuple(map(int, c.split("-"))))
+    with devserver.client() as c:
+        assert c.stats().streams_started >= 100 // 7  # the fault really broke the stream
+
+
+def test_devserver_restart_mid_stream(make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *FAST)
+    reader = Reader(gateway.url)
+    reader.start()
+    reader.connected.wait(10)
+    first = devserver.publish("revision.created", KREF, count=30)
+    reader.wait_for(10)
+    devserver.stop(signal.SIGKILL)  # mid-stream, maybe mid-batch
+    devserver.start()  # same port, same SQLite log
+    second = devserver.publish("revision.created", KREF, count=30)
+    events = reader.wait_for(60)
+    reader.stop.set()
+    assert [e.id for e in events] == first + second
+    assert all(e.event == "message" for e in events)
+
+
+def test_upstream_down_at_connect_then_up(make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway], tmp_path) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    gateway = make_gateway(f"127.0.0.1:{port}", *FAST)
+    assert httpx.get(gateway.url + "/readyz", timeout=10).status_code == 503
+    with httpx.stream("GET", gateway.url + "/events", timeout=10) as r:
+        assert r.status_code == 200  # never an error that would stop EventSource for good
+        lines = r.iter_lines()
+        assert next(lines).startswith("retry: ")
+        assert next(l for l in lines if l).startswith(":")  # heartbeats meanwhile
+    reader = Reader(gateway.url)
+    reader.start()
+    reader.connected.wait(10)
+    devserver = DevServer(tmp_path / "late.sqlite3", port=port).start()
+    try:
+        wait_until(lambda: devserver.open_streams() == 1, 15, "the gateway to resubscribe")
+        cursors = devserver.publish("revision.created", KREF, count=3)
+        events = reader.wait_for(3)
+        reader.stop.set()
+        assert [e.id for e in events] == cursors
+        assert httpx.get(gateway.url + "/readyz", timeout=10).status_code == 200
+    finally:
+        devserver.stop(signal.SIGKILL)
+
+
+def test_expired_cursor_gives_a_reset_before_the_next_event(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver("--buffer-size", "10")
+    gateway = make_gateway(devserver.address, *FAST)
+    cursors = devserver.publish("revision.created", KREF, count=30)
+    events = read_events(gateway.url, 11, headers={"Last-Event-ID": cursors[2]})
+    assert events[0].event == "gateway.reset"
+    assert json.loads(events[0].data) == {
+        "reason": "cursor_expired",
+        "requested_cursor": cursors[2],
+        "resumed_from": "earliest",
+    }
+    assert events[0].id == ""  # control events never move the browser's Last-Event-ID
+    assert [e.id for e in events[1:]] == cursors[20:]
+
+
+def test_unknown_cursor_resets_and_replays_the_window(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *FAST)
+    cursors = devserver.publish("revision.created", KREF, count=3)
+    future = "9999999999999-0"  # never issued (another server's cursor, say)
+    events = read_events(gateway.url, 4, params={"cursor": future})
+    assert [e.event for e in events] == ["gateway.reset", "message", "message", "message"]
+    assert json.loads(events[0].data)["reason"] == "cursor_unknown"
+    assert [e.id for e in events[1:]] == cursors  # the dedupe point was forgotten with the reset
+
+
+def test_tier_without_cursors_resets_a_resume(make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]) -> None:
+    devserver = make_devserver("--tier", "free")
+    gateway = make_gateway(devserver.address, *FAST)
+    reader = Reader(gateway.url, headers={"Last-Event-ID": "1700000000000-0"})
+    reader.start()
+    reader.connected.wait(10)
+    wait_until(lambda: devserver.open_streams() == 1, 10, "the upstream stream")
+    devserver.publish("revision.created", KREF, {"x": "1"})
+    events = reader.wait_for(2)
+    reader.stop.set()
+    assert events[0].event == "gateway.reset"
+    assert json.loads(events[0].data) == {
+        "reason": "cursor_unsupported",
+        "requested_cursor": "1700000000000-0",
+        "resumed_from": "latest",
+    }
+    assert events[1].id == "" and json.loads(events[1].data)["cursor"] == ""  # no id: line at all
+
+
+def test_disconnect_cancels_the_upstream_call_within_a_second(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *FAST)
+    for _ in range(3):
+        with httpx.stream("GET", gateway.url + "/events", timeout=10) as r:
+            lines = r.iter_lines()  # keep a reference: a dropped iterator closes the response
+            next(lines)
+            assert devserver.open_streams() == 1
+        closed_at = time.monotonic()
+        wait_until(lambda: devserver.open_streams() == 0, 5, "the upstream call to end")
+        assert time.monotonic() - closed_at < 1.0
+
+
+def test_gateway_restart_resume_is_exactly_once(make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *FAST)
+    cursors = devserver.publish("revision.created", KREF, count=20)
+    first = read_events(gateway.url, 8, params={"from": "beginning"})
+    gateway.stop(signal.SIGKILL)
+    gateway.start()
+    rest = read_events(gateway.url, 12, headers={"Last-Event-ID": first[-1].id})
+    assert [e.id for e in first + rest] == cursors
