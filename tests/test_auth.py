@@ -1,0 +1,119 @@
+"""--auth none | passthrough | service against a devserver that checks bearer tokens."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from tests.conftest import FAST, DevServer, Gateway, read_events, wait_until
+
+TOKENS = ("--token", "tok-a=studio-a", "--token", "tok-b=studio-b", "--token", "tok-x=studio-a", "--deny-token", "tok-x")
+
+
+@pytest.fixture
+def devserver(make_devserver: Callable[..., DevServer]) -> DevServer:
+    return make_devserver(*TOKENS)
+
+
+@pytest.fixture
+def passthrough(devserver: DevServer, make_gateway: Callable[..., Gateway]) -> Gateway:
+    return make_gateway(devserver.address, "--auth", "passthrough", *FAST)
+
+
+def _publish_both(devserver: DevServer) -> tuple[list[str], list[str]]:
+    a = devserver.publish("revision.created", "kref://a/x.model?r=1", tenant="studio-a", count=2)
+    b = devserver.publish("revision.created", "kref://b/y.model?r=1", tenant="studio-b", count=2)
+    return a, b
+
+
+def test_passthrough_forwards_each_clients_token(devserver: DevServer, passthrough: Gateway) -> None:
+    a, b = _publish_both(devserver)
+    beginning = {"from": "beginning"}
+    by_header = read_events(passthrough.url, 2, params=beginning, headers={"Authorization": "Bearer tok-a"})
+    by_cookie = read_events(passthrough.url, 2, params=beginning, headers={"Cookie": "kumiho_token=tok-b"})
+    by_param = read_events(passthrough.url, 2, params={**beginning, "access_token": "tok-a"})
+    assert [e.id for e in by_header] == a
+    assert [e.id for e in by_cookie] == b  # tenants never see each other's events
+    assert [e.id for e in by_param] == a
+    with devserver.client() as c:
+        assert c.stats().recent_tenants[-3:] == ["studio-a", "studio-b", "studio-a"]
+
+
+def test_header_beats_cookie_beats_parameter(devserver: DevServer, passthrough: Gateway) -> None:
+    a, b = _publish_both(devserver)
+    events = read_events(
+        passthrough.url,
+        2,
+        params={"from": "beginning", "access_token": "tok-a"},
+        headers={"Authorization": "Bearer tok-b", "Cookie": "kumiho_token=tok-a"},
+    )
+    assert [e.id for e in events] == b
+
+
+@pytest.mark.parametrize(
+    ("headers", "params", "status", "code"),
+    [
+        ({}, {}, 401, "unauthenticated"),  # missing
+        ({"Authorization": "Basic dXNlcg=="}, {}, 401, "unauthenticated"),  # wrong scheme
+        ({"Authorization": "Bearer tok-nope"}, {}, 401, "unauthenticated"),  # upstream refuses it
+        ({"Authorization": "Bearer tok-x"}, {}, 403, "permission_denied"),  # upstream denies events
+        ({}, {"access_token": "t" * 9000}, 400, "invalid_parameter"),  # over the limit
+    ],
+)
+def test_refusals_come_before_the_stream(
+    passthrough: Gateway, headers: dict[str, str], params: dict[str, str], status: int, code: str
+) -> None:
+    r = httpx.get(passthrough.url + "/events", headers=headers, params=params, timeout=10)
+    assert r.status_code == status
+    assert r.headers["content-type"] == "application/json"
+    assert r.json()["error"]["code"] == code
+    assert r.json()["error"]["message"]
+
+
+def test_revoked_token_ends_the_stream_with_gateway_error(devserver: DevServer, passthrough: Gateway) -> None:
+    with (
+        httpx.Client(timeout=10) as client,
+        client.stream("GET", passthrough.url + "/events", headers={"Authorization": "Bearer tok-b"}) as r,
+    ):
+        assert r.status_code == 200
+        lines = r.iter_lines()
+        next(lines)
+        wait_until(lambda: devserver.open_streams() == 1, 10, "the upstream stream")
+        with devserver.client() as c:
+            c.revoke_token("tok-b")
+        body = list(lines)  # the stream ends by itself after the error
+    frames = "\n".join(body)
+    assert "event: gateway.error" in frames
+    error = json.loads(next(line for line in body if line.startswith("data: ")).removeprefix("data: "))
+    assert error["code"] == "unauthenticated" and error["retryable"] is False
+
+
+def test_access_token_never_reaches_the_logs(devserver: DevServer, passthrough: Gateway) -> None:
+    secret = "tok-a"
+    _publish_both(devserver)
+    read_events(passthrough.url, 1, params={"from": "beginning", "access_token": secret})
+    httpx.get(passthrough.url + "/events", params={"access_token": "wrong-secret-123"}, timeout=10)
+    log = passthrough.log()
+    assert "access_token=***" in log  # the access log line is there, redacted
+    assert secret not in log.replace("access_token=***", "")
+    assert "wrong-secret-123" not in log
+
+
+def test_service_mode_checks_gateway_keys_and_sends_its_own_token(
+    devserver: DevServer, make_gateway: Callable[..., Gateway]
+) -> None:
+    gateway = make_gateway(
+        devserver.address,
+        "--auth",
+        "service",
+        *FAST,
+        env={"KUMIHO_AUTH_TOKEN": "tok-b", "KUMIHO_GATEWAY_API_KEYS": "key-1, key-2"},
+    )
+    _, b = _publish_both(devserver)
+    assert httpx.get(gateway.url + "/events", timeout=10).status_code == 401
+    assert httpx.get(gateway.url + "/events", headers={"Authorization": "Bearer key-3"}, timeout=10).status_code == 401
+    events = read_events(gateway.url, 2, params={"from": "beginning"}, headers={"Authorization": "Bearer key-2"})
+    assert [e.id for e in events] == b  # the gateway's own token (tenant studio-b) went upstream

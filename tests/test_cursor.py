@@ -1,0 +1,55 @@
+"""Cursor ordering and the resume filter, without a server."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.cursor import cursor_key, format_cursor
+from gateway.pump import ResumeFilter, jittered_retry_ms
+
+
+@pytest.mark.parametrize(
+    ("cursor", "key"),
+    [
+        ("1701594000000-0", (1701594000000, 0)),
+        ("0-12", (0, 12)),
+        ("abc", None),
+        ("1-", None),
+        ("-1", None),
+        ("1-2-3", None),
+        ("１-２", None),  # full-width digits are not a Redis id
+        ("9" * 21 + "-0", None),
+    ],
+)
+def test_cursor_key(cursor: str, key: tuple[int, int] | None) -> None:
+    assert cursor_key(cursor) == key
+    if key:
+        assert format_cursor(key) == cursor
+
+
+def test_resume_filter_orders_redis_ids() -> None:
+    f = ResumeFilter("100-5")
+    assert f.is_repeat("100-5") and f.is_repeat("100-4") and f.is_repeat("99-9")
+    assert not f.is_repeat("100-6") and not f.is_repeat("101-0")
+    assert not f.is_repeat("")  # cursorless events are never dropped
+    f.delivered("101-0")
+    assert f.is_repeat("100-6")
+
+
+def test_resume_filter_with_opaque_cursors_matches_exactly() -> None:
+    f = ResumeFilter("opaque-cursor")
+    assert f.is_repeat("opaque-cursor")
+    assert not f.is_repeat("another") and not f.is_repeat("1-0")
+
+
+def test_resume_filter_forgets_on_reset() -> None:
+    f = ResumeFilter("9999999999999-0")
+    f.forget()
+    assert not f.is_repeat("1-0")
+    assert not ResumeFilter(None).is_repeat("1-0")
+
+
+def test_retry_jitter_stays_within_half_the_base() -> None:
+    values = {jittered_retry_ms(2000) for _ in range(200)}
+    assert min(values) >= 2000 and max(values) <= 3000
+    assert len(values) > 20  # actually jittered
