@@ -19,7 +19,7 @@ from gateway import sse
 from gateway._proto import kumiho_pb2
 from gateway.cursor import CursorKey, cursor_key
 from gateway.settings import Settings
-from gateway.source import Failure, Reset, Source
+from gateway.source import Item, Reset, Source
 
 log = logging.getLogger("gateway.pump")
 
@@ -63,7 +63,7 @@ class ResumeFilter:
 
 
 class Pump:
-    """Turns one subscription's source into SSE bytes."""
+    """Turns one subscription's source into SSE bytes; it is the source's Sink."""
 
     def __init__(
         self, source: Source, *, named: bool, cursor: str | None, settings: Settings
@@ -78,15 +78,23 @@ class Pump:
         self._size = 0
         self._has_data = asyncio.Event()
         self._has_room = asyncio.Event()
-        self._has_room.set()
         self._finished = False
 
-    def _push(self, frame: bytes) -> None:
-        self._frames.append(frame)
-        self._size += len(frame)
-        self._has_data.set()
+    # -- Sink -----------------------------------------------------------------
 
-    def _encode(self, item: kumiho_pb2.Event | Reset | Failure) -> bytes | None:
+    def put(self, item: Item) -> bool:
+        frame = self._encode(item)
+        if frame is not None:
+            self._frames.append(frame)
+            self._size += len(frame)
+            self._has_data.set()
+        return len(self._frames) < self._max_frames
+
+    async def room(self) -> None:
+        self._has_room.clear()
+        await self._has_room.wait()
+
+    def _encode(self, item: Item) -> bytes | None:
         if isinstance(item, kumiho_pb2.Event):
             if self._filter.is_repeat(item.cursor):
                 log.debug("dropped repeat of cursor %s after resume", item.cursor)
@@ -106,24 +114,18 @@ class Pump:
             )
         return sse.control_frame("gateway.error", item.error.envelope()["error"])
 
-    async def _read(self) -> None:
+    # -- the response body ----------------------------------------------------
+
+    async def _run_source(self) -> None:
         try:
-            async for item in self._source.items():
-                frame = self._encode(item)
-                if frame is not None:
-                    self._push(frame)
-                if isinstance(item, Failure):
-                    break
-                if len(self._frames) >= self._max_frames:
-                    self._has_room.clear()
-                    await self._has_room.wait()
+            await self._source.run(self)
         finally:
             self._finished = True
             self._has_data.set()
 
     async def frames(self) -> AsyncIterator[bytes]:
         """The response body: a ``retry:`` line, then frames in batches, until the source ends."""
-        reader = asyncio.create_task(self._read())
+        reader = asyncio.create_task(self._run_source())
         try:
             yield sse.retry_frame(jittered_retry_ms(self._retry_ms))
             while True:
@@ -139,7 +141,7 @@ class Pump:
                     yield chunk
                 if self._finished and not self._frames:
                     if reader.done() and not reader.cancelled() and reader.exception():
-                        log.error("stream reader failed", exc_info=reader.exception())
+                        log.error("stream source failed", exc_info=reader.exception())
                     return
         finally:
             # Synchronous on purpose: this may run inside a cancelled scope.

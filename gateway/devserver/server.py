@@ -26,6 +26,14 @@ from gateway.devserver.store import EventStore
 
 log = logging.getLogger("gateway.devserver")
 
+# Accept the keepalive pings Kumiho's SDKs (and the gateway) send: every 30 s,
+# even on an idle channel. gRPC's defaults would answer them with GOAWAY.
+SERVER_OPTIONS = [
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_ping_strikes", 0),
+]
+
 
 @dataclass
 class DevServerConfig:
@@ -79,7 +87,7 @@ async def running_devserver(config: DevServerConfig) -> AsyncIterator[RunningDev
     events = KumihoEvents(EventLog(store), config.tier, tier, access)
     events.faults.break_after = config.break_after
     events.faults.refuse = config.refuse
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=SERVER_OPTIONS)
     kumiho_pb2_grpc.add_KumihoServiceServicer_to_server(events, server)
     devserver_pb2_grpc.add_DevServerServicer_to_server(DevControl(events), server)
     port = server.add_insecure_port(f"{config.host}:{config.port}")

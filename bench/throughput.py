@@ -1,0 +1,168 @@
+"""Throughput: the gateway's read rate and CPU per event against a raw grpc.aio reader.
+
+Preloads N events into a devserver, then reads them all from the beginning,
+in alternating rounds within one run:
+
+  raw      a plain grpc.aio client reading EventStream (the upstream's raw read
+           rate: the ceiling for any Python reader)
+  gateway  an SSE client reading GET /events?from=beginning through the gateway
+
+and prints both rates, the CPU time per event of the raw reader's process and
+of the gateway's process, and the ratios (medians over the rounds).
+
+    python bench/throughput.py [--events 20000] [--rounds 5]
+
+Everything runs on 127.0.0.1; every loop is bounded by a count and a deadline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+import httpx
+import psutil
+
+from gateway._proto import kumiho_pb2, kumiho_pb2_grpc
+from gateway.devserver.control import DevServerClient
+
+DEADLINE = 120.0  # seconds for any single read
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_healthy(url: str) -> None:
+    end = time.monotonic() + 30
+    while time.monotonic() < end:
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise SystemExit("gateway did not start")
+
+
+async def read_raw(address: str, n: int) -> None:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = kumiho_pb2_grpc.KumihoServiceStub(channel)
+        call = stub.EventStream(kumiho_pb2.EventStreamRequest(from_beginning=True))
+        count = 0
+        end = time.monotonic() + DEADLINE
+        async for _ in call:
+            count += 1
+            if count == n or time.monotonic() > end:
+                break
+        call.cancel()
+    if count != n:
+        raise SystemExit(f"raw reader got {count} of {n} events")
+
+
+def read_sse(url: str, n: int) -> None:
+    """A lean SSE reader: counts complete frames with a data line, nothing else."""
+    count = 0
+    tail = b""
+    end = time.monotonic() + DEADLINE
+    with httpx.stream("GET", url + "/events", params={"from": "beginning"}, timeout=30) as r:
+        for chunk in r.iter_raw():
+            buf = tail + chunk
+            count += buf.count(b"\ndata: ") - tail.count(b"\ndata: ")
+            tail = buf[-8:]
+            if count >= n or time.monotonic() > end:
+                break
+    if count < n:
+        raise SystemExit(f"SSE reader got {count} of {n} events")
+
+
+def cpu_seconds(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return times.user + times.system
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    n = args.events
+
+    tmp = Path(tempfile.mkdtemp(prefix="kumiho-bench-"))
+    dev_port, gw_port = free_port(), free_port()
+    devserver = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "devserver", "--port", str(dev_port),
+         "--db", str(tmp / "bench.sqlite3"), "--tier", "enterprise"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--upstream", f"127.0.0.1:{dev_port}",
+         "--port", str(gw_port), "--log-level", "warning"],
+    )
+    url = f"http://127.0.0.1:{gw_port}"
+    try:
+        assert devserver.stdout is not None
+        devserver.stdout.readline()
+        with DevServerClient(f"127.0.0.1:{dev_port}", timeout=120) as control:
+            for start in range(0, n, 5000):
+                control.publish(
+                    "revision.created",
+                    "kref://bench/shots/sq010/sh0420.comp?r=7",
+                    {"tag": "approved", "note": "throughput bench"},
+                    author="u-bench",
+                    username="bench",
+                    count=min(5000, n - start),
+                )
+        wait_healthy(url)
+        gw = psutil.Process(gateway.pid)
+        read_sse(url, min(n, 1000))  # warm up both paths once
+        asyncio.run(read_raw(f"127.0.0.1:{dev_port}", min(n, 1000)))
+
+        rows: list[tuple[float, float, float, float]] = []
+        for _ in range(args.rounds):
+            cpu0, t0 = time.process_time(), time.perf_counter()
+            asyncio.run(read_raw(f"127.0.0.1:{dev_port}", n))
+            raw_wall, raw_cpu = time.perf_counter() - t0, time.process_time() - cpu0
+
+            g0, t0 = cpu_seconds(gw), time.perf_counter()
+            read_sse(url, n)
+            gw_wall, gw_cpu = time.perf_counter() - t0, cpu_seconds(gw) - g0
+            rows.append((n / raw_wall, n / gw_wall, raw_cpu / n * 1e6, gw_cpu / n * 1e6))
+
+        print(f"throughput: {n} events from the beginning, {args.rounds} alternating rounds, "
+              f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
+        print(f"{'round':>5} | {'raw ev/s':>9} | {'gateway ev/s':>12} | {'rate ratio':>10} | "
+              f"{'raw CPU us/ev':>13} | {'gateway CPU us/ev':>17} | {'CPU ratio':>9}")
+        print("-" * 93)
+        for i, (raw_rate, gw_rate, raw_us, gw_us) in enumerate(rows, 1):
+            print(f"{i:>5} | {raw_rate:>9.0f} | {gw_rate:>12.0f} | {gw_rate / raw_rate:>10.2f} | "
+                  f"{raw_us:>13.1f} | {gw_us:>17.1f} | {gw_us / raw_us:>9.2f}")
+        med = [statistics.median(col) for col in zip(*rows, strict=True)]
+        print("-" * 93)
+        print(f"{'med':>5} | {med[0]:>9.0f} | {med[1]:>12.0f} | "
+              f"{statistics.median(r[1] / r[0] for r in rows):>10.2f} | {med[2]:>13.1f} | "
+              f"{med[3]:>17.1f} | {statistics.median(r[3] / r[2] for r in rows):>9.2f}")
+        print("targets: rate ratio >= 0.80, CPU ratio <= 1.30")
+    finally:
+        for proc in (gateway, devserver):
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+if __name__ == "__main__":
+    main()

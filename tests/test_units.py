@@ -1,0 +1,74 @@
+"""Pure functions of the request path: endpoint conventions, credentials, log redaction."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from pydantic import SecretStr
+
+from gateway.auth import ANONYMOUS, authenticate
+from gateway.errors import GatewayError
+from gateway.logs import RedactSecrets, redact
+from gateway.upstream import Target, resolve_target
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "target"),
+    [
+        ("localhost", Target("localhost:8080", "localhost", False)),
+        ("127.0.0.1:50051", Target("127.0.0.1:50051", "127.0.0.1", False)),
+        ("kumiho.example:443", Target("kumiho.example:443", "kumiho.example", True)),
+        ("https://us-central.kumiho.cloud", Target("us-central.kumiho.cloud:443", "us-central.kumiho.cloud", True)),
+        ("grpcs://k.example:8443", Target("k.example:8443", "k.example", True)),
+        ("[::1]:9000", Target("[::1]:9000", "::1", False)),
+    ],
+)
+def test_sdk_endpoint_conventions(endpoint: str, target: Target) -> None:
+    assert resolve_target(endpoint) == target
+
+
+def test_tls_and_authority_overrides() -> None:
+    assert resolve_target("k.example:443", use_tls=False).use_tls is False
+    assert resolve_target("k.example", use_tls=True, authority="edge.example") == Target("k.example:8080", "edge.example", True)
+    with pytest.raises(ValueError):
+        resolve_target("  ")
+
+
+def _auth(mode: str, headers: dict[str, str] | None = None, cookies: dict[str, str] | None = None, param: str | None = None, **kw):  # type: ignore[no-untyped-def]
+    return authenticate(mode, headers=headers or {}, cookies=cookies or {}, access_token=param, **kw)  # type: ignore[arg-type]
+
+
+def test_none_mode_ignores_credentials() -> None:
+    assert _auth("none", {"authorization": "Bearer x"}) is ANONYMOUS
+
+
+def test_passthrough_identity_is_a_hash_never_the_token() -> None:
+    cred = _auth("passthrough", {"authorization": "Bearer s3cret"})
+    assert cred.upstream_token == "s3cret"
+    assert "s3cret" not in cred.identity and "s3cret" not in repr(cred)
+    assert _auth("passthrough", cookies={"kumiho_token": "s3cret"}).identity == cred.identity
+    assert _auth("passthrough", {"authorization": "Bearer other"}).identity != cred.identity
+
+
+@pytest.mark.parametrize("header", ["Bearer", "Bearer ", "Token abc", "Bearer a b", "Bearer é"])
+def test_malformed_authorization_is_401(header: str) -> None:
+    with pytest.raises(GatewayError) as err:
+        _auth("passthrough", {"authorization": header})
+    assert err.value.status == 401
+
+
+def test_service_mode_keys() -> None:
+    keys = [SecretStr("k1"), SecretStr("k2")]
+    cred = _auth("service", {"authorization": "Bearer k2"}, service_token="upstream-jwt", api_keys=keys)
+    assert cred.upstream_token == "upstream-jwt" and cred.identity == "service"
+    with pytest.raises(GatewayError):
+        _auth("service", param="k3", service_token="upstream-jwt", api_keys=keys)
+
+
+def test_redaction() -> None:
+    assert redact("GET /events?access_token=abc.def&named=true") == "GET /events?access_token=***&named=true"
+    assert redact("/events?kref=x&ACCESS_TOKEN=abc") == "/events?kref=x&ACCESS_TOKEN=***"
+    record = logging.LogRecord("uvicorn.access", logging.INFO, "", 0, '%s "%s %s"', ("1.2.3.4", "GET", "/events?access_token=zzz"), None)
+    RedactSecrets().filter(record)
+    assert "zzz" not in record.getMessage()
