@@ -103,13 +103,34 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="kumiho-bench-"))
     dev_port, gw_port = free_port(), free_port()
     devserver = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "devserver", "--port", str(dev_port),
-         "--db", str(tmp / "bench.sqlite3"), "--tier", "enterprise"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "devserver",
+            "--port",
+            str(dev_port),
+            "--db",
+            str(tmp / "bench.sqlite3"),
+            "--tier",
+            "enterprise",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     gateway = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--upstream", f"127.0.0.1:{dev_port}",
-         "--port", str(gw_port), "--log-level", "warning"],
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            "--upstream",
+            f"127.0.0.1:{dev_port}",
+            "--port",
+            str(gw_port),
+            "--log-level",
+            "warning",
+        ],
     )
     url = f"http://127.0.0.1:{gw_port}"
     try:
@@ -141,19 +162,27 @@ def main() -> None:
             gw_wall, gw_cpu = time.perf_counter() - t0, cpu_seconds(gw) - g0
             rows.append((n / raw_wall, n / gw_wall, raw_cpu / n * 1e6, gw_cpu / n * 1e6))
 
-        print(f"throughput: {n} events from the beginning, {args.rounds} alternating rounds, "
-              f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
-        print(f"{'round':>5} | {'raw ev/s':>9} | {'gateway ev/s':>12} | {'rate ratio':>10} | "
-              f"{'raw CPU us/ev':>13} | {'gateway CPU us/ev':>17} | {'CPU ratio':>9}")
+        print(
+            f"throughput: {n} events from the beginning, {args.rounds} alternating rounds, "
+            f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}"
+        )
+        print(
+            f"{'round':>5} | {'raw ev/s':>9} | {'gateway ev/s':>12} | {'rate ratio':>10} | "
+            f"{'raw CPU us/ev':>13} | {'gateway CPU us/ev':>17} | {'CPU ratio':>9}"
+        )
         print("-" * 93)
         for i, (raw_rate, gw_rate, raw_us, gw_us) in enumerate(rows, 1):
-            print(f"{i:>5} | {raw_rate:>9.0f} | {gw_rate:>12.0f} | {gw_rate / raw_rate:>10.2f} | "
-                  f"{raw_us:>13.1f} | {gw_us:>17.1f} | {gw_us / raw_us:>9.2f}")
+            print(
+                f"{i:>5} | {raw_rate:>9.0f} | {gw_rate:>12.0f} | {gw_rate / raw_rate:>10.2f} | "
+                f"{raw_us:>13.1f} | {gw_us:>17.1f} | {gw_us / raw_us:>9.2f}"
+            )
         med = [statistics.median(col) for col in zip(*rows, strict=True)]
         print("-" * 93)
-        print(f"{'med':>5} | {med[0]:>9.0f} | {med[1]:>12.0f} | "
-              f"{statistics.median(r[1] / r[0] for r in rows):>10.2f} | {med[2]:>13.1f} | "
-              f"{med[3]:>17.1f} | {statistics.median(r[3] / r[2] for r in rows):>9.2f}")
+        print(
+            f"{'med':>5} | {med[0]:>9.0f} | {med[1]:>12.0f} | "
+            f"{statistics.median(r[1] / r[0] for r in rows):>10.2f} | {med[2]:>13.1f} | "
+            f"{med[3]:>17.1f} | {statistics.median(r[3] / r[2] for r in rows):>9.2f}"
+        )
         print("targets: rate ratio >= 0.80, CPU ratio <= 1.30")
     finally:
         for proc in (gateway, devserver):

@@ -30,7 +30,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until(predicate: Callable[[], bool], deadline: float = 10.0, what: str = "condition") -> None:
+def wait_until(
+    predicate: Callable[[], bool], deadline: float = 10.0, what: str = "condition"
+) -> None:
     """Poll ``predicate`` until it holds or ``deadline`` seconds pass."""
     end = time.monotonic() + deadline
     while time.monotonic() < end:
@@ -55,8 +57,17 @@ class DevServer:
 
     def start(self) -> DevServer:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "devserver", "--port", str(self.port),
-             "--db", str(self.db), *self.args],
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "devserver",
+                "--port",
+                str(self.port),
+                "--db",
+                str(self.db),
+                *self.args,
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -75,7 +86,9 @@ class DevServer:
     def client(self) -> DevServerClient:
         return DevServerClient(self.address)
 
-    def publish(self, routing_key: str, kref: str, details: dict[str, str] | None = None, **kw: Any) -> list[str]:
+    def publish(
+        self, routing_key: str, kref: str, details: dict[str, str] | None = None, **kw: Any
+    ) -> list[str]:
         with self.client() as c:
             return c.publish(routing_key, kref, details, **kw)
 
@@ -104,8 +117,17 @@ class Gateway:
         env.update(self.env)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "serve", "--upstream", self.upstream,
-                 "--port", str(self.port), *self.args],
+                [
+                    sys.executable,
+                    "-m",
+                    "gateway",
+                    "serve",
+                    "--upstream",
+                    self.upstream,
+                    "--port",
+                    str(self.port),
+                    *self.args,
+                ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
@@ -200,7 +222,9 @@ def read_events(
     events: list[ServerSentEvent] = []
     with (
         httpx.Client(timeout=httpx.Timeout(timeout)) as client,
-        connect_sse(client, "GET", url + "/events", params=params, headers=dict(headers or {})) as source,
+        connect_sse(
+            client, "GET", url + "/events", params=params, headers=dict(headers or {})
+        ) as source,
     ):
         assert source.response.status_code == 200, source.response.read()
         deadline = time.monotonic() + timeout
@@ -215,4 +239,3 @@ def read_events(
 
 def data(events: list[ServerSentEvent]) -> list[dict[str, Any]]:
     return [json.loads(e.data) for e in events]
-

@@ -10,7 +10,16 @@ import pytest
 
 from tests.conftest import FAST, DevServer, Gateway, read_events, wait_until
 
-TOKENS = ("--token", "tok-a=studio-a", "--token", "tok-b=studio-b", "--token", "tok-x=studio-a", "--deny-token", "tok-x")
+TOKENS = (
+    "--token",
+    "tok-a=studio-a",
+    "--token",
+    "tok-b=studio-b",
+    "--token",
+    "tok-x=studio-a",
+    "--deny-token",
+    "tok-x",
+)
 
 
 @pytest.fixture
@@ -29,11 +38,17 @@ def _publish_both(devserver: DevServer) -> tuple[list[str], list[str]]:
     return a, b
 
 
-def test_passthrough_forwards_each_clients_token(devserver: DevServer, passthrough: Gateway) -> None:
+def test_passthrough_forwards_each_clients_token(
+    devserver: DevServer, passthrough: Gateway
+) -> None:
     a, b = _publish_both(devserver)
     beginning = {"from": "beginning"}
-    by_header = read_events(passthrough.url, 2, params=beginning, headers={"Authorization": "Bearer tok-a"})
-    by_cookie = read_events(passthrough.url, 2, params=beginning, headers={"Cookie": "kumiho_token=tok-b"})
+    by_header = read_events(
+        passthrough.url, 2, params=beginning, headers={"Authorization": "Bearer tok-a"}
+    )
+    by_cookie = read_events(
+        passthrough.url, 2, params=beginning, headers={"Cookie": "kumiho_token=tok-b"}
+    )
     by_param = read_events(passthrough.url, 2, params={**beginning, "access_token": "tok-a"})
     assert [e.id for e in by_header] == a
     assert [e.id for e in by_cookie] == b  # tenants never see each other's events
@@ -43,7 +58,7 @@ def test_passthrough_forwards_each_clients_token(devserver: DevServer, passthrou
 
 
 def test_header_beats_cookie_beats_parameter(devserver: DevServer, passthrough: Gateway) -> None:
-    a, b = _publish_both(devserver)
+    _, b = _publish_both(devserver)
     events = read_events(
         passthrough.url,
         2,
@@ -73,10 +88,14 @@ def test_refusals_come_before_the_stream(
     assert r.json()["error"]["message"]
 
 
-def test_revoked_token_ends_the_stream_with_gateway_error(devserver: DevServer, passthrough: Gateway) -> None:
+def test_revoked_token_ends_the_stream_with_gateway_error(
+    devserver: DevServer, passthrough: Gateway
+) -> None:
     with (
         httpx.Client(timeout=10) as client,
-        client.stream("GET", passthrough.url + "/events", headers={"Authorization": "Bearer tok-b"}) as r,
+        client.stream(
+            "GET", passthrough.url + "/events", headers={"Authorization": "Bearer tok-b"}
+        ) as r,
     ):
         assert r.status_code == 200
         lines = r.iter_lines()
@@ -87,7 +106,9 @@ def test_revoked_token_ends_the_stream_with_gateway_error(devserver: DevServer, 
         body = list(lines)  # the stream ends by itself after the error
     frames = "\n".join(body)
     assert "event: gateway.error" in frames
-    error = json.loads(next(line for line in body if line.startswith("data: ")).removeprefix("data: "))
+    error = json.loads(
+        next(line for line in body if line.startswith("data: ")).removeprefix("data: ")
+    )
     assert error["code"] == "unauthenticated" and error["retryable"] is False
 
 
@@ -114,6 +135,13 @@ def test_service_mode_checks_gateway_keys_and_sends_its_own_token(
     )
     _, b = _publish_both(devserver)
     assert httpx.get(gateway.url + "/events", timeout=10).status_code == 401
-    assert httpx.get(gateway.url + "/events", headers={"Authorization": "Bearer key-3"}, timeout=10).status_code == 401
-    events = read_events(gateway.url, 2, params={"from": "beginning"}, headers={"Authorization": "Bearer key-2"})
+    assert (
+        httpx.get(
+            gateway.url + "/events", headers={"Authorization": "Bearer key-3"}, timeout=10
+        ).status_code
+        == 401
+    )
+    events = read_events(
+        gateway.url, 2, params={"from": "beginning"}, headers={"Authorization": "Bearer key-2"}
+    )
     assert [e.id for e in events] == b  # the gateway's own token (tenant studio-b) went upstream

@@ -30,7 +30,9 @@ def test_console_script_is_installed() -> None:
 
 
 def test_serve_help_lists_every_flag_with_its_environment_variable() -> None:
-    out = subprocess.run([*CLI, "serve", "--help"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [*CLI, "serve", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     flat = " ".join(out.split())
     for field in Settings.model_fields:
         assert "--" + field.replace("_", "-") in out
@@ -42,7 +44,9 @@ def test_serve_help_lists_every_flag_with_its_environment_variable() -> None:
 def test_readme_documents_every_setting() -> None:
     readme = (ROOT / "README.md").read_text()
     for field in Settings.model_fields:
-        row = next((ln for ln in readme.splitlines() if f"`--{field.replace('_', '-')}`" in ln), None)
+        row = next(
+            (ln for ln in readme.splitlines() if f"`--{field.replace('_', '-')}`" in ln), None
+        )
         assert row, f"README configuration table has no row for --{field.replace('_', '-')}"
         for env in env_names(field):
             assert env in row
@@ -53,8 +57,19 @@ def test_publish_prints_cursors_that_the_gateway_serves(
 ) -> None:
     devserver = make_devserver()
     out = subprocess.run(
-        [*CLI, "publish", "--upstream", devserver.address, "revision.tagged", "kref://p/a/hero.model?r=2", "tag=approved", "note=a=b"],
-        capture_output=True, text=True, check=True,
+        [
+            *CLI,
+            "publish",
+            "--upstream",
+            devserver.address,
+            "revision.tagged",
+            "kref://p/a/hero.model?r=2",
+            "tag=approved",
+            "note=a=b",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     cursor = out.strip()
     assert re.fullmatch(r"\d+-\d+", cursor)
@@ -62,7 +77,11 @@ def test_publish_prints_cursors_that_the_gateway_serves(
     [event] = read_events(gateway.url, 1, params={"from": "beginning"})  # type: ignore[attr-defined]
     assert event.id == cursor
     assert event.json()["details"] == {"tag": "approved", "note": "a=b"}
-    bad = subprocess.run([*CLI, "publish", "--upstream", devserver.address, "x", "kref://p", "novalue"], capture_output=True, text=True)
+    bad = subprocess.run(
+        [*CLI, "publish", "--upstream", devserver.address, "x", "kref://p", "novalue"],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode != 0 and "KEY=VALUE" in bad.stderr
 
 
@@ -71,7 +90,10 @@ def test_demo_streams_studio_activity_within_two_seconds(tmp_path: Path) -> None
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [*CLI, "demo", "--port", str(port), "--db", str(tmp_path / "demo.sqlite3")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
     )
     try:
         assert proc.stdout is not None
@@ -80,7 +102,9 @@ def test_demo_streams_studio_activity_within_two_seconds(tmp_path: Path) -> None
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda: _ok(url + "/healthz"), 30, "the demo gateway")
         started = time.monotonic()
-        curl = subprocess.run(["curl", "-sN", "--max-time", "2", url + "/events"], capture_output=True, text=True)
+        curl = subprocess.run(
+            ["curl", "-sN", "--max-time", "2", url + "/events"], capture_output=True, text=True
+        )
         ids = [ln[4:] for ln in curl.stdout.splitlines() if ln.startswith("id: ")]
         assert ids, f"no event within 2 s: {curl.stdout!r}"
         assert time.monotonic() - started < 3
@@ -106,3 +130,10 @@ def _ok(url: str) -> bool:
         return httpx.get(url, timeout=1).status_code == 200
     except httpx.TransportError:
         return False
+
+
+def test_readme_test_command_is_what_ci_runs() -> None:
+    ci = (ROOT / ".ci" / "run").read_text()
+    command = next(ln for ln in ci.splitlines() if ln.startswith("TEST_COMMAND="))
+    command = command.removeprefix("TEST_COMMAND=").strip('"')
+    assert command in (ROOT / "README.md").read_text()

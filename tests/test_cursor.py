@@ -17,7 +17,7 @@ from gateway.pump import ResumeFilter, jittered_retry_ms
         ("1-", None),
         ("-1", None),
         ("1-2-3", None),
-        ("１-２", None),  # full-width digits are not a Redis id
+        ("\uff11-\uff12", None),  # full-width digits are not a Redis id
         ("9" * 21 + "-0", None),
     ],
 )

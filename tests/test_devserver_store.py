@@ -19,10 +19,14 @@ class Clock:
 
 
 def _new(n: int) -> list[NewEvent]:
-    return [NewEvent("revision.created", f"kref://p/s/i.model?r={i}", {"i": str(i)}) for i in range(n)]
+    return [
+        NewEvent("revision.created", f"kref://p/s/i.model?r={i}", {"i": str(i)}) for i in range(n)
+    ]
 
 
-def test_cursors_are_ordered_redis_ids_even_when_the_clock_stalls_or_steps_back(tmp_path: Path) -> None:
+def test_cursors_are_ordered_redis_ids_even_when_the_clock_stalls_or_steps_back(
+    tmp_path: Path,
+) -> None:
     clock = Clock()
     store = EventStore(tmp_path / "log.sqlite3", clock=clock)
     a = store.append("t", _new(3))
@@ -42,7 +46,9 @@ def test_events_and_cursors_survive_a_restart(tmp_path: Path) -> None:
     store = EventStore(path)
     second = store.append("t", _new(1))
     assert cursor_key(second[0].cursor) > cursor_key(first[-1].cursor)  # type: ignore[operator]
-    assert [e.cursor for e in store.read_after("t", BEFORE_ALL, 10)] == [e.cursor for e in first + second]
+    assert [e.cursor for e in store.read_after("t", BEFORE_ALL, 10)] == [
+        e.cursor for e in first + second
+    ]
     assert store.resume_key("t", first[0].cursor) == first[0].key
 
 
@@ -65,7 +71,9 @@ def test_retention_by_count_expires_old_cursors(tmp_path: Path) -> None:
     assert err.value.kind == "expired"
     # The newest pruned cursor is still a valid resume point: nothing after it was lost.
     assert store.resume_key("t", events[2].cursor) == events[2].key
-    assert [e.cursor for e in store.read_after("t", BEFORE_ALL, 10)] == [e.cursor for e in events[3:]]
+    assert [e.cursor for e in store.read_after("t", BEFORE_ALL, 10)] == [
+        e.cursor for e in events[3:]
+    ]
     store.append("other", _new(2))
     assert store.count("t") == 5  # retention is per tenant
 
@@ -81,7 +89,9 @@ def test_retention_by_age(tmp_path: Path) -> None:
         store.resume_key("t", old[0].cursor)
 
 
-@pytest.mark.parametrize(("cursor", "kind"), [("nonsense", "invalid"), ("9999999999999-0", "unknown")])
+@pytest.mark.parametrize(
+    ("cursor", "kind"), [("nonsense", "invalid"), ("9999999999999-0", "unknown")]
+)
 def test_bad_cursors(tmp_path: Path, cursor: str, kind: str) -> None:
     store = EventStore(tmp_path / "log.sqlite3")
     store.append("t", _new(1))

@@ -21,7 +21,9 @@ def _beginning(project: str, **extra: str) -> dict[str, str]:
     return {"from": "beginning", "kref": f"kref://{project}/**", **extra}
 
 
-def test_stream_headers_retry_line_and_ids_equal_cursors(stack: tuple[DevServer, Gateway], project: str) -> None:
+def test_stream_headers_retry_line_and_ids_equal_cursors(
+    stack: tuple[DevServer, Gateway], project: str
+) -> None:
     devserver, gateway = stack
     cursors = devserver.publish("revision.created", f"kref://{project}/a/hero.model?r=1", count=3)
     with httpx.stream("GET", gateway.url + "/events", params=_beginning(project), timeout=10) as r:
@@ -47,7 +49,15 @@ def test_every_data_field(stack: tuple[DevServer, Gateway], project: str) -> Non
     )
     [event] = read_events(gateway.url, 1, params=_beginning(project))
     body = json.loads(event.data)
-    assert set(body) == {"routing_key", "kref", "timestamp", "author", "username", "details", "cursor"}
+    assert set(body) == {
+        "routing_key",
+        "kref",
+        "timestamp",
+        "author",
+        "username",
+        "details",
+        "cursor",
+    }
     assert body["routing_key"] == "revision.tagged"
     assert body["kref"] == kref
     assert body["author"] == "u-42"
@@ -65,13 +75,15 @@ HARD_VALUES = {
     "ls": "unicode\u2028line separator",
     "nel": "next\u0085line",
     "ps": "para\u2029graph",
-    "quotes": 'she said "hi" \\ \'there\'',
+    "quotes": "she said \"hi\" \\ 'there'",
     "sse": "\n\ndata: forged\nid: 0-0\n\n",
     "emoji": "🦊 kitsune",
 }
 
 
-def test_hard_payloads_stay_one_event_and_round_trip(stack: tuple[DevServer, Gateway], project: str) -> None:
+def test_hard_payloads_stay_one_event_and_round_trip(
+    stack: tuple[DevServer, Gateway], project: str
+) -> None:
     devserver, gateway = stack
     devserver.publish("item.model.created", f"kref://{project}/狐/hero.model", HARD_VALUES)
     devserver.publish("item.model.created", f"kref://{project}/after.model", {"k": "v"})
@@ -92,7 +104,9 @@ def test_hard_payloads_stay_one_event_and_round_trip(stack: tuple[DevServer, Gat
     assert json.loads(text.removeprefix("data: "))["details"] == HARD_VALUES
 
 
-def test_resume_by_header_cursor_and_last_event_id(stack: tuple[DevServer, Gateway], project: str) -> None:
+def test_resume_by_header_cursor_and_last_event_id(
+    stack: tuple[DevServer, Gateway], project: str
+) -> None:
     devserver, gateway = stack
     cursors = devserver.publish("revision.created", f"kref://{project}/x.model", count=5)
     kref = {"kref": f"kref://{project}/**"}
@@ -107,11 +121,17 @@ def test_resume_by_header_cursor_and_last_event_id(stack: tuple[DevServer, Gatew
     assert [e.id for e in header_wins] == cursors[4:]
 
 
-def test_filters_and_start_reach_the_upstream_unchanged(stack: tuple[DevServer, Gateway], project: str) -> None:
+def test_filters_and_start_reach_the_upstream_unchanged(
+    stack: tuple[DevServer, Gateway], project: str
+) -> None:
     devserver, gateway = stack
     cases = [
         ({"routing_key": "revision.*", "kref": f"kref://{project}/**/*.model"}, "latest", None),
-        ({"routing_key_filter": "item.#", "kref_filter": "kref://p/**", "from": "beginning"}, "from_beginning", True),
+        (
+            {"routing_key_filter": "item.#", "kref_filter": "kref://p/**", "from": "beginning"},
+            "from_beginning",
+            True,
+        ),
         ({"from": "2025-12-03T10:00:00Z"}, "from_timestamp", "2025-12-03T10:00:00Z"),
     ]
     for params, position, value in cases:
@@ -119,7 +139,9 @@ def test_filters_and_start_reach_the_upstream_unchanged(stack: tuple[DevServer, 
             assert r.status_code == 200
         with devserver.client() as c:
             request = c.recent_requests()[-1]
-        assert request.routing_key_filter == params.get("routing_key", params.get("routing_key_filter", ""))
+        assert request.routing_key_filter == params.get(
+            "routing_key", params.get("routing_key_filter", "")
+        )
         assert request.kref_filter == params.get("kref", params.get("kref_filter", ""))
         assert not request.HasField("cursor")
         if value is None:
@@ -132,10 +154,14 @@ def test_filters_and_start_reach_the_upstream_unchanged(stack: tuple[DevServer, 
 def test_filters_select_events(stack: tuple[DevServer, Gateway], project: str) -> None:
     devserver, gateway = stack
     devserver.publish("item.model.created", f"kref://{project}/a/hero.model")
-    want = devserver.publish("revision.tagged", f"kref://{project}/a/hero.model?r=1", {"tag": "approved"})
+    want = devserver.publish(
+        "revision.tagged", f"kref://{project}/a/hero.model?r=1", {"tag": "approved"}
+    )
     devserver.publish("revision.tagged", f"kref://{project}/a/hero.rig?r=1", {"tag": "approved"})
     events = read_events(
-        gateway.url, 1, params=_beginning(project, routing_key="revision.*", kref=f"kref://{project}/**/*.model")
+        gateway.url,
+        1,
+        params=_beginning(project, routing_key="revision.*", kref=f"kref://{project}/**/*.model"),
     )
     assert [e.id for e in events] == want
 
@@ -187,7 +213,9 @@ def test_heartbeats_on_an_idle_stream(stack: tuple[DevServer, Gateway], project:
     _, gateway = stack  # started with --heartbeat 0.5
     comments = 0
     start = time.monotonic()
-    with httpx.stream("GET", gateway.url + "/events", params={"kref": f"kref://{project}/**"}, timeout=10) as r:
+    with httpx.stream(
+        "GET", gateway.url + "/events", params={"kref": f"kref://{project}/**"}, timeout=10
+    ) as r:
         for line in r.iter_lines():
             if line.startswith(":"):
                 comments += 1
@@ -201,7 +229,9 @@ def test_curl_reads_the_stream(stack: tuple[DevServer, Gateway], project: str) -
     devserver, gateway = stack
     cursors = devserver.publish("revision.created", f"kref://{project}/c.model", count=2)
     url = f"{gateway.url}/events?from=beginning&kref=kref://{project}/**"
-    proc = subprocess.Popen(["curl", "-sN", "--max-time", "20", url], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        ["curl", "-sN", "--max-time", "20", url], stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout is not None
     ids: list[str] = []
     try:
@@ -227,5 +257,13 @@ def test_other_endpoints(stack: tuple[DevServer, Gateway]) -> None:
     assert page.status_code == 200 and "EventSource" in httpx.get(gateway.url + "/app.js").text
     openapi = httpx.get(gateway.url + "/openapi.json").json()
     names = {p["name"] for p in openapi["paths"]["/events"]["get"]["parameters"]}
-    assert {"routing_key", "kref_filter", "cursor", "last_event_id", "from", "named", "Last-Event-ID"} <= names
+    assert {
+        "routing_key",
+        "kref_filter",
+        "cursor",
+        "last_event_id",
+        "from",
+        "named",
+        "Last-Event-ID",
+    } <= names
     assert httpx.get(gateway.url + "/docs").status_code == 200

@@ -19,7 +19,9 @@ KREF = "kref://studio/shots/sq010.comp"
 class Reader(threading.Thread):
     """Reads one /events connection in the background, recording every event."""
 
-    def __init__(self, url: str, params: dict[str, str] | None = None, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, url: str, params: dict[str, str] | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(daemon=True)
         self.url, self.params, self.headers = url, params, dict(headers or {})
         self.events: list[ServerSentEvent] = []
@@ -32,7 +34,9 @@ class Reader(threading.Thread):
         try:
             with (
                 httpx.Client(timeout=httpx.Timeout(30)) as client,
-                connect_sse(client, "GET", self.url + "/events", params=self.params, headers=self.headers) as source,
+                connect_sse(
+                    client, "GET", self.url + "/events", params=self.params, headers=self.headers
+                ) as source,
             ):
                 self.status = source.response.status_code
                 self.connected.set()
@@ -46,7 +50,9 @@ class Reader(threading.Thread):
             self.connected.set()
 
     def wait_for(self, count: int, deadline: float = 20.0) -> list[ServerSentEvent]:
-        wait_until(lambda: len(self.events) >= count or self.error is not None, deadline, f"{count} events")
+        wait_until(
+            lambda: len(self.events) >= count or self.error is not None, deadline, f"{count} events"
+        )
         assert self.error is None, self.error
         return self.events
 
@@ -68,13 +74,19 @@ def test_broken_upstream_streams_lose_and_repeat_nothing(
             c.publish("revision.created", KREF, {"batch": str(batch)}, count=20)
     events = reader.wait_for(100)
     reader.stop.set()
-    assert [json.loads(e.data)["details"]["batch"] for e in events] == [str(b) for b in range(5) for _ in range(20)]
-    assert [e.id for e in events] == sorted({e.id for e in events}, key=lambda c: tuple(map(int, c.split("-"))))
+    assert [json.loads(e.data)["details"]["batch"] for e in events] == [
+        str(b) for b in range(5) for _ in range(20)
+    ]
+    assert [e.id for e in events] == sorted(
+        {e.id for e in events}, key=lambda c: tuple(map(int, c.split("-")))
+    )
     with devserver.client() as c:
         assert c.stats().streams_started >= 100 // 7  # the fault really broke the stream
 
 
-def test_devserver_restart_mid_stream(make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]) -> None:
+def test_devserver_restart_mid_stream(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
     devserver = make_devserver()
     gateway = make_gateway(devserver.address, *FAST)
     reader = Reader(gateway.url)
@@ -91,7 +103,9 @@ def test_devserver_restart_mid_stream(make_devserver: Callable[..., DevServer], 
     assert all(e.event == "message" for e in events)
 
 
-def test_upstream_down_at_connect_then_up(make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway], tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_upstream_down_at_connect_then_up(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway], tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     port = free_port()
     gateway = make_gateway(f"127.0.0.1:{port}", *FAST)
     assert httpx.get(gateway.url + "/readyz", timeout=10).status_code == 503
@@ -99,7 +113,7 @@ def test_upstream_down_at_connect_then_up(make_devserver: Callable[..., DevServe
         assert r.status_code == 200  # never an error that would stop EventSource for good
         lines = r.iter_lines()
         assert next(lines).startswith("retry: ")
-        assert next(l for l in lines if l).startswith(":")  # heartbeats meanwhile
+        assert next(line for line in lines if line).startswith(":")  # heartbeats meanwhile
     reader = Reader(gateway.url)
     reader.start()
     reader.connected.wait(10)
@@ -145,7 +159,9 @@ def test_unknown_cursor_resets_and_replays_the_window(
     assert [e.id for e in events[1:]] == cursors  # the dedupe point was forgotten with the reset
 
 
-def test_tier_without_cursors_resets_a_resume(make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]) -> None:
+def test_tier_without_cursors_resets_a_resume(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
     devserver = make_devserver("--tier", "free")
     gateway = make_gateway(devserver.address, *FAST)
     reader = Reader(gateway.url, headers={"Last-Event-ID": "1700000000000-0"})
@@ -179,7 +195,9 @@ def test_disconnect_cancels_the_upstream_call_within_a_second(
         assert time.monotonic() - closed_at < 1.0
 
 
-def test_gateway_restart_resume_is_exactly_once(make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]) -> None:
+def test_gateway_restart_resume_is_exactly_once(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
     devserver = make_devserver()
     gateway = make_gateway(devserver.address, *FAST)
     cursors = devserver.publish("revision.created", KREF, count=20)

@@ -51,8 +51,16 @@ def test_official_sdk_reads_events_resumes_and_reads_capabilities(
     make_devserver: Callable[..., DevServer],
 ) -> None:
     devserver = make_devserver("--tier", "creator")
-    first = devserver.publish("item.model.created", "kref://sdk/chars/hero.model", {"kind": "model"}, author="u-1", username="mina")
-    rest = devserver.publish("revision.tagged", "kref://sdk/chars/hero.model?r=1", {"tag": "approved"}, count=2)
+    first = devserver.publish(
+        "item.model.created",
+        "kref://sdk/chars/hero.model",
+        {"kind": "model"},
+        author="u-1",
+        username="mina",
+    )
+    rest = devserver.publish(
+        "revision.tagged", "kref://sdk/chars/hero.model?r=1", {"tag": "approved"}, count=2
+    )
     proc = subprocess.run(
         [sys.executable, "-c", SDK_SCRIPT, devserver.address, first[0]],
         capture_output=True,

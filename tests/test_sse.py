@@ -61,8 +61,16 @@ def test_named_frame_carries_the_routing_key() -> None:
 
 def test_line_breaks_of_every_kind_stay_inside_one_data_line() -> None:
     hard = {
-        "lf": "a\nb", "cr": "a\rb", "crlf": "a\r\nb", "ls": "a\u2028b", "ps": "a\u2029b",
-        "nel": "a\u0085b", "vt": "a\x0bb", "ff": "a\x0cb", "quote": 'say "hi"', "nul": "a\x00b",
+        "lf": "a\nb",
+        "cr": "a\rb",
+        "crlf": "a\r\nb",
+        "ls": "a\u2028b",
+        "ps": "a\u2029b",
+        "nel": "a\u0085b",
+        "vt": "a\x0bb",
+        "ff": "a\x0cb",
+        "quote": 'say "hi"',
+        "nul": "a\x00b",
     }
     frame = sse.event_frame(_event(**hard), named=False)
     text = frame.decode()

@@ -19,7 +19,10 @@ from gateway.upstream import Target, resolve_target
         ("localhost", Target("localhost:8080", "localhost", False)),
         ("127.0.0.1:50051", Target("127.0.0.1:50051", "127.0.0.1", False)),
         ("kumiho.example:443", Target("kumiho.example:443", "kumiho.example", True)),
-        ("https://us-central.kumiho.cloud", Target("us-central.kumiho.cloud:443", "us-central.kumiho.cloud", True)),
+        (
+            "https://us-central.kumiho.cloud",
+            Target("us-central.kumiho.cloud:443", "us-central.kumiho.cloud", True),
+        ),
         ("grpcs://k.example:8443", Target("k.example:8443", "k.example", True)),
         ("[::1]:9000", Target("[::1]:9000", "::1", False)),
     ],
@@ -30,13 +33,23 @@ def test_sdk_endpoint_conventions(endpoint: str, target: Target) -> None:
 
 def test_tls_and_authority_overrides() -> None:
     assert resolve_target("k.example:443", use_tls=False).use_tls is False
-    assert resolve_target("k.example", use_tls=True, authority="edge.example") == Target("k.example:8080", "edge.example", True)
+    assert resolve_target("k.example", use_tls=True, authority="edge.example") == Target(
+        "k.example:8080", "edge.example", True
+    )
     with pytest.raises(ValueError):
         resolve_target("  ")
 
 
-def _auth(mode: str, headers: dict[str, str] | None = None, cookies: dict[str, str] | None = None, param: str | None = None, **kw):  # type: ignore[no-untyped-def]
-    return authenticate(mode, headers=headers or {}, cookies=cookies or {}, access_token=param, **kw)  # type: ignore[arg-type]
+def _auth(
+    mode: str,
+    headers: dict[str, str] | None = None,
+    cookies: dict[str, str] | None = None,
+    param: str | None = None,
+    **kw,
+):  # type: ignore[no-untyped-def]
+    return authenticate(
+        mode, headers=headers or {}, cookies=cookies or {}, access_token=param, **kw
+    )  # type: ignore[arg-type]
 
 
 def test_none_mode_ignores_credentials() -> None:
@@ -60,15 +73,28 @@ def test_malformed_authorization_is_401(header: str) -> None:
 
 def test_service_mode_keys() -> None:
     keys = [SecretStr("k1"), SecretStr("k2")]
-    cred = _auth("service", {"authorization": "Bearer k2"}, service_token="upstream-jwt", api_keys=keys)
+    cred = _auth(
+        "service", {"authorization": "Bearer k2"}, service_token="upstream-jwt", api_keys=keys
+    )
     assert cred.upstream_token == "upstream-jwt" and cred.identity == "service"
     with pytest.raises(GatewayError):
         _auth("service", param="k3", service_token="upstream-jwt", api_keys=keys)
 
 
 def test_redaction() -> None:
-    assert redact("GET /events?access_token=abc.def&named=true") == "GET /events?access_token=***&named=true"
+    assert (
+        redact("GET /events?access_token=abc.def&named=true")
+        == "GET /events?access_token=***&named=true"
+    )
     assert redact("/events?kref=x&ACCESS_TOKEN=abc") == "/events?kref=x&ACCESS_TOKEN=***"
-    record = logging.LogRecord("uvicorn.access", logging.INFO, "", 0, '%s "%s %s"', ("1.2.3.4", "GET", "/events?access_token=zzz"), None)
+    record = logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        "",
+        0,
+        '%s "%s %s"',
+        ("1.2.3.4", "GET", "/events?access_token=zzz"),
+        None,
+    )
     RedactSecrets().filter(record)
     assert "zzz" not in record.getMessage()
