@@ -44,9 +44,8 @@ def test_serve_help_lists_every_flag_with_its_environment_variable() -> None:
 def test_readme_documents_every_setting() -> None:
     readme = (ROOT / "README.md").read_text()
     for field in Settings.model_fields:
-        row = next(
-            (ln for ln in readme.splitlines() if f"`--{field.replace('_', '-')}`" in ln), None
-        )
+        flag = f"| `--{field.replace('_', '-')}`"
+        row = next((ln for ln in readme.splitlines() if ln.startswith(flag)), None)
         assert row, f"README configuration table has no row for --{field.replace('_', '-')}"
         for env in env_names(field):
             assert env in row
