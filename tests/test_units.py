@@ -98,3 +98,21 @@ def test_redaction() -> None:
     )
     RedactSecrets().filter(record)
     assert "zzz" not in record.getMessage()
+
+
+def test_upstream_metadata_has_a_fresh_correlation_id_and_the_bearer_token() -> None:
+    from gateway.auth import Credential
+    from gateway.settings import Settings
+    from gateway.upstream import Upstream
+
+    upstream = Upstream(Settings(upstream="127.0.0.1:1", tenant_id="studio-9"))
+    first = dict(upstream.metadata(Credential("jwt.a.b", "sha256:x")))
+    second = dict(upstream.metadata(ANONYMOUS))
+    assert first["authorization"] == "Bearer jwt.a.b"
+    assert first["x-tenant-id"] == "studio-9"
+    assert "authorization" not in second
+    assert (
+        len(first["x-correlation-id"]) == 32
+        and first["x-correlation-id"] != second["x-correlation-id"]
+    )
+    assert all(key == key.lower() for key in first)  # gRPC metadata keys are lower-case
