@@ -10,6 +10,12 @@ in alternating rounds within one run:
 and prints both rates, the CPU time per event of the raw reader's process and
 of the gateway's process, and the ratios (medians over the rounds).
 
+Both readers are separate processes measured the same way (psutil CPU time
+around each round) and, on a machine with two or more CPUs, pinned to the
+same CPU, while the devserver and the SSE client share another: the two
+readers then compete with nothing but themselves, which keeps rounds
+comparable on a small, noisy machine.
+
     python bench/throughput.py [--events 20000] [--rounds 5]
 
 Everything runs on 127.0.0.1; every loop is bounded by a count and a deadline.
@@ -18,7 +24,6 @@ Everything runs on 127.0.0.1; every loop is bounded by a count and a deadline.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import signal
 import socket
@@ -27,13 +32,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-import grpc
 import httpx
 import psutil
 
-from gateway._proto import kumiho_pb2, kumiho_pb2_grpc
 from gateway.devserver.control import DevServerClient
 
 DEADLINE = 120.0  # seconds for any single read
@@ -57,19 +61,52 @@ def wait_healthy(url: str) -> None:
     raise SystemExit("gateway did not start")
 
 
-async def read_raw(address: str, n: int) -> None:
+RAW_READER = f"""
+import asyncio, sys, time
+import grpc
+from gateway._proto import kumiho_pb2, kumiho_pb2_grpc
+
+async def read(address, n):
     async with grpc.aio.insecure_channel(address) as channel:
         stub = kumiho_pb2_grpc.KumihoServiceStub(channel)
         call = stub.EventStream(kumiho_pb2.EventStreamRequest(from_beginning=True))
-        count = 0
-        end = time.monotonic() + DEADLINE
+        count, end = 0, time.monotonic() + {DEADLINE}
         async for _ in call:
             count += 1
             if count == n or time.monotonic() > end:
                 break
         call.cancel()
-    if count != n:
-        raise SystemExit(f"raw reader got {count} of {n} events")
+    return count
+
+async def main():
+    address = sys.argv[1]
+    for line in sys.stdin:  # one round per line: the number of events to read
+        print(await read(address, int(line)), flush=True)
+
+asyncio.run(main())
+"""
+
+
+class RawReader:
+    """A plain grpc.aio client in its own process, reading one round per request."""
+
+    def __init__(self, address: str, cpus: set[int] | None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", RAW_READER, address],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+        )
+        self.ps = psutil.Process(self.proc.pid)
+
+    def read(self, n: int) -> None:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(f"{n}\n")
+        self.proc.stdin.flush()
+        got = int(self.proc.stdout.readline())
+        if got != n:
+            raise SystemExit(f"raw reader got {got} of {n} events")
 
 
 def read_sse(url: str, n: int) -> None:
@@ -102,6 +139,15 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="kumiho-bench-"))
     dev_port, gw_port = free_port(), free_port()
+    # Readers on CPU 1; the devserver and this process (the SSE client) on CPU 0.
+    pinned = (os.cpu_count() or 1) >= 2
+    producer_cpus, reader_cpus = ({0}, {1}) if pinned else (None, None)
+
+    def pin(cpus: set[int] | None) -> Callable[[], None] | None:
+        return (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+
+    if producer_cpus:
+        os.sched_setaffinity(0, producer_cpus)
     devserver = subprocess.Popen(
         [
             sys.executable,
@@ -117,6 +163,7 @@ def main() -> None:
         ],
         stdout=subprocess.PIPE,
         text=True,
+        preexec_fn=pin(producer_cpus),
     )
     gateway = subprocess.Popen(
         [
@@ -131,7 +178,9 @@ def main() -> None:
             "--log-level",
             "warning",
         ],
+        preexec_fn=pin(reader_cpus),
     )
+    raw: RawReader | None = None
     url = f"http://127.0.0.1:{gw_port}"
     try:
         assert devserver.stdout is not None
@@ -148,14 +197,15 @@ def main() -> None:
                 )
         wait_healthy(url)
         gw = psutil.Process(gateway.pid)
+        raw = RawReader(f"127.0.0.1:{dev_port}", reader_cpus)
         read_sse(url, min(n, 1000))  # warm up both paths once
-        asyncio.run(read_raw(f"127.0.0.1:{dev_port}", min(n, 1000)))
+        raw.read(min(n, 1000))
 
         rows: list[tuple[float, float, float, float]] = []
         for _ in range(args.rounds):
-            cpu0, t0 = time.process_time(), time.perf_counter()
-            asyncio.run(read_raw(f"127.0.0.1:{dev_port}", n))
-            raw_wall, raw_cpu = time.perf_counter() - t0, time.process_time() - cpu0
+            r0, t0 = cpu_seconds(raw.ps), time.perf_counter()
+            raw.read(n)
+            raw_wall, raw_cpu = time.perf_counter() - t0, cpu_seconds(raw.ps) - r0
 
             g0, t0 = cpu_seconds(gw), time.perf_counter()
             read_sse(url, n)
@@ -185,6 +235,8 @@ def main() -> None:
         )
         print("targets: rate ratio >= 0.80, CPU ratio <= 1.30")
     finally:
+        if raw is not None:
+            raw.proc.kill()
         for proc in (gateway, devserver):
             proc.send_signal(signal.SIGINT)
             try:

@@ -38,28 +38,24 @@ class ResumeFilter:
     """
 
     def __init__(self, cursor: str | None) -> None:
-        self.forget()
-        if cursor:
-            self.delivered(cursor)
+        self._cursor: str | None = cursor or None
+        self._key: CursorKey | None = cursor_key(cursor) if cursor else None
 
     def forget(self) -> None:
         """After a reset the old resume point means nothing."""
-        self._cursor: str | None = None
-        self._key: CursorKey | None = None
+        self._cursor = self._key = None
 
-    def delivered(self, cursor: str) -> None:
-        self._cursor = cursor
-        self._key = cursor_key(cursor)
-
-    def is_repeat(self, cursor: str) -> bool:
-        if not cursor or self._cursor is None:
-            return False
+    def accept(self, cursor: str) -> bool:
+        """False for a repeat; otherwise True, and ``cursor`` becomes the new resume point."""
+        if not cursor:
+            return True  # events without cursors cannot be told apart
         if cursor == self._cursor:
-            return True
-        if self._key is None:
             return False
         key = cursor_key(cursor)
-        return key is not None and key <= self._key
+        if key is not None and self._key is not None and key <= self._key:
+            return False
+        self._cursor, self._key = cursor, key
+        return True
 
 
 class Pump:
@@ -96,12 +92,10 @@ class Pump:
 
     def _encode(self, item: Item) -> bytes | None:
         if isinstance(item, kumiho_pb2.Event):
-            if self._filter.is_repeat(item.cursor):
-                log.debug("dropped repeat of cursor %s after resume", item.cursor)
-                return None
-            if item.cursor:
-                self._filter.delivered(item.cursor)
-            return sse.event_frame(item, named=self._named)
+            if self._filter.accept(item.cursor):
+                return sse.event_frame(item, named=self._named)
+            log.debug("dropped repeat of cursor %s after resume", item.cursor)
+            return None
         if isinstance(item, Reset):
             self._filter.forget()
             return sse.control_frame(

@@ -29,24 +29,26 @@ def test_cursor_key(cursor: str, key: tuple[int, int] | None) -> None:
 
 def test_resume_filter_orders_redis_ids() -> None:
     f = ResumeFilter("100-5")
-    assert f.is_repeat("100-5") and f.is_repeat("100-4") and f.is_repeat("99-9")
-    assert not f.is_repeat("100-6") and not f.is_repeat("101-0")
-    assert not f.is_repeat("")  # cursorless events are never dropped
-    f.delivered("101-0")
-    assert f.is_repeat("100-6")
+    assert not f.accept("100-5") and not f.accept("100-4") and not f.accept("99-9")
+    assert f.accept("")  # cursorless events are never dropped
+    assert f.accept("100-6")
+    assert not f.accept("100-6")  # now the resume point
+    assert f.accept("101-0")
+    assert not f.accept("100-7")
 
 
 def test_resume_filter_with_opaque_cursors_matches_exactly() -> None:
     f = ResumeFilter("opaque-cursor")
-    assert f.is_repeat("opaque-cursor")
-    assert not f.is_repeat("another") and not f.is_repeat("1-0")
+    assert not f.accept("opaque-cursor")
+    assert f.accept("another")
+    assert f.accept("1-0")  # the opaque resume point gives no order to compare with
 
 
 def test_resume_filter_forgets_on_reset() -> None:
     f = ResumeFilter("9999999999999-0")
     f.forget()
-    assert not f.is_repeat("1-0")
-    assert not ResumeFilter(None).is_repeat("1-0")
+    assert f.accept("1-0")
+    assert ResumeFilter(None).accept("1-0")
 
 
 def test_retry_jitter_stays_within_half_the_base() -> None:
