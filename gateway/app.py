@@ -18,10 +18,12 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from gateway import __version__
+from gateway import __version__, sse
 from gateway.auth import Credential, authenticate
 from gateway.errors import GatewayError
-from gateway.pump import Pump
+from gateway.lifecycle import Lifecycle
+from gateway.metrics import CONTENT_TYPE, Metrics
+from gateway.pump import Pump, jittered_retry_ms
 from gateway.settings import Settings
 from gateway.source import UpstreamSource, terminal_error
 from gateway.subscription import access_token_param, openapi_parameters, parse_subscription
@@ -40,13 +42,37 @@ def _error_response(error: GatewayError) -> JSONResponse:
     )
 
 
+def _stream_response(body: AsyncIterator[bytes], settings: Settings) -> EventSourceResponse:
+    response = EventSourceResponse(
+        body,
+        headers=STREAM_HEADERS,
+        media_type=MEDIA_TYPE,
+        ping=settings.heartbeat,
+        ping_message_factory=lambda: ServerSentEvent(comment="heartbeat"),
+        send_timeout=settings.send_timeout,
+    )
+    # sse-starlette adds "Connection: keep-alive": redundant in HTTP/1.1 and
+    # forbidden in HTTP/2, which a proxy may speak to browsers.
+    del response.headers["connection"]
+    return response
+
+
+async def _goodbye(retry_ms: int) -> AsyncIterator[bytes]:
+    yield sse.retry_frame(jittered_retry_ms(retry_ms))
+
+
 def _query(request: Request) -> dict[str, list[str]]:
     return {key: request.query_params.getlist(key) for key in request.query_params}
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """The gateway as an ASGI app; the upstream channel opens in its lifespan."""
+def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> FastAPI:
+    """The gateway as an ASGI app; the upstream channel opens in its lifespan.
+
+    ``lifecycle`` is shared with the server that drains it on SIGTERM.
+    """
     upstream = Upstream(settings)
+    metrics = Metrics()
+    lifecycle = lifecycle or Lifecycle()
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -64,6 +90,8 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.upstream = upstream
+    app.state.metrics = metrics
+    app.state.lifecycle = lifecycle
 
     def credential(request: Request, query: dict[str, list[str]]) -> Credential:
         return authenticate(
@@ -96,20 +124,24 @@ def create_app(settings: Settings) -> FastAPI:
         subscription = parse_subscription(
             query, request.headers.get("last-event-id"), credential(request, query)
         )
-        source = UpstreamSource(upstream, subscription, settings)
+        if lifecycle.draining:
+            # Shutting down: send the client elsewhere, never a non-200 (EventSource would stop).
+            return _stream_response(_goodbye(settings.retry_ms), settings)
+        source = UpstreamSource(upstream, subscription, settings, metrics)
         try:
             await source.open()
         except BaseException:
             source.close()
             raise
-        pump = Pump(source, named=subscription.named, cursor=subscription.cursor, settings=settings)
-        return EventSourceResponse(
-            pump.frames(),
-            headers=STREAM_HEADERS,
-            media_type=MEDIA_TYPE,
-            ping=settings.heartbeat,
-            ping_message_factory=lambda: ServerSentEvent(comment="heartbeat"),
+        pump = Pump(
+            source,
+            named=subscription.named,
+            cursor=subscription.cursor,
+            settings=settings,
+            metrics=metrics,
+            lifecycle=lifecycle,
         )
+        return _stream_response(pump.frames(), settings)
 
     @app.get("/capabilities", summary="The upstream's EventCapabilities")
     async def capabilities(request: Request) -> dict[str, Any]:
@@ -131,11 +163,17 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/readyz", summary="200 when the upstream is reachable, 503 otherwise")
     async def readyz() -> JSONResponse:
+        if lifecycle.draining:
+            return JSONResponse({"status": "draining"}, status_code=503)
         if await upstream.ready():
             return JSONResponse({"status": "ready", "upstream": upstream.target.address})
         return JSONResponse(
             {"status": "unavailable", "upstream": upstream.target.address}, status_code=503
         )
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     static = importlib.resources.files("gateway.static")
     app.mount("/", StaticFiles(directory=str(static), html=True), name="dashboard")

@@ -11,11 +11,9 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 from pydantic import AliasChoices, SecretStr, ValidationError
 
-from gateway import __version__, logs
-from gateway.app import create_app
+from gateway import __version__, server
 from gateway.devserver.control import DevServerClient
 from gateway.devserver.server import DevServerConfig, running_devserver
 from gateway.devserver.servicer import TIERS
@@ -82,24 +80,8 @@ def _run(main: Coroutine[Any, Any, None]) -> None:
         runner.run(main)
 
 
-async def _serve_gateway(settings: Settings, announce: str = "") -> None:
-    config = uvicorn.Config(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        loop="none",
-        timeout_graceful_shutdown=5,
-        server_header=False,
-    )
-    logs.install(settings.log_level)
-    if announce:
-        print(announce, flush=True)
-    await uvicorn.Server(config).serve()
-
-
 def _cmd_serve(ns: argparse.Namespace) -> None:
-    _run(_serve_gateway(_settings(ns)))
+    _run(server.serve(_settings(ns)))
 
 
 def _devserver_config(ns: argparse.Namespace) -> DevServerConfig:
@@ -152,7 +134,7 @@ def _cmd_demo(ns: argparse.Namespace) -> None:
                 port=ns.port,
             )
             url = f"http://{'localhost' if ns.host == '127.0.0.1' else ns.host}:{ns.port}/"
-            await _serve_gateway(
+            await server.serve(
                 settings,
                 announce=(
                     f"kumiho-sse-gateway demo: reference upstream on 127.0.0.1:{running.port} "

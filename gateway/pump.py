@@ -1,11 +1,17 @@
 """The pump: a Source's items become the bytes of one SSE response.
 
-A reader task pulls items from the source, drops what a resume would send
-twice, encodes frames and appends them to a bounded buffer; the response
-side takes the whole buffer at once. A burst of events thus costs one
-socket write per ``flush_interval`` instead of one per event, while a lone
-event waits at most that long. When the buffer is full the reader stops
-reading, and gRPC flow control holds the upstream back.
+A reader task runs the source, which pushes items into the pump (its Sink).
+The pump drops what a resume would send twice, encodes frames and appends
+them to a bounded buffer; the response side takes the whole buffer at once.
+A burst of events thus costs one socket write per ``flush_interval`` instead
+of one per event, while a lone event waits at most that long.
+
+When the buffer is full the source stops reading (gRPC flow control holds
+the upstream back). A client that keeps it full for ``slow_consumer_grace``
+seconds is a slow consumer: its buffered frames are dropped (it will fetch
+them again by resuming), it gets a ``retry:`` line and the stream ends.
+Streams also end after a ``retry:`` line when the gateway drains or when
+``max_stream_lifetime`` passes; always between frames.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from collections.abc import AsyncIterator
 from gateway import sse
 from gateway._proto import kumiho_pb2
 from gateway.cursor import CursorKey, cursor_key
+from gateway.lifecycle import Lifecycle
+from gateway.metrics import Metrics
 from gateway.settings import Settings
 from gateway.source import Item, Reset, Source
 
@@ -62,19 +70,29 @@ class Pump:
     """Turns one subscription's source into SSE bytes; it is the source's Sink."""
 
     def __init__(
-        self, source: Source, *, named: bool, cursor: str | None, settings: Settings
+        self,
+        source: Source,
+        *,
+        named: bool,
+        cursor: str | None,
+        settings: Settings,
+        metrics: Metrics,
+        lifecycle: Lifecycle,
     ) -> None:
         self._source = source
         self._named = named
         self._filter = ResumeFilter(cursor)
-        self._retry_ms = settings.retry_ms
-        self._flush_interval = settings.flush_interval
-        self._max_frames = settings.buffer_events
+        self._settings = settings
+        self._metrics = metrics
+        self._lifecycle = lifecycle
         self._frames: list[bytes] = []
         self._size = 0
+        self._events = 0  # event frames in the buffer, for the delivered counter
         self._has_data = asyncio.Event()
         self._has_room = asyncio.Event()
         self._finished = False
+        self._cause = "client"
+        self._reader: asyncio.Task[None] | None = None
 
     # -- Sink -----------------------------------------------------------------
 
@@ -84,20 +102,37 @@ class Pump:
             self._frames.append(frame)
             self._size += len(frame)
             self._has_data.set()
-        return len(self._frames) < self._max_frames
+        return len(self._frames) < self._settings.buffer_events and (
+            self._size < self._settings.buffer_bytes
+        )
 
-    async def room(self) -> None:
+    async def room(self) -> bool:
         self._has_room.clear()
-        await self._has_room.wait()
+        try:
+            await asyncio.wait_for(self._has_room.wait(), self._settings.slow_consumer_grace)
+        except TimeoutError:
+            log.info(
+                "slow consumer: %d frames waited %.1fs",
+                len(self._frames),
+                self._settings.slow_consumer_grace,
+            )
+            self._metrics.slow_consumer_disconnects.inc()
+            self._frames.clear()  # the client fetches these again when it resumes
+            self._size = self._events = 0
+            self._end("slow_consumer")
+            return False
+        return True
 
     def _encode(self, item: Item) -> bytes | None:
         if isinstance(item, kumiho_pb2.Event):
             if self._filter.accept(item.cursor):
+                self._events += 1
                 return sse.event_frame(item, named=self._named)
             log.debug("dropped repeat of cursor %s after resume", item.cursor)
             return None
         if isinstance(item, Reset):
             self._filter.forget()
+            self._metrics.resets.labels(item.reason).inc()
             return sse.control_frame(
                 "gateway.reset",
                 {
@@ -106,9 +141,26 @@ class Pump:
                     "resumed_from": item.resumed_from,
                 },
             )
+        self._cause = "upstream_error"
         return sse.control_frame("gateway.error", item.error.envelope()["error"])
 
-    # -- the response body ----------------------------------------------------
+    # -- ending ---------------------------------------------------------------
+
+    def drain(self) -> None:
+        """The gateway is shutting down: flush, then a retry: line, then close."""
+        self._end("drain")
+
+    def _end(self, cause: str) -> None:
+        """Stop the source; the response flushes what is buffered, a retry: line, and ends."""
+        if self._finished:
+            return
+        self._cause = cause
+        self._finished = True
+        if self._reader is not None and self._reader is not asyncio.current_task():
+            self._reader.cancel()
+        self._source.close()
+        self._frames.append(sse.retry_frame(jittered_retry_ms(self._settings.retry_ms)))
+        self._has_data.set()
 
     async def _run_source(self) -> None:
         try:
@@ -117,27 +169,50 @@ class Pump:
             self._finished = True
             self._has_data.set()
 
+    # -- the response body ----------------------------------------------------
+
     async def frames(self) -> AsyncIterator[bytes]:
-        """The response body: a ``retry:`` line, then frames in batches, until the source ends."""
-        reader = asyncio.create_task(self._run_source())
+        """The response body: a ``retry:`` line, then frames in batches, until the stream ends."""
+        settings, metrics = self._settings, self._metrics
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        lifetime = settings.max_stream_lifetime * random.uniform(0.9, 1.1)
+        self._reader = asyncio.create_task(self._run_source())
+        self._lifecycle.add(self)
+        metrics.streams_open.inc()
         try:
-            yield sse.retry_frame(jittered_retry_ms(self._retry_ms))
+            yield sse.retry_frame(jittered_retry_ms(settings.retry_ms))
             while True:
-                await self._has_data.wait()
-                if self._flush_interval and not self._finished and self._size < _MAX_CHUNK:
-                    await asyncio.sleep(self._flush_interval)  # let a burst gather
+                if lifetime:
+                    try:
+                        left = started + lifetime - loop.time()
+                        await asyncio.wait_for(self._has_data.wait(), max(left, 0))
+                    except TimeoutError:
+                        self._end("lifetime")
+                else:
+                    await self._has_data.wait()
+                if settings.flush_interval and not self._finished and self._size < _MAX_CHUNK:
+                    await asyncio.sleep(settings.flush_interval)  # let a burst gather
                 chunk = b"".join(self._frames)
+                events = self._events
                 self._frames.clear()
-                self._size = 0
+                self._size = self._events = 0
                 self._has_data.clear()
                 self._has_room.set()
                 if chunk:
                     yield chunk
+                    metrics.events_delivered.inc(events)
+                    metrics.bytes_written.inc(len(chunk))
                 if self._finished and not self._frames:
+                    reader = self._reader
                     if reader.done() and not reader.cancelled() and reader.exception():
                         log.error("stream source failed", exc_info=reader.exception())
                     return
         finally:
             # Synchronous on purpose: this may run inside a cancelled scope.
-            reader.cancel()
+            self._reader.cancel()
             self._source.close()
+            self._lifecycle.discard(self)
+            metrics.streams_open.dec()
+            metrics.stream_closes.labels(self._cause).inc()
+            metrics.stream_duration.observe(loop.time() - started)

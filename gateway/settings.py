@@ -123,7 +123,40 @@ class Settings(BaseSettings):
         4096,
         ge=1,
         validation_alias=_env("buffer_events", "KUMIHO_GATEWAY_BUFFER_EVENTS"),
-        description="per-client buffer (events) before the upstream read waits",
+        description="per-client buffer, in events, that a slow reader may fill",
+    )
+    buffer_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        validation_alias=_env("buffer_bytes", "KUMIHO_GATEWAY_BUFFER_BYTES"),
+        description="per-client buffer, in bytes, that a slow reader may fill",
+    )
+    slow_consumer_grace: float = Field(
+        5.0,
+        gt=0,
+        validation_alias=_env("slow_consumer_grace", "KUMIHO_GATEWAY_SLOW_CONSUMER_GRACE"),
+        description="seconds a client's buffer may stay full before its stream is closed "
+        "(after a retry: line; it resumes with Last-Event-ID)",
+    )
+    send_timeout: float = Field(
+        30.0,
+        gt=0,
+        validation_alias=_env("send_timeout", "KUMIHO_GATEWAY_SEND_TIMEOUT"),
+        description="seconds one write to a client may block before the connection is dropped",
+    )
+    max_stream_lifetime: float = Field(
+        0.0,
+        ge=0,
+        validation_alias=_env("max_stream_lifetime", "KUMIHO_GATEWAY_MAX_STREAM_LIFETIME"),
+        description="close each stream (between frames, after a retry: line) after about "
+        "this many seconds, +-10% jitter, so clients rebalance across replicas; 0 = never",
+    )
+    shutdown_grace: float = Field(
+        10.0,
+        gt=0,
+        validation_alias=_env("shutdown_grace", "KUMIHO_GATEWAY_SHUTDOWN_GRACE"),
+        description="seconds from SIGTERM to exit: streams get a retry: line and close, "
+        "then the process stops",
     )
     capabilities_ttl: float = Field(
         60.0,

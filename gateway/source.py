@@ -26,6 +26,7 @@ import grpc
 
 from gateway._proto import kumiho_pb2
 from gateway.errors import GatewayError
+from gateway.metrics import Metrics
 from gateway.settings import Settings
 from gateway.subscription import Subscription
 from gateway.upstream import EventCall, Upstream
@@ -67,8 +68,8 @@ class Sink(Protocol):
     def put(self, item: Item) -> bool:
         """Take an item; False when the buffer is now full (await ``room()`` before more)."""
 
-    async def room(self) -> None:
-        """Return once the buffer can take items again."""
+    async def room(self) -> bool:
+        """Wait until the buffer can take items again; False: the subscriber is gone, stop."""
 
 
 class Source(Protocol):
@@ -132,8 +133,11 @@ class _Rejected(Exception):
 class UpstreamSource:
     """One upstream EventStream per subscription, resubscribed until closed."""
 
-    def __init__(self, upstream: Upstream, subscription: Subscription, settings: Settings) -> None:
+    def __init__(
+        self, upstream: Upstream, subscription: Subscription, settings: Settings, metrics: Metrics
+    ) -> None:
         self._upstream = upstream
+        self._metrics = metrics
         self._sub = subscription
         self._open_timeout = settings.open_timeout
         self._backoff = Backoff(settings.backoff_initial, settings.backoff_max)
@@ -179,6 +183,9 @@ class UpstreamSource:
         request = self._request()
         call = self._upstream.event_stream(request, self._sub.credential)
         self._call = call
+        gauge = self._metrics.upstream_streams_open
+        gauge.inc()
+        call.add_done_callback(lambda _: gauge.dec())
         try:
             await asyncio.wait_for(asyncio.shield(call.initial_metadata()), wait)
         except TimeoutError:
@@ -188,11 +195,13 @@ class UpstreamSource:
             if code != grpc.StatusCode.OK:
                 self._call = None
                 raise _Rejected(code, await call.details() or "")
+        self._metrics.upstream_connects.inc()
         if not self._resume and self._start == "latest" and self._live_since is None:
             self._live_since = datetime.now(UTC).isoformat(timespec="milliseconds")
 
     def _classify(self, exc: _Rejected) -> Item | None:
         """Reset or Failure for a refused call; None when retrying may fix it."""
+        self._metrics.upstream_failures.labels(exc.code.name).inc()
         if self._resume and exc.code in _CURSOR_REJECTED:
             return self._reset(_CURSOR_REJECTED[exc.code])
         error = terminal_error(exc.code, exc.details)
@@ -229,10 +238,10 @@ class UpstreamSource:
     # -- streaming ------------------------------------------------------------
 
     async def run(self, sink: Sink) -> None:
-        for item in self._pending:
-            if not sink.put(item):
-                await sink.room()
-        self._pending.clear()
+        pending, self._pending = self._pending, []
+        for item in pending:
+            if not sink.put(item) and not await sink.room():
+                return
         while True:
             if self._call is None:
                 try:
@@ -257,8 +266,8 @@ class UpstreamSource:
                         delivered = True
                         self._backoff.reset()
                         self._live_since = None
-                    if not sink.put(event):
-                        await sink.room()
+                    if not sink.put(event) and not await sink.room():
+                        return
                 log.info("upstream ended the stream; resubscribing")
             except grpc.aio.AioRpcError as exc:
                 if await self._refused(_Rejected(exc.code(), exc.details() or ""), sink):

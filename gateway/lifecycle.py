@@ -1,0 +1,57 @@
+"""The process's lifecycle: which streams are open, and draining them on shutdown.
+
+On SIGTERM (see ``server.py``) the gateway first reports not-ready, then asks
+every open stream to end: each flushes what it holds, writes a jittered
+``retry:`` line and closes, so its client reconnects (to another replica)
+with its Last-Event-ID and loses nothing. Only then does the server stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Protocol
+
+log = logging.getLogger("gateway.lifecycle")
+
+
+class Drainable(Protocol):
+    def drain(self) -> None:
+        """End the stream soon: flush, write a retry: line, close."""
+
+
+class Lifecycle:
+    """Open streams and the draining flag, shared by the routes and the server."""
+
+    def __init__(self) -> None:
+        self.draining = False
+        self._streams: set[Drainable] = set()
+        self._empty = asyncio.Event()
+        self._empty.set()
+
+    @property
+    def open_streams(self) -> int:
+        return len(self._streams)
+
+    def add(self, stream: Drainable) -> None:
+        self._streams.add(stream)
+        self._empty.clear()
+
+    def discard(self, stream: Drainable) -> None:
+        self._streams.discard(stream)
+        if not self._streams:
+            self._empty.set()
+
+    async def drain(self, budget: float) -> None:
+        """Stop being ready, end every stream, wait up to ``budget`` seconds for them."""
+        self.draining = True
+        count = len(self._streams)
+        for stream in list(self._streams):
+            stream.drain()
+        try:
+            await asyncio.wait_for(self._empty.wait(), budget)
+            log.info("drained %d streams", count)
+        except TimeoutError:
+            log.warning(
+                "%d of %d streams still open after %.1fs", len(self._streams), count, budget
+            )

@@ -1,0 +1,74 @@
+"""Run the gateway under uvicorn, with a graceful drain on SIGTERM/SIGINT.
+
+uvicorn alone would stop accepting and then wait for streams that never end
+by themselves. Here the first signal drains instead (``Lifecycle.drain``:
+/readyz turns 503, every stream gets a ``retry:`` line and closes) and only
+then lets uvicorn exit; the whole takes at most ``shutdown_grace`` seconds.
+A second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from types import FrameType
+
+import uvicorn
+
+from gateway import logs
+from gateway.app import create_app
+from gateway.lifecycle import Lifecycle
+from gateway.settings import Settings
+
+log = logging.getLogger("gateway.server")
+
+# Share of the grace period spent draining streams; uvicorn gets the rest to
+# close connections and run the lifespan's shutdown.
+_DRAIN_SHARE = 0.75
+
+
+class GatewayServer(uvicorn.Server):
+    """uvicorn.Server whose first exit signal drains the streams before stopping."""
+
+    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle, grace: float) -> None:
+        super().__init__(config)
+        self._lifecycle = lifecycle
+        self._grace = grace
+        self._drain_task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)  # type: ignore[arg-type]
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._loop is None or self._drain_task is not None or self.should_exit:
+            super().handle_exit(sig, frame)  # second signal: stop now
+            return
+        log.info("signal %d: draining %d streams", sig, self._lifecycle.open_streams)
+        self._loop.call_soon_threadsafe(self._start_drain)
+
+    def _start_drain(self) -> None:
+        self._drain_task = asyncio.ensure_future(self._drain())
+
+    async def _drain(self) -> None:
+        await self._lifecycle.drain(self._grace * _DRAIN_SHARE)
+        self.should_exit = True
+
+
+async def serve(settings: Settings, announce: str = "") -> None:
+    """Serve the gateway until a signal drains and stops it."""
+    lifecycle = Lifecycle()
+    config = uvicorn.Config(
+        create_app(settings, lifecycle),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        loop="none",
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_grace * (1 - _DRAIN_SHARE))),
+        server_header=False,
+    )
+    logs.install(settings.log_level)
+    if announce:
+        print(announce, flush=True)
+    await GatewayServer(config, lifecycle, settings.shutdown_grace).serve()
