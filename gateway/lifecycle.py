@@ -42,9 +42,11 @@ class Lifecycle:
         if not self._streams:
             self._empty.set()
 
-    async def drain(self, budget: float) -> None:
-        """Stop being ready, end every stream, wait up to ``budget`` seconds for them."""
+    async def drain(self, budget: float, delay: float = 0.0) -> None:
+        """Stop being ready, wait ``delay``, end every stream, wait up to ``budget`` for them."""
         self.draining = True
+        if delay:
+            await asyncio.sleep(delay)
         count = len(self._streams)
         for stream in list(self._streams):
             stream.drain()

@@ -30,10 +30,11 @@ _DRAIN_SHARE = 0.75
 class GatewayServer(uvicorn.Server):
     """uvicorn.Server whose first exit signal drains the streams before stopping."""
 
-    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle, grace: float) -> None:
+    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle, settings: Settings) -> None:
         super().__init__(config)
         self._lifecycle = lifecycle
-        self._grace = grace
+        self._grace = settings.shutdown_grace
+        self._delay = min(settings.drain_delay, settings.shutdown_grace / 2)
         self._drain_task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -52,7 +53,7 @@ class GatewayServer(uvicorn.Server):
         self._drain_task = asyncio.ensure_future(self._drain())
 
     async def _drain(self) -> None:
-        await self._lifecycle.drain(self._grace * _DRAIN_SHARE)
+        await self._lifecycle.drain(self._grace * _DRAIN_SHARE - self._delay, self._delay)
         self.should_exit = True
 
 
@@ -71,4 +72,4 @@ async def serve(settings: Settings, announce: str = "") -> None:
     logs.install(settings.log_level)
     if announce:
         print(announce, flush=True)
-    await GatewayServer(config, lifecycle, settings.shutdown_grace).serve()
+    await GatewayServer(config, lifecycle, settings).serve()

@@ -151,6 +151,13 @@ class Settings(BaseSettings):
         description="close each stream (between frames, after a retry: line) after about "
         "this many seconds, +-10% jitter, so clients rebalance across replicas; 0 = never",
     )
+    drain_delay: float = Field(
+        0.0,
+        ge=0,
+        validation_alias=_env("drain_delay", "KUMIHO_GATEWAY_DRAIN_DELAY"),
+        description="on SIGTERM, seconds /readyz answers 503 before streams are closed, "
+        "so load balancers stop routing here first",
+    )
     shutdown_grace: float = Field(
         10.0,
         gt=0,

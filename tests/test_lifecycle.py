@@ -1,0 +1,322 @@
+"""Shutdown drains, stream lifetimes, slow consumers, and resource hygiene."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+
+import httpx
+
+from tests.conftest import FAST, DevServer, Gateway, read_events, wait_until
+
+
+def last_field(text_or_lines: str | list[str]) -> str:
+    """The last non-comment line of a stream (heartbeats may follow anything)."""
+    lines = text_or_lines.splitlines() if isinstance(text_or_lines, str) else text_or_lines
+    return [ln for ln in (x.strip("\r") for x in lines) if ln and not ln.startswith(":")][-1]
+
+
+def metric(gateway: Gateway, name: str, labels: str = "") -> float:
+    """One sample from /metrics (0 when absent)."""
+    text = httpx.get(gateway.url + "/metrics", timeout=10).text
+    pattern = rf"^{re.escape(name)}{re.escape(labels)} ([0-9.e+-]+)$"
+    found = re.search(pattern, text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+async def _hold_stream(url: str, lines: list[str], opened: asyncio.Event) -> str:
+    """Read one stream to its end; returns how it ended."""
+    async with httpx.AsyncClient(timeout=30) as client, client.stream("GET", url + "/events") as r:
+        assert r.status_code == 200
+        try:
+            async for line in r.aiter_lines():
+                lines.append(line)
+                opened.set()
+        except httpx.HTTPError as exc:
+            return f"broken: {exc!r}"
+    return "clean"
+
+
+def test_sigterm_drains_fifty_streams(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(
+        devserver.address, *FAST, "--shutdown-grace", "4", "--drain-delay", "0.5"
+    )
+
+    async def scenario() -> tuple[list[str], list[list[str]], float, list[int]]:
+        streams = [[] for _ in range(50)]
+        opened = [asyncio.Event() for _ in streams]
+        tasks = [
+            asyncio.create_task(_hold_stream(gateway.url, s, o))
+            for s, o in zip(streams, opened, strict=True)
+        ]
+        await asyncio.wait_for(asyncio.gather(*(o.wait() for o in opened)), 30)
+        await asyncio.to_thread(
+            wait_until, lambda: devserver.open_streams() == 50, 20, "50 upstream streams"
+        )
+        await asyncio.to_thread(
+            devserver.publish, "revision.created", "kref://p/a.model", None, count=3
+        )
+        await asyncio.to_thread(
+            wait_until,
+            lambda: all(sum(ln.startswith("id: ") for ln in s) == 3 for s in streams),
+            20,
+            "events on every stream",
+        )
+        assert gateway.proc is not None
+        gateway.proc.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        ready_codes = []
+        async with httpx.AsyncClient(timeout=5) as client:
+            while time.monotonic() - sent < 0.3:  # within the drain delay
+                ready_codes.append((await client.get(gateway.url + "/readyz")).status_code)
+                await asyncio.sleep(0.05)
+        endings = await asyncio.wait_for(asyncio.gather(*tasks), 15)
+        exit_code = await asyncio.to_thread(gateway.proc.wait, 15)
+        return endings, streams, time.monotonic() - sent, [exit_code, *ready_codes]
+
+    endings, streams, elapsed, codes = asyncio.run(scenario())
+    exit_code, ready_codes = codes[0], codes[1:]
+    assert ready_codes and set(ready_codes) == {503}  # not ready first, streams still open
+    assert endings == ["clean"] * 50
+    for lines in streams:
+        assert sum(ln.startswith("id: ") for ln in lines) == 3
+        assert last_field(lines).startswith("retry: ")  # the last thing each client hears
+        assert 2000 <= int(last_field(lines).split()[1]) <= 3000
+    assert exit_code == 0
+    assert elapsed < 4 + 1  # within the grace period
+    assert "Waiting for connections to close" not in gateway.log() or elapsed < 4
+
+
+def test_new_streams_while_draining_get_a_retry_line(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *FAST, "--drain-delay", "2", "--shutdown-grace", "6")
+    assert gateway.proc is not None
+    gateway.proc.send_signal(signal.SIGTERM)
+    wait_until(lambda: httpx.get(gateway.url + "/readyz").status_code == 503, 5, "draining")
+    r = httpx.get(gateway.url + "/events", timeout=5)
+    assert r.status_code == 200  # never a status that would stop EventSource for good
+    assert r.text.startswith("retry: ") and "data:" not in r.text
+    assert gateway.proc.wait(10) == 0
+
+
+def test_max_stream_lifetime_closes_between_frames(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver("--activity", "50")
+    gateway = make_gateway(devserver.address, *FAST, "--max-stream-lifetime", "1")
+    started = time.monotonic()
+    with httpx.stream("GET", gateway.url + "/events", timeout=10) as r:
+        body = r.read().decode()  # the server ends it
+    elapsed = time.monotonic() - started
+    assert 0.85 <= elapsed < 3
+    assert body.endswith("\n\n") and last_field(body).startswith("retry: ")
+    frames = [f for f in body.split("\n\n") if f]
+    assert all(f.startswith(("retry: ", "id: ", ":")) for f in frames)  # whole frames only
+    assert sum(f.startswith("id: ") for f in frames) > 5
+    assert metric(gateway, "kumiho_gateway_stream_closes_total", '{cause="lifetime"}') == 1
+
+
+def _stalled_client(url: str, params: str = "") -> socket.socket:
+    """A client that sends its request and then reads nothing (a tiny receive window)."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((host, int(port)))
+    sock.sendall(f"GET /events{params} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    return sock
+
+
+def _read_until_closed(sock: socket.socket, deadline: float = 30) -> bytes:
+    sock.settimeout(deadline)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def _dechunk(raw: bytes) -> str:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert b"200 OK" in head.split(b"\r\n")[0]
+    out = b""
+    while body:
+        size_line, _, rest = body.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            break
+        out += rest[:size]
+        body = rest[size + 2 :]
+    return out.decode()
+
+
+def test_a_slow_consumer_is_cut_off_and_resumes_without_loss(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(
+        devserver.address,
+        *FAST,
+        "--buffer-events",
+        "200",
+        "--buffer-bytes",
+        "65536",
+        "--slow-consumer-grace",
+        "0.5",
+    )
+    rss_before = metric(gateway, "process_resident_memory_bytes")
+    sock = _stalled_client(gateway.url)
+    wait_until(lambda: devserver.open_streams() == 1, 10, "the upstream stream")
+    cursors: list[str] = []
+    for _ in range(10):
+        cursors += devserver.publish(
+            "revision.created", "kref://p/slow.model", {"pad": "x" * 200}, count=1000
+        )
+    wait_until(
+        lambda: metric(gateway, "kumiho_gateway_slow_consumer_disconnects_total") == 1,
+        20,
+        "the slow-consumer cut",
+    )
+    wait_until(lambda: devserver.open_streams() == 0, 5, "the upstream call to end")
+    rss_after = metric(gateway, "process_resident_memory_bytes")
+    assert rss_after - rss_before < 30 * 2**20  # the backlog never piled up in the gateway
+    # The client wakes up: it gets whole frames, a retry: line, the end; then resumes.
+    text = _dechunk(_read_until_closed(sock))
+    sock.close()
+    ids = [ln[4:] for ln in text.split("\n") if ln.startswith("id: ")]
+    assert last_field(text).startswith("retry: ")
+    assert 0 < len(ids) < len(cursors)
+    rest = read_events(
+        gateway.url, len(cursors) - len(ids), headers={"Last-Event-ID": ids[-1]}, timeout=60
+    )
+    assert ids + [e.id for e in rest] == cursors  # nothing lost, nothing twice
+
+
+def test_thousand_connects_and_disconnects_leak_nothing(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver("--activity", "20")
+    gateway = make_gateway(devserver.address, *FAST)
+    host, port = "127.0.0.1", gateway.port
+
+    def cycle(i: int) -> None:
+        with socket.create_connection((host, port), timeout=10) as s:
+            s.sendall(b"GET /events?from=beginning HTTP/1.1\r\nHost: x\r\n\r\n")
+            s.recv(200 + i % 400)  # leave mid-frame, at varying points
+
+    for i in range(100):  # warm-up: allocator, caches, metric children
+        cycle(i)
+    wait_until(lambda: devserver.open_streams() == 0, 10, "warm-up streams to close")
+    before = {
+        n: metric(gateway, n)
+        for n in (
+            "process_open_fds",
+            "process_resident_memory_bytes",
+            "kumiho_gateway_asyncio_tasks",
+        )
+    }
+    started = time.monotonic()
+    for i in range(1000):
+        cycle(i)
+    wait_until(lambda: devserver.open_streams() == 0, 10, "every upstream call to end")
+    wait_until(
+        lambda: metric(gateway, "kumiho_gateway_streams_open") == 0, 10, "every stream to close"
+    )
+    after = {n: metric(gateway, n) for n in before}
+    assert metric(gateway, "kumiho_gateway_upstream_streams_open") == 0
+    assert after["process_open_fds"] - before["process_open_fds"] <= 5
+    assert after["kumiho_gateway_asyncio_tasks"] - before["kumiho_gateway_asyncio_tasks"] <= 2
+    assert (
+        after["process_resident_memory_bytes"] - before["process_resident_memory_bytes"]
+        < 20 * 2**20
+    )
+    print(
+        f"1000 cycles in {time.monotonic() - started:.1f}s: "
+        + ", ".join(f"{k} {before[k]:.0f} -> {after[k]:.0f}" for k in before)
+    )
+
+
+def test_unavailable_upstream_backs_off_and_recovers(
+    make_gateway: Callable[..., Gateway], tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import free_port
+
+    port = free_port()
+    gateway = make_gateway(
+        f"127.0.0.1:{port}", "--backoff-initial", "0.1", "--backoff-max", "1", "--heartbeat", "0.5"
+    )
+    clients = 10
+
+    def attempts() -> float:
+        return metric(gateway, "kumiho_gateway_upstream_failures_total", '{code="UNAVAILABLE"}')
+
+    procs = [
+        subprocess.Popen(
+            ["curl", "-sN", "--max-time", "30", gateway.url + "/events"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(clients)
+    ]
+    try:
+        wait_until(
+            lambda: metric(gateway, "kumiho_gateway_streams_open") == clients,
+            15,
+            "all clients streaming",
+        )
+        first, t0 = attempts(), time.monotonic()
+        time.sleep(3)  # measuring a rate over a window: the sleep is the measurement
+        rate = (attempts() - first) / (time.monotonic() - t0)
+        assert rate <= clients * 2.5  # capped backoff (<= 1 s) with jitter, not a tight loop
+        assert httpx.get(gateway.url + "/readyz").status_code == 503
+        devserver = DevServer(tmp_path / "late.sqlite3", port=port).start()
+        try:
+            wait_until(lambda: devserver.open_streams() == clients, 15, "every client resubscribed")
+            cursors = devserver.publish("revision.created", "kref://p/back.model", count=2)
+            for proc in procs:
+                assert proc.stdout is not None
+                ids: list[str] = []
+                for line in proc.stdout:
+                    if line.startswith("id: "):
+                        ids.append(line.strip()[4:])
+                        if len(ids) == 2:
+                            break
+                assert ids == cursors  # on the same connection, no reconnect
+        finally:
+            devserver.stop(signal.SIGKILL)
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+def test_metrics_move(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver("--buffer-size", "5")
+    gateway = make_gateway(devserver.address, *FAST)
+    cursors = devserver.publish("revision.created", "kref://p/m.model", count=10)
+    events = read_events(gateway.url, 6, headers={"Last-Event-ID": cursors[0]})
+    assert events[0].event == "gateway.reset"
+    wait_until(
+        lambda: metric(gateway, "kumiho_gateway_streams_open") == 0, 5, "the stream to close"
+    )
+    text = httpx.get(gateway.url + "/metrics").text
+    assert metric(gateway, "kumiho_gateway_events_delivered_total") >= 5
+    assert metric(gateway, "kumiho_gateway_bytes_written_total") > 5 * 100
+    assert metric(gateway, "kumiho_gateway_resets_total", '{reason="cursor_expired"}') == 1
+    assert metric(gateway, "kumiho_gateway_upstream_failures_total", '{code="OUT_OF_RANGE"}') == 1
+    assert metric(gateway, "kumiho_gateway_upstream_connects_total") >= 1
+    assert metric(gateway, "kumiho_gateway_stream_duration_seconds_count") == 1
+    assert metric(gateway, "kumiho_gateway_stream_closes_total", '{cause="client"}') == 1
+    assert "process_open_fds" in text
+    assert json.loads(events[0].data)["reason"] == "cursor_expired"
