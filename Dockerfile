@@ -9,7 +9,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     KUMIHO_GATEWAY_HOST=0.0.0.0 \
     KUMIHO_GATEWAY_PORT=8000
 
-RUN useradd --create-home --uid 10001 gateway
+RUN useradd --create-home --uid 10001 gateway && mkdir /data && chown gateway /data
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
