@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sse_starlette import EventSourceResponse, ServerSentEvent
@@ -88,6 +89,17 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> FastAP
         summary="Kumiho's gRPC EventStream as Server-Sent Events",
         lifespan=lifespan,
     )
+    if settings.cors_origins:
+        any_origin = "*" in settings.cors_origins
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=["*"] if any_origin else settings.cors_origins,
+            # Credentials (cookies, Authorization) only ever for listed origins.
+            allow_credentials=not any_origin,
+            allow_methods=["GET"],
+            allow_headers=["Authorization", "Last-Event-ID", "Cache-Control"],
+            max_age=600,
+        )
     app.state.settings = settings
     app.state.upstream = upstream
     app.state.metrics = metrics

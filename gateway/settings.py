@@ -79,6 +79,12 @@ class Settings(BaseSettings):
         validation_alias=_env("api_keys", "KUMIHO_GATEWAY_API_KEYS"),
         description="comma-separated gateway keys clients present in --auth service",
     )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        validation_alias=_env("cors_origins", "KUMIHO_GATEWAY_CORS_ORIGINS"),
+        description="comma-separated origins (https://app.example) whose pages may read the "
+        "stream, with credentials; '*' allows any origin but then never with credentials",
+    )
     heartbeat: float = Field(
         15.0,
         gt=0,
@@ -177,12 +183,22 @@ class Settings(BaseSettings):
         description="log level (access log at info)",
     )
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod
-    def _split_keys(cls, value: object) -> object:
+    def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [key.strip() for key in value.split(",") if key.strip()]
         return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            if origin != "*" and (
+                not origin.startswith(("http://", "https://")) or origin.count("/") != 2
+            ):
+                raise ValueError(f"{origin!r} is not an origin like https://app.example[:port]")
+        return origins
 
     def upstream_metadata_token(self) -> str | None:
         """The token sent upstream in ``service`` mode."""

@@ -52,6 +52,7 @@ class PublishRequest(_message.Message):
     USERNAME_FIELD_NUMBER: _builtins.int
     TENANT_ID_FIELD_NUMBER: _builtins.int
     COUNT_FIELD_NUMBER: _builtins.int
+    WITHOUT_CURSOR_FIELD_NUMBER: _builtins.int
     routing_key: _builtins.str
     kref: _builtins.str
     author: _builtins.str
@@ -60,6 +61,8 @@ class PublishRequest(_message.Message):
     """empty = the default tenant"""
     count: _builtins.int
     """publish this many copies (0 = 1); details["n"] numbers them"""
+    without_cursor: _builtins.bool
+    """serve it with an empty cursor, as a tier without cursors would"""
     @_builtins.property
     def details(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     def __init__(
@@ -72,10 +75,11 @@ class PublishRequest(_message.Message):
         username: _builtins.str = ...,
         tenant_id: _builtins.str = ...,
         count: _builtins.int = ...,
+        without_cursor: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["author", b"author", "count", b"count", "details", b"details", "kref", b"kref", "routing_key", b"routing_key", "tenant_id", b"tenant_id", "username", b"username"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["author", b"author", "count", b"count", "details", b"details", "kref", b"kref", "routing_key", b"routing_key", "tenant_id", b"tenant_id", "username", b"username", "without_cursor", b"without_cursor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -42,8 +42,9 @@ class DevServerClient:
         username: str = "",
         tenant: str = "",
         count: int = 1,
+        without_cursor: bool = False,
     ) -> list[str]:
-        """Publish ``count`` events; returns their cursors in order."""
+        """Publish ``count`` events; returns their cursors in order ("" when without_cursor)."""
         reply = self._stub.Publish(
             devserver_pb2.PublishRequest(
                 routing_key=routing_key,
@@ -53,6 +54,7 @@ class DevServerClient:
                 username=username,
                 tenant_id=tenant,
                 count=count,
+                without_cursor=without_cursor,
             ),
             timeout=self._timeout,
         )

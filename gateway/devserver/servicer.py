@@ -247,6 +247,7 @@ class DevControl(devserver_pb2_grpc.DevServerServicer):
                 {**details, "n": str(i)} if count > 1 else details,
                 request.author,
                 request.username,
+                request.without_cursor,
             )
             for i in range(count)
         ]

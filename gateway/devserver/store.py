@@ -32,6 +32,7 @@ CREATE TABLE IF NOT EXISTS events (
     author TEXT NOT NULL,
     username TEXT NOT NULL,
     details TEXT NOT NULL,
+    cursorless INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (ms, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS events_by_tenant ON events (tenant, ms, seq);
@@ -55,10 +56,11 @@ class StoredEvent:
     author: str
     username: str
     details: Mapping[str, str]
+    cursorless: bool = False  # served with an empty cursor
 
     @property
     def cursor(self) -> str:
-        return format_cursor(self.key)
+        return "" if self.cursorless else format_cursor(self.key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +72,7 @@ class NewEvent:
     details: Mapping[str, str]
     author: str = ""
     username: str = ""
+    cursorless: bool = False
 
 
 class CursorError(Exception):
@@ -108,6 +111,9 @@ class EventStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(events)")}
+        if "cursorless" not in columns:  # a log written by an older version
+            self._db.execute("ALTER TABLE events ADD COLUMN cursorless INTEGER NOT NULL DEFAULT 0")
         self._max_events = max_events
         self._retention_ms = int(retention_hours * 3_600_000) if retention_hours > 0 else 0
         self._clock = clock
@@ -149,12 +155,13 @@ class EventStore:
                     new.author,
                     new.username,
                     dict(new.details),
+                    new.cursorless,
                 )
             )
         with self._db:
             self._db.execute("BEGIN")
             self._db.executemany(
-                "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         e.key[0],
@@ -166,6 +173,7 @@ class EventStore:
                         e.author,
                         e.username,
                         json.dumps(e.details, ensure_ascii=False),
+                        int(e.cursorless),
                     )
                     for e in stored
                 ],
@@ -231,11 +239,13 @@ class EventStore:
     def read_after(self, tenant: str, key: CursorKey, limit: int) -> list[StoredEvent]:
         """Up to ``limit`` of the tenant's events after ``key``, oldest first."""
         rows = self._db.execute(
-            "SELECT ms, seq, routing_key, kref, timestamp, author, username, details "
+            "SELECT ms, seq, routing_key, kref, timestamp, author, username, details, cursorless "
             "FROM events WHERE tenant = ? AND (ms, seq) > (?, ?) ORDER BY ms, seq LIMIT ?",
             (tenant, key[0], key[1], limit),
         ).fetchall()
         return [
-            StoredEvent((r[0], r[1]), tenant, r[2], r[3], r[4], r[5], r[6], json.loads(r[7]))
+            StoredEvent(
+                (r[0], r[1]), tenant, r[2], r[3], r[4], r[5], r[6], json.loads(r[7]), bool(r[8])
+            )
             for r in rows
         ]

@@ -1,0 +1,159 @@
+// kumiho-events.js: live Kumiho events in a browser, resumable across reloads.
+//
+//   import { subscribe } from "/kumiho-events.js";
+//   const feed = subscribe({ routingKey: "revision.*", onEvent: (e) => console.log(e.kref) });
+//   feed.close();
+//
+// A thin layer over EventSource: it parses each event, reports gaps
+// (gateway.reset) and terminal errors (gateway.error), tracks the connection
+// state, and keeps the last cursor in localStorage so a reloaded page
+// continues where it left off (sent as ?cursor=, since a first EventSource
+// request cannot carry a Last-Event-ID header). No dependencies.
+
+/**
+ * One Kumiho event, as the gateway's data: line carries it.
+ * @typedef {Object} KumihoEvent
+ * @property {string} routing_key   e.g. "revision.tagged"
+ * @property {string} kref          e.g. "kref://film/chars/hero.model?r=3"
+ * @property {string} timestamp     ISO 8601
+ * @property {string} author        user id
+ * @property {string} username
+ * @property {Object<string, string>} details  e.g. {tag: "approved"}
+ * @property {string} cursor        "" when the upstream tier has no cursors
+ */
+
+/**
+ * A gap: the requested resume point could not be honoured.
+ * @typedef {Object} KumihoReset
+ * @property {string} reason            cursor_expired | cursor_unknown | cursor_invalid | cursor_unsupported | stream_interrupted
+ * @property {string} requested_cursor
+ * @property {"earliest"|"latest"} resumed_from
+ */
+
+/**
+ * A terminal error (the stream ends; the feed stops).
+ * @typedef {Object} KumihoError
+ * @property {string} code
+ * @property {string} message
+ * @property {boolean} retryable
+ */
+
+/** @typedef {"connecting"|"live"|"reconnecting"|"stopped"} ConnectionState */
+
+/**
+ * @typedef {Object} SubscribeOptions
+ * @property {string} [url="/events"]           the gateway's /events URL (absolute for another origin)
+ * @property {string} [routingKey]              routing-key filter, e.g. "revision.*"
+ * @property {string} [kref]                    kref filter, e.g. "kref://film/**"
+ * @property {string} [from]                    "latest" (default), "beginning" or an ISO timestamp; used when no cursor is stored
+ * @property {string} [cursor]                  resume after this cursor (wins over the stored one)
+ * @property {string} [accessToken]             for --auth passthrough/service when no cookie or header can carry it
+ * @property {boolean} [withCredentials=false]  send cookies cross-origin (kumiho_token)
+ * @property {string|null} [storageKey="kumiho-events:cursor"]  localStorage key of the last cursor; null: do not persist
+ * @property {(event: KumihoEvent) => void} [onEvent]
+ * @property {(reset: KumihoReset) => void} [onReset]
+ * @property {(state: ConnectionState, reconnects: number) => void} [onStateChange]
+ * @property {(error: KumihoError) => void} [onError]
+ */
+
+/**
+ * @typedef {Object} Feed
+ * @property {() => void} close          stop for good
+ * @property {() => ConnectionState} state
+ * @property {() => string} cursor       the last cursor seen ("" if none)
+ * @property {() => number} reconnects   how many times the connection was lost and retried
+ * @property {() => void} forget         drop the stored cursor (start afresh next time)
+ */
+
+/**
+ * Subscribe to Kumiho events through the gateway.
+ * @param {SubscribeOptions} [options]
+ * @returns {Feed}
+ */
+export function subscribe(options = {}) {
+  const storageKey = options.storageKey === undefined ? "kumiho-events:cursor" : options.storageKey;
+  const stored = storageKey ? readStorage(storageKey) : "";
+  let cursor = options.cursor || stored || "";
+  /** @type {ConnectionState} */
+  let state = "connecting";
+  let reconnects = 0;
+
+  const url = new URL(options.url || "/events", location.href);
+  if (options.routingKey) url.searchParams.set("routing_key", options.routingKey);
+  if (options.kref) url.searchParams.set("kref", options.kref);
+  if (cursor) url.searchParams.set("cursor", cursor);
+  else if (options.from) url.searchParams.set("from", options.from);
+  if (options.accessToken) url.searchParams.set("access_token", options.accessToken);
+
+  const source = new EventSource(url, { withCredentials: Boolean(options.withCredentials) });
+
+  /** @param {ConnectionState} next */
+  function setState(next) {
+    if (next === state) return;
+    state = next;
+    options.onStateChange?.(state, reconnects);
+  }
+
+  source.onopen = () => setState("live");
+  source.onerror = () => {
+    if (source.readyState === EventSource.CLOSED) {
+      setState("stopped"); // a non-200 answer: retrying cannot help
+    } else if (state !== "reconnecting") {
+      reconnects += 1;
+      setState("reconnecting");
+    }
+  };
+  source.onmessage = (message) => {
+    if (message.lastEventId) {
+      cursor = message.lastEventId;
+      if (storageKey) writeStorage(storageKey, cursor);
+    }
+    options.onEvent?.(/** @type {KumihoEvent} */ (JSON.parse(message.data)));
+  };
+  source.addEventListener("gateway.reset", (message) => {
+    options.onReset?.(/** @type {KumihoReset} */ (JSON.parse(/** @type {MessageEvent} */ (message).data)));
+  });
+  source.addEventListener("gateway.error", (message) => {
+    source.close();
+    options.onError?.(/** @type {KumihoError} */ (JSON.parse(/** @type {MessageEvent} */ (message).data)));
+    setState("stopped");
+  });
+
+  return {
+    close() {
+      source.close();
+      setState("stopped");
+    },
+    state: () => state,
+    cursor: () => cursor,
+    reconnects: () => reconnects,
+    forget() {
+      if (storageKey) removeStorage(storageKey);
+    },
+  };
+}
+
+// localStorage may be unavailable (privacy modes, sandboxed frames): degrade to memory.
+function readStorage(key) {
+  try {
+    return localStorage.getItem(key) || "";
+  } catch {
+    return "";
+  }
+}
+
+function writeStorage(key, value) {
+  try {
+    localStorage.setItem(key, value);
+  } catch {
+    /* not persisted */
+  }
+}
+
+function removeStorage(key) {
+  try {
+    localStorage.removeItem(key);
+  } catch {
+    /* nothing stored */
+  }
+}
