@@ -254,7 +254,10 @@ def test_other_endpoints(stack: tuple[DevServer, Gateway]) -> None:
     assert caps["tier"] == "studio" and caps["supports_cursor"] is True
     assert caps["max_retention_hours"] == 24
     page = httpx.get(gateway.url + "/")
-    assert page.status_code == 200 and "EventSource" in httpx.get(gateway.url + "/kumiho-events.js").text
+    assert (
+        page.status_code == 200
+        and "EventSource" in httpx.get(gateway.url + "/kumiho-events.js").text
+    )
     openapi = httpx.get(gateway.url + "/openapi.json").json()
     names = {p["name"] for p in openapi["paths"]["/events"]["get"]["parameters"]}
     assert {

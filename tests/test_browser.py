@@ -1,0 +1,295 @@
+"""A real headless Chromium against the gateway: the dashboard, EventSource, CORS, credentials."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import FAST, DevServer, Gateway, PageServer, unique_project, wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+SCREENSHOT = ROOT / "docs" / "dashboard.png"
+QUICK_RETRY = ("--retry-ms", "300")
+
+
+@pytest.fixture
+def page(chromium: Any) -> Any:
+    context = chromium.new_context(viewport={"width": 1280, "height": 760})
+    page = context.new_page()
+    yield page
+    context.close()
+
+
+def _row_cursors(page: Any) -> list[str]:
+    """The cursors of the event rows, oldest first (the table is newest first)."""
+    return list(
+        reversed(
+            page.eval_on_selector_all(
+                "#events tr:not(.gap)", "rows => rows.map(r => r.dataset.cursor)"
+            )
+        )
+    )
+
+
+def test_dashboard_shows_published_events_within_two_seconds(
+    page: Any, make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver("--activity", "8")
+    gateway = make_gateway(devserver.address, *FAST)
+    page.goto(gateway.url + "/?from=beginning")
+    page.wait_for_function(
+        "document.querySelector('#state').dataset.state === 'live'", timeout=10_000
+    )
+    project = unique_project()
+    kref = f"kref://{project}/chars/hero.model?r=1"
+    published = time.monotonic()
+    devserver.publish(
+        "revision.tagged", kref, {"tag": "approved"}, author="u-1f2a", username="mina.park"
+    )
+    page.wait_for_selector(f"#events td.kref:text-is('{kref}')", timeout=2_000)
+    assert time.monotonic() - published < 2.0
+    # The readouts move: rate, cursor, no reconnects.
+    page.wait_for_function("Number(document.querySelector('#rate').textContent) > 0", timeout=5_000)
+    assert page.locator("#cursor").inner_text() != "none"
+    assert page.locator("#reconnects").inner_text() == "0"
+    # Pause keeps receiving and counts; resume renders what waited.
+    page.keyboard.press("p")
+    before = page.locator("#events tr").count()
+    page.wait_for_function(
+        "/\\d+ waiting/.test(document.querySelector('#waiting').textContent)", timeout=5_000
+    )
+    assert page.locator("#events tr").count() == before
+    page.click("#pause")
+    page.wait_for_function(
+        f"document.querySelectorAll('#events tr').length > {before}", timeout=5_000
+    )
+    page.wait_for_timeout(1500)  # let the table fill for the screenshot (not a synchronisation)
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT))
+    assert SCREENSHOT.stat().st_size > 10_000
+
+
+def test_dashboard_works_on_a_narrow_screen_in_dark_mode(
+    chromium: Any, make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *FAST)
+    context = chromium.new_context(viewport={"width": 380, "height": 700}, color_scheme="dark")
+    try:
+        page = context.new_page()
+        project = unique_project()
+        devserver.publish("item.model.created", f"kref://{project}/a/hero.model", {"kind": "model"})
+        page.goto(gateway.url + f"/?from=beginning&kref=kref://{project}/**")
+        page.wait_for_selector("#events tr")
+        background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+        assert background == "rgb(20, 22, 26)"  # the dark theme
+        assert page.evaluate("document.documentElement.scrollWidth") <= 380  # no sideways scroll
+        # Keyboard: '/' focuses the filters, Tab reaches the buttons.
+        page.keyboard.press("/")
+        assert page.evaluate("document.activeElement.name") == "routing_key"
+        page.click("#theme")
+        assert page.evaluate("document.documentElement.dataset.theme") == "light"
+    finally:
+        context.close()
+
+
+def test_page_reconnects_after_a_gateway_restart_without_gap_or_duplicate(
+    page: Any, make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *FAST, *QUICK_RETRY)
+    project = unique_project()
+    kref = f"kref://{project}/shots/sq010.comp"
+    page.goto(gateway.url + f"/?from=beginning&kref=kref://{project}/**")
+    page.wait_for_function("document.querySelector('#state').dataset.state === 'live'")
+    first = devserver.publish("revision.created", kref, count=5)
+    wait_until(lambda: len(_row_cursors(page)) == 5, 10, "five rows")
+    gateway.stop(signal.SIGKILL)
+    page.wait_for_function("document.querySelector('#state').dataset.state === 'reconnecting'")
+    second = devserver.publish("revision.created", kref, count=5)  # while the gateway is down
+    gateway.start()
+    third = devserver.publish("revision.created", kref, count=2)
+    wait_until(lambda: len(_row_cursors(page)) >= 12, 20, "the page to catch up by itself")
+    assert _row_cursors(page) == first + second + third
+    assert page.locator("#reconnects").inner_text() == "1"
+    assert page.locator("#state").inner_text() == "live"
+
+
+def test_a_400_stops_eventsource_for_good(
+    page: Any, make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *FAST)
+    page.goto(gateway.url + "/")
+    state = page.evaluate(
+        """() => new Promise((resolve) => {
+            const es = new EventSource('/events?routing_key=' + 'x'.repeat(300));
+            es.onerror = () => setTimeout(() => resolve(es.readyState), 200);
+        })"""
+    )
+    assert state == 2  # EventSource.CLOSED: it will not retry
+
+
+def test_named_events_reach_add_event_listener(
+    page: Any, make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *FAST)
+    project = unique_project()
+    devserver.publish("revision.tagged", f"kref://{project}/a.model?r=1", {"tag": "approved"})
+    devserver.publish("revision.created", f"kref://{project}/a.model?r=2")
+    page.goto(gateway.url + "/")
+    got = page.evaluate(
+        """(kref) => new Promise((resolve) => {
+            const query = `named=true&from=beginning&kref=${encodeURIComponent(kref)}`;
+            const es = new EventSource(`/events?${query}`);
+            const seen = {tagged: [], created: [], message: 0};
+            es.onmessage = () => { seen.message += 1; };
+            es.addEventListener('revision.tagged', (e) => {
+                seen.tagged.push(JSON.parse(e.data).details.tag);
+            });
+            es.addEventListener('revision.created', (e) => {
+                seen.created.push(e.lastEventId);
+                es.close();
+                resolve(seen);
+            });
+        })""",
+        f"kref://{project}/**",
+    )
+    assert got["tagged"] == ["approved"]
+    assert len(got["created"]) == 1 and got["message"] == 0
+
+
+def test_reload_resumes_from_the_stored_cursor(
+    page: Any, make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *FAST)
+    project = unique_project()
+    kref = f"kref://{project}/r.model"
+    first = devserver.publish("revision.created", kref, count=3)
+    page.goto(gateway.url + f"/?from=beginning&kref=kref://{project}/**")
+    wait_until(lambda: _row_cursors(page) == first, 10, "the first three rows")
+    assert page.evaluate("localStorage.getItem('kumiho-events:cursor')") == first[-1]
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url) if "/events" in r.url else None)
+    page.reload()
+    page.wait_for_function("document.querySelector('#state').dataset.state === 'live'")
+    second = devserver.publish("revision.created", kref, count=2)
+    wait_until(lambda: _row_cursors(page) == second, 10, "only the new rows after the reload")
+    assert any(f"cursor={first[-1]}" in url for url in requests)
+
+
+def _cross_origin_page(gateway: Gateway, query: str, credentials: bool) -> str:
+    return f"""<!doctype html><meta charset="utf-8"><script>
+      window.result = {{events: [], state: 'pending'}};
+      const es = new EventSource('{gateway.url}/events?{query}',
+                                 {{withCredentials: {str(credentials).lower()}}});
+      es.onopen = () => {{ window.result.state = 'open'; }};
+      es.onmessage = (m) => {{ window.result.events.push(JSON.parse(m.data).kref); }};
+      es.onerror = () => {{
+        if (es.readyState === EventSource.CLOSED) window.result.state = 'closed';
+      }};
+    </script>"""
+
+
+def test_cors_allowlist_in_a_real_browser(
+    page: Any,
+    make_devserver: Callable[..., DevServer],
+    make_gateway: Callable[..., Gateway],
+    page_server: Callable[[dict[str, str]], PageServer],
+) -> None:
+    devserver = make_devserver()
+    project = unique_project()
+    devserver.publish("revision.created", f"kref://{project}/c.model")
+    query = f"from=beginning&kref=kref://{project}/**"
+    allowed = page_server({})
+    gateway = make_gateway(devserver.address, *FAST, "--cors-origins", allowed.origin)
+    allowed_url = allowed.write("index.html", _cross_origin_page(gateway, query, credentials=True))
+    other = page_server({"index.html": _cross_origin_page(gateway, query, credentials=True)})
+
+    page.goto(allowed_url)
+    page.wait_for_function("window.result.events.length === 1", timeout=10_000)
+    page.goto(other.origin + "/index.html")
+    page.wait_for_function("window.result.state === 'closed'", timeout=10_000)
+    assert page.evaluate("window.result.events") == []
+
+    # The preflight a fetch-based client sends, and what an unlisted origin gets.
+    headers = {"Origin": allowed.origin, "Access-Control-Request-Method": "GET",
+               "Access-Control-Request-Headers": "last-event-id, authorization"}  # fmt: skip
+    r = httpx.options(gateway.url + "/events", headers=headers)
+    assert r.status_code == 200
+    assert r.headers["access-control-allow-origin"] == allowed.origin
+    assert r.headers["access-control-allow-credentials"] == "true"
+    allowed_headers = r.headers["access-control-allow-headers"].lower()
+    assert "last-event-id" in allowed_headers and "authorization" in allowed_headers
+    r = httpx.get(gateway.url + "/healthz", headers={"Origin": other.origin})
+    assert "access-control-allow-origin" not in r.headers
+
+
+def test_star_origin_never_allows_credentials(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, "--cors-origins", "*")
+    r = httpx.get(gateway.url + "/healthz", headers={"Origin": "http://anywhere.example"})
+    assert r.headers["access-control-allow-origin"] == "*"
+    assert "access-control-allow-credentials" not in r.headers
+
+
+def test_browser_credentials_and_tenant_isolation(
+    chromium: Any,
+    make_devserver: Callable[..., DevServer],
+    make_gateway: Callable[..., Gateway],
+    page_server: Callable[[dict[str, str]], PageServer],
+) -> None:
+    devserver = make_devserver("--token", "tok-a=studio-a", "--token", "tok-b=studio-b")
+    pages = page_server({})
+    gateway = make_gateway(
+        devserver.address, *FAST, "--auth", "passthrough", "--cors-origins", pages.origin
+    )
+    devserver.publish("revision.created", "kref://a/only-a.model", tenant="studio-a")
+    devserver.publish("revision.created", "kref://b/only-b.model", tenant="studio-b")
+    cookie_url = pages.write(
+        "cookie.html", _cross_origin_page(gateway, "from=beginning", credentials=True)
+    )
+    param_url = pages.write(
+        "param.html",
+        _cross_origin_page(gateway, "from=beginning&access_token=tok-b", credentials=False),
+    )
+
+    a = chromium.new_context()
+    b = chromium.new_context()
+    try:
+        # Cookies ignore ports: a kumiho_token cookie for 127.0.0.1 goes with withCredentials.
+        a.add_cookies(
+            [{"name": "kumiho_token", "value": "tok-a", "domain": "127.0.0.1", "path": "/"}]
+        )
+        page_a, page_b = a.new_page(), b.new_page()
+        page_a.goto(cookie_url)
+        page_b.goto(param_url)
+        page_a.wait_for_function("window.result.events.length >= 1", timeout=10_000)
+        page_b.wait_for_function("window.result.events.length >= 1", timeout=10_000)
+        devserver.publish("revision.tagged", "kref://a/later-a.model", tenant="studio-a")
+        devserver.publish("revision.tagged", "kref://b/later-b.model", tenant="studio-b")
+        page_a.wait_for_function("window.result.events.length >= 2", timeout=10_000)
+        page_b.wait_for_function("window.result.events.length >= 2", timeout=10_000)
+        assert page_a.evaluate("window.result.events") == [
+            "kref://a/only-a.model",
+            "kref://a/later-a.model",
+        ]
+        assert page_b.evaluate("window.result.events") == [
+            "kref://b/only-b.model",
+            "kref://b/later-b.model",
+        ]
+    finally:
+        a.close()
+        b.close()
+    log = gateway.log()
+    assert "access_token=***" in log and "tok-b" not in log and "tok-a" not in log
