@@ -16,7 +16,7 @@ from gateway.devserver.store import NewEvent
 
 PROJECTS = ("neon-harbor", "moon-garden", "paper-tigers")
 SPACES = ("characters", "environments", "props", "shots/sq010", "shots/sq020", "fx")
-ITEM_NAMES = ("hero", "villain", "drone", "lantern", "bridge", "forest", "rain", "crowd", "狐")
+ITEM_NAMES = ("hero", "villain", "drone", "lantern", "bridge", "forest", "rain", "crowd", "kitsuné")
 KINDS = ("model", "texture", "rig", "anim", "comp", "usd", "audio")
 ARTIFACTS = {
     "model": ("mesh.fbx", "mesh.usd"),
