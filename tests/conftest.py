@@ -258,7 +258,7 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
     """Debian's headless Chromium, driven by Playwright."""
     from playwright.sync_api import sync_playwright

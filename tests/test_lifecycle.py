@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import re
 import signal
@@ -83,7 +84,9 @@ def test_sigterm_drains_fifty_streams(
         exit_code = await asyncio.to_thread(gateway.proc.wait, 15)
         return endings, streams, time.monotonic() - sent, [exit_code, *ready_codes]
 
-    endings, streams, elapsed, codes = asyncio.run(scenario())
+    # A thread of its own: Playwright's sync API may own this thread's event loop.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        endings, streams, elapsed, codes = pool.submit(asyncio.run, scenario()).result()
     exit_code, ready_codes = codes[0], codes[1:]
     assert ready_codes and set(ready_codes) == {503}  # not ready first, streams still open
     assert endings == ["clean"] * 50
