@@ -22,11 +22,12 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from gateway import __version__, sse
 from gateway.auth import Credential, authenticate
 from gateway.errors import GatewayError
+from gateway.hub import Hub
 from gateway.lifecycle import Lifecycle
 from gateway.metrics import CONTENT_TYPE, Metrics
 from gateway.pump import Pump, jittered_retry_ms
 from gateway.settings import Settings
-from gateway.source import UpstreamSource, terminal_error
+from gateway.source import Source, UpstreamSource, terminal_error
 from gateway.subscription import access_token_param, openapi_parameters, parse_subscription
 from gateway.upstream import Upstream
 
@@ -74,6 +75,7 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> FastAP
     upstream = Upstream(settings)
     metrics = Metrics()
     lifecycle = lifecycle or Lifecycle()
+    hub = Hub(upstream, settings, metrics) if settings.hub else None
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -139,7 +141,11 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> FastAP
         if lifecycle.draining:
             # Shutting down: send the client elsewhere, never a non-200 (EventSource would stop).
             return _stream_response(_goodbye(settings.retry_ms), settings)
-        source = UpstreamSource(upstream, subscription, settings, metrics)
+        source: Source = (
+            hub.source(subscription)
+            if hub is not None
+            else UpstreamSource(upstream, subscription, settings, metrics)
+        )
         try:
             await source.open()
         except BaseException:

@@ -70,6 +70,39 @@ class Metrics:
             buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600),
             registry=r,
         )
+        self.upstream_shared_streams = Gauge(
+            "kumiho_gateway_hub_upstream_streams",
+            "Shared upstream streams open in the hub",
+            registry=r,
+        )
+        self.hub_subscribers = Gauge(
+            "kumiho_gateway_hub_subscribers",
+            "Clients attached to shared streams (divide by hub_upstream_streams for the fan-out)",
+            registry=r,
+        )
+        self.ring_hits = Counter(
+            "kumiho_gateway_hub_ring_hits",
+            "Resumes served from the hub's ring, with no upstream call",
+            registry=r,
+        )
+        self.ring_misses = Counter(
+            "kumiho_gateway_hub_ring_misses",
+            "Resumes the ring could not serve (a catch-up stream was opened)",
+            registry=r,
+        )
+        self.catch_up_streams = Gauge(
+            "kumiho_gateway_hub_catch_up_streams",
+            "Dedicated catch-up streams open",
+            registry=r,
+        )
+        self.frames_encoded = Counter(
+            "kumiho_gateway_hub_frames_encoded", "Events encoded by the hub (once each)", registry=r
+        )
+        self.frames_delivered = Counter(
+            "kumiho_gateway_hub_frames_delivered",
+            "Shared frames handed to subscribers",
+            registry=r,
+        )
         tasks = Gauge(
             "kumiho_gateway_asyncio_tasks", "asyncio tasks alive in the event loop", registry=r
         )

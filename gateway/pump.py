@@ -27,7 +27,7 @@ from gateway.cursor import CursorKey, cursor_key
 from gateway.lifecycle import Lifecycle
 from gateway.metrics import Metrics
 from gateway.settings import Settings
-from gateway.source import Item, Reset, Source
+from gateway.source import Item, Reset, SharedEvent, Source
 
 log = logging.getLogger("gateway.pump")
 
@@ -97,33 +97,47 @@ class Pump:
     # -- Sink -----------------------------------------------------------------
 
     def put(self, item: Item) -> bool:
+        if self._finished:
+            return False
         frame = self._encode(item)
         if frame is not None:
             self._frames.append(frame)
             self._size += len(frame)
             self._has_data.set()
-        return len(self._frames) < self._settings.buffer_events and (
-            self._size < self._settings.buffer_bytes
-        )
+        events, size = self._settings.buffer_events, self._settings.buffer_bytes
+        if len(self._frames) >= 2 * events or self._size >= 2 * size:
+            # Twice the bound: a source that cannot wait (a shared stream) kept
+            # pushing; cut now rather than let memory grow.
+            self._slow_consumer()
+            return False
+        return len(self._frames) < events and self._size < size
 
     async def room(self) -> bool:
+        if self._finished:
+            return False
         self._has_room.clear()
         try:
             await asyncio.wait_for(self._has_room.wait(), self._settings.slow_consumer_grace)
         except TimeoutError:
-            log.info(
-                "slow consumer: %d frames waited %.1fs",
-                len(self._frames),
-                self._settings.slow_consumer_grace,
-            )
-            self._metrics.slow_consumer_disconnects.inc()
-            self._frames.clear()  # the client fetches these again when it resumes
-            self._size = self._events = 0
-            self._end("slow_consumer")
+            self._slow_consumer()
             return False
-        return True
+        return not self._finished
+
+    def _slow_consumer(self) -> None:
+        if self._finished:
+            return  # already ending (its retry: line is queued)
+        log.info("slow consumer: %d frames (%d bytes) unread", len(self._frames), self._size)
+        self._metrics.slow_consumer_disconnects.inc()
+        self._frames.clear()  # the client fetches these again when it resumes
+        self._size = self._events = 0
+        self._end("slow_consumer")
 
     def _encode(self, item: Item) -> bytes | None:
+        if isinstance(item, SharedEvent):
+            if self._filter.accept(item.cursor):
+                self._events += 1
+                return item.frame(self._named)
+            return None
         if isinstance(item, kumiho_pb2.Event):
             if self._filter.accept(item.cursor):
                 self._events += 1

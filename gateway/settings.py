@@ -171,6 +171,24 @@ class Settings(BaseSettings):
         description="seconds from SIGTERM to exit: streams get a retry: line and close, "
         "then the process stops",
     )
+    hub: bool = Field(
+        True,
+        validation_alias=_env("hub", "KUMIHO_GATEWAY_HUB"),
+        description="share one upstream stream among requests with the same credential and "
+        "filters (--no-hub: one upstream stream per request)",
+    )
+    hub_ring_size: int = Field(
+        4096,
+        ge=0,
+        validation_alias=_env("hub_ring_size", "KUMIHO_GATEWAY_HUB_RING_SIZE"),
+        description="recent events each shared stream keeps, to resume clients from memory",
+    )
+    hub_linger: float = Field(
+        5.0,
+        ge=0,
+        validation_alias=_env("hub_linger", "KUMIHO_GATEWAY_HUB_LINGER"),
+        description="seconds a shared upstream stream stays open after its last client leaves",
+    )
     capabilities_ttl: float = Field(
         60.0,
         ge=0,

@@ -24,6 +24,7 @@ from typing import Literal, Protocol, cast
 
 import grpc
 
+from gateway import sse
 from gateway._proto import kumiho_pb2
 from gateway.errors import GatewayError
 from gateway.metrics import Metrics
@@ -59,7 +60,29 @@ class Failure:
     error: GatewayError
 
 
-Item = kumiho_pb2.Event | Reset | Failure
+class SharedEvent:
+    """An event encoded once for every subscriber of a shared stream (see hub.py)."""
+
+    __slots__ = ("_named", "_plain", "cursor", "event")
+
+    def __init__(self, event: kumiho_pb2.Event) -> None:
+        self.event = event
+        self.cursor = event.cursor
+        self._plain: bytes | None = None
+        self._named: bytes | None = None
+
+    def frame(self, named: bool) -> bytes:
+        """The frame bytes, built on first use and shared from then on."""
+        if named:
+            if self._named is None:
+                self._named = sse.event_frame(self.event, named=True)
+            return self._named
+        if self._plain is None:
+            self._plain = sse.event_frame(self.event, named=False)
+        return self._plain
+
+
+Item = kumiho_pb2.Event | SharedEvent | Reset | Failure
 
 
 class Sink(Protocol):

@@ -54,7 +54,7 @@ def test_passthrough_forwards_each_clients_token(
     assert [e.id for e in by_cookie] == b  # tenants never see each other's events
     assert [e.id for e in by_param] == a
     with devserver.client() as c:
-        assert c.stats().recent_tenants[-3:] == ["studio-a", "studio-b", "studio-a"]
+        assert {"studio-a", "studio-b"} <= set(c.stats().recent_tenants)
 
 
 def test_header_beats_cookie_beats_parameter(devserver: DevServer, passthrough: Gateway) -> None:

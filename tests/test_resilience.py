@@ -167,7 +167,8 @@ def test_tier_without_cursors_resets_a_resume(
     reader = Reader(gateway.url, headers={"Last-Event-ID": "1700000000000-0"})
     reader.start()
     reader.connected.wait(10)
-    wait_until(lambda: devserver.open_streams() == 1, 10, "the upstream stream")
+    # The hub's shared stream, and this client's own (its cursor is not in the ring).
+    wait_until(lambda: devserver.open_streams() == 2, 10, "the upstream streams")
     devserver.publish("revision.created", KREF, {"x": "1"})
     events = reader.wait_for(2)
     reader.stop.set()
@@ -184,7 +185,7 @@ def test_disconnect_cancels_the_upstream_call_within_a_second(
     make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
 ) -> None:
     devserver = make_devserver()
-    gateway = make_gateway(devserver.address, *FAST)
+    gateway = make_gateway(devserver.address, *FAST, "--hub-linger", "0")
     for _ in range(3):
         with httpx.stream("GET", gateway.url + "/events", timeout=10) as r:
             lines = r.iter_lines()  # keep a reference: a dropped iterator closes the response

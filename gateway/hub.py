@@ -1,0 +1,313 @@
+"""The hub: one upstream stream shared by every request with the same credential and filters.
+
+A ``Channel`` owns one upstream EventStream (an ``UpstreamSource`` from the
+latest event) for a key (credential identity, routing-key filter, kref
+filter), so different credentials never share: tenant isolation holds by
+construction. Each event is encoded once (``SharedEvent``) and the same
+bytes go to every subscriber's bounded buffer; a subscriber that cannot keep
+up is cut off (slow consumer) and never delays the others. The channel keeps
+a ring of recent events: a request whose resume cursor is in the ring is
+served from memory and joins the live feed, with no upstream call. An older
+cursor (or ``from=beginning`` / a timestamp) gets a dedicated catch-up stream
+that hands the client over to the shared feed the moment it delivers an
+event the ring holds, without a gap or a repeat. The upstream stream closes
+``hub_linger`` seconds after its last subscriber leaves.
+
+``HubSource`` is the per-request ``Source`` the route uses; the pump does
+not know whether its events are shared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+
+from gateway.metrics import Metrics
+from gateway.pump import ResumeFilter
+from gateway.settings import Settings
+from gateway.source import Failure, Item, Reset, SharedEvent, Sink, UpstreamSource
+from gateway.subscription import Subscription
+from gateway.upstream import Upstream
+
+log = logging.getLogger("gateway.hub")
+
+ChannelKey = tuple[str, str, str]  # (credential identity, routing_key, kref)
+
+
+class Channel:
+    """One shared upstream stream, its ring of recent events, and its subscribers."""
+
+    def __init__(self, key: ChannelKey, feed: UpstreamSource, hub: Hub) -> None:
+        self.key = key
+        self._feed = feed
+        self._hub = hub
+        self._ring: collections.OrderedDict[str, SharedEvent] = collections.OrderedDict()
+        self._ring_size = hub.settings.hub_ring_size
+        self._filter = ResumeFilter(None)  # the shared feed is at-least-once too
+        self._subscribers: set[HubSource] = set()
+        self._holders: set[HubSource] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._linger: asyncio.TimerHandle | None = None
+        self.closed = False
+
+    async def start(self) -> None:
+        """Open the shared upstream stream; 401/403 and the like propagate to the first caller."""
+        await self._feed.open()
+        self._task = asyncio.create_task(self._feed.run(self))
+        self._hub.metrics.upstream_shared_streams.inc()
+
+    # -- Sink of the shared feed ---------------------------------------------
+
+    def put(self, item: Item) -> bool:
+        shared: Item
+        if isinstance(item, Reset):
+            self._filter.forget()
+            self._ring.clear()  # what follows does not continue what the ring holds
+            shared = item
+        elif isinstance(item, Failure | SharedEvent):
+            shared = item
+        elif self._filter.accept(item.cursor):
+            shared = SharedEvent(item)
+            self._hub.metrics.frames_encoded.inc()
+            if shared.cursor:
+                self._ring[shared.cursor] = shared
+                if len(self._ring) > self._ring_size:
+                    self._ring.popitem(last=False)
+        else:
+            return True  # a repeat after the feed resubscribed
+        for subscriber in list(self._subscribers):
+            subscriber.deliver(shared)
+        if isinstance(shared, Failure):
+            self.close()
+        return True  # never back-pressure a shared stream: slow subscribers are cut instead
+
+    async def room(self) -> bool:
+        return not self.closed
+
+    # -- subscribers ------------------------------------------------------------
+
+    def after(self, cursor: str) -> list[SharedEvent] | None:
+        """The ring's events after ``cursor``, or None when the ring does not hold it."""
+        if cursor not in self._ring:
+            return None
+        events = list(self._ring.values())
+        keys = list(self._ring)
+        return events[keys.index(cursor) + 1 :]
+
+    def hold(self, source: HubSource) -> None:
+        """Keep the channel open for a request still catching up (it attaches later)."""
+        self._holders.add(source)
+        self._cancel_linger()
+
+    def attach(self, subscriber: HubSource) -> None:
+        self._holders.discard(subscriber)
+        self._cancel_linger()
+        self._subscribers.add(subscriber)
+        self._hub.metrics.hub_subscribers.inc()
+
+    def detach(self, source: HubSource) -> None:
+        self._holders.discard(source)
+        if source in self._subscribers:
+            self._subscribers.discard(source)
+            self._hub.metrics.hub_subscribers.dec()
+        self.idle()
+
+    def idle(self) -> None:
+        """With nobody left, close after the linger (a newcomer cancels it)."""
+        if self._subscribers or self._holders or self.closed or self._linger is not None:
+            return
+        loop = asyncio.get_running_loop()
+        self._linger = loop.call_later(self._hub.settings.hub_linger, self._close_if_idle)
+
+    def _cancel_linger(self) -> None:
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
+
+    def _close_if_idle(self) -> None:
+        self._linger = None
+        if not self._subscribers and not self._holders:
+            self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._task is not None:
+            self._task.cancel()
+            self._hub.metrics.upstream_shared_streams.dec()
+        self._feed.close()
+        self._hub.forget(self)
+
+
+class Hub:
+    """All channels of one gateway process."""
+
+    def __init__(self, upstream: Upstream, settings: Settings, metrics: Metrics) -> None:
+        self.upstream = upstream
+        self.settings = settings
+        self.metrics = metrics
+        self._channels: dict[ChannelKey, Channel] = {}
+        self._starting: dict[ChannelKey, asyncio.Future[Channel]] = {}
+
+    def source(self, subscription: Subscription) -> HubSource:
+        return HubSource(self, subscription)
+
+    async def channel(self, subscription: Subscription) -> Channel:
+        """The live channel for this subscription's key, started on first use."""
+        key = (subscription.credential.identity, subscription.routing_key, subscription.kref)
+        channel = self._channels.get(key)
+        if channel is not None and not channel.closed:
+            return channel
+        starting = self._starting.get(key)
+        if starting is not None:
+            return await asyncio.shield(starting)
+        future: asyncio.Future[Channel] = asyncio.get_running_loop().create_future()
+        self._starting[key] = future
+        live = replace(subscription, cursor=None, start="latest", from_timestamp=None)
+        channel = Channel(
+            key, UpstreamSource(self.upstream, live, self.settings, self.metrics), self
+        )
+        try:
+            await channel.start()
+        except BaseException as exc:
+            channel.close()
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters re-raise it themselves
+            raise
+        finally:
+            del self._starting[key]
+        self._channels[key] = channel
+        future.set_result(channel)
+        channel.idle()  # closes after the linger unless someone joins
+        return channel
+
+    def forget(self, channel: Channel) -> None:
+        if self._channels.get(channel.key) is channel:
+            del self._channels[channel.key]
+
+
+class _CatchUp:
+    """The Sink of a catch-up stream: forwards to the client until the ring takes over."""
+
+    def __init__(self, sink: Sink, handover: Callable[[str], bool]) -> None:
+        self._sink = sink
+        self._handover = handover
+        self.handed_over = False
+
+    def put(self, item: Item) -> bool:
+        if self.handed_over:
+            return False
+        ok = self._sink.put(item)
+        cursor = getattr(item, "cursor", "")
+        if cursor and self._handover(cursor):
+            self.handed_over = True
+            return False  # stop the catch-up stream: the shared feed continues
+        return ok
+
+    async def room(self) -> bool:
+        return not self.handed_over and await self._sink.room()
+
+
+class HubSource:
+    """One request's view of a channel: ring replay, catch-up, then the live feed."""
+
+    def __init__(self, hub: Hub, subscription: Subscription) -> None:
+        self._hub = hub
+        self._sub = subscription
+        self._channel: Channel | None = None
+        self._catch_up: UpstreamSource | None = None
+        self._sink: Sink | None = None
+        self._early: list[Item] = []  # delivered between open() and run()
+        self._waiting_for_room = False
+        self._room_task: asyncio.Future[None] | None = None
+        self._done = asyncio.Event()
+
+    async def open(self) -> None:
+        sub = self._sub
+        metrics = self._hub.metrics
+        channel = self._channel = await self._hub.channel(sub)
+        if sub.cursor is None and sub.start == "latest":
+            channel.attach(self)
+            return
+        if sub.cursor is not None:
+            replay = channel.after(sub.cursor)
+            if replay is not None:
+                # Replay and joining happen with no await in between: no live
+                # event can fall between them, and none comes twice.
+                metrics.ring_hits.inc()
+                self._early.extend(replay)
+                channel.attach(self)
+                return
+            metrics.ring_misses.inc()
+        # Older than the ring, or from the beginning / a time: a stream of its own first.
+        channel.hold(self)
+        self._catch_up = UpstreamSource(self._hub.upstream, sub, self._hub.settings, metrics)
+        await self._catch_up.open()
+
+    async def run(self, sink: Sink) -> None:
+        channel = self._channel
+        assert channel is not None, "open() first"
+        self._sink = sink
+        early, self._early = self._early, []
+        for item in early:
+            self.deliver(item)
+        if self._catch_up is not None:
+            metrics = self._hub.metrics
+            metrics.catch_up_streams.inc()
+            catch_up = _CatchUp(sink, self._hand_over)
+            try:
+                await self._catch_up.run(catch_up)
+            finally:
+                metrics.catch_up_streams.dec()
+                self._catch_up.close()
+            if not catch_up.handed_over:
+                return  # the client left, or the catch-up stream failed for good
+        await self._done.wait()
+
+    def _hand_over(self, cursor: str) -> bool:
+        """After the catch-up delivered ``cursor``: join the feed if the ring holds it."""
+        channel = self._channel
+        assert channel is not None
+        rest = channel.after(cursor)
+        if rest is None or channel.closed:
+            return False
+        for event in rest:
+            self.deliver(event)
+        channel.attach(self)
+        return True
+
+    def deliver(self, item: Item) -> None:
+        """Called by the channel for every shared item (synchronously, never waits)."""
+        sink = self._sink
+        if self._done.is_set():
+            return
+        if sink is None:
+            self._early.append(item)
+            return
+        if not sink.put(item):
+            if not self._waiting_for_room:
+                # Buffer full: the client gets the grace period to catch up; the
+                # pump cuts it off after that (or at once past twice the bound).
+                self._waiting_for_room = True
+                self._room_task = asyncio.ensure_future(self._wait_for_room(sink))
+        elif isinstance(item, SharedEvent):
+            self._hub.metrics.frames_delivered.inc()
+        if isinstance(item, Failure) or self._channel is None or self._channel.closed:
+            self._done.set()
+
+    async def _wait_for_room(self, sink: Sink) -> None:
+        ok = await sink.room()
+        self._waiting_for_room = False
+        if not ok:
+            self.close()
+
+    def close(self) -> None:
+        self._done.set()
+        if self._catch_up is not None:
+            self._catch_up.close()
+        if self._channel is not None:
+            self._channel.detach(self)

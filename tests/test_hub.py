@@ -1,0 +1,168 @@
+"""The hub: sharing, ring resume without upstream calls, catch-up hand-over, isolation, linger."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import httpx
+from httpx_sse import ServerSentEvent, connect_sse
+
+from tests.conftest import FAST, DevServer, Gateway, read_events, wait_until
+from tests.test_lifecycle import metric
+
+KREF = "kref://hub/shots/sq010.comp"
+
+
+class Listener(threading.Thread):
+    """A background /events reader that records every event."""
+
+    def __init__(
+        self, url: str, headers: dict[str, str] | None = None, params: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(daemon=True)
+        self.url, self.headers, self.params = url, dict(headers or {}), params
+        self.events: list[ServerSentEvent] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        try:
+            self._read()
+        except httpx.HTTPError:
+            if not self.stop.is_set():
+                raise
+
+    def _read(self) -> None:
+        with (
+            httpx.Client(timeout=30) as client,
+            connect_sse(
+                client, "GET", self.url + "/events", headers=self.headers, params=self.params
+            ) as source,
+        ):
+            for sse in source.iter_sse():
+                if sse.data:
+                    self.events.append(sse)
+                if self.stop.is_set():
+                    return
+
+
+def started(listeners: list[Listener], gateway: Gateway) -> None:
+    for listener in listeners:
+        listener.start()
+    wait_until(
+        lambda: metric(gateway, "kumiho_gateway_streams_open") == len(listeners),
+        15,
+        "all streams open",
+    )
+
+
+def test_clients_with_the_same_filters_share_one_upstream_stream(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *FAST)
+    same = [Listener(gateway.url, params={"routing_key": "revision.*"}) for _ in range(20)]
+    other = Listener(gateway.url, params={"routing_key": "item.#"})
+    started([*same, other], gateway)
+    assert devserver.open_streams() == 2  # one per distinct filter, not one per client
+    cursors = devserver.publish("revision.created", KREF, count=5)
+    devserver.publish("item.comp.created", KREF)
+    wait_until(
+        lambda: all(len(x.events) == 5 for x in same) and len(other.events) == 1, 15, "delivery"
+    )
+    for listener in same:
+        assert [e.id for e in listener.events] == cursors
+    assert metric(gateway, "kumiho_gateway_hub_upstream_streams") == 2
+    assert metric(gateway, "kumiho_gateway_hub_subscribers") == 21
+    encoded = metric(gateway, "kumiho_gateway_hub_frames_encoded_total")
+    delivered = metric(gateway, "kumiho_gateway_hub_frames_delivered_total")
+    assert encoded == 6 and delivered == 5 * 20 + 1  # each event encoded once, delivered to all
+    for listener in [*same, other]:
+        listener.stop.set()
+
+
+def test_resume_from_the_ring_makes_no_upstream_call(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *FAST)
+    keeper = Listener(gateway.url)  # keeps the shared stream (and its ring) alive
+    started([keeper], gateway)
+    cursors = devserver.publish("revision.created", KREF, count=30)
+    wait_until(lambda: len(keeper.events) == 30, 10, "the ring to fill")
+    with devserver.client() as c:
+        before = c.stats().streams_started
+    for cut in (0, 10):
+        events = read_events(gateway.url, 29 - cut, headers={"Last-Event-ID": cursors[cut]})
+        assert [e.id for e in events] == cursors[cut + 1 :]
+    more = devserver.publish("revision.created", KREF, count=2)
+    [a, b] = read_events(gateway.url, 2, headers={"Last-Event-ID": cursors[-1]})
+    assert [a.id, b.id] == more  # joined the live feed after the (empty) replay
+    with devserver.client() as c:
+        assert c.stats().streams_started == before  # not one upstream call
+    assert metric(gateway, "kumiho_gateway_hub_ring_hits_total") == 3
+    assert metric(gateway, "kumiho_gateway_hub_ring_misses_total") == 0
+    keeper.stop.set()
+
+
+def test_catch_up_hands_over_to_the_shared_feed_without_gap_or_duplicate(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *FAST, "--hub-ring-size", "10")
+    history = devserver.publish("revision.created", KREF, count=50)  # before anyone listens
+    keeper = Listener(gateway.url)
+    started([keeper], gateway)
+    live = devserver.publish("revision.created", KREF, count=15)  # the ring holds the last 10
+    wait_until(lambda: len(keeper.events) == 15, 10, "the shared feed")
+    late = Listener(gateway.url, headers={"Last-Event-ID": history[5]})  # far older than the ring
+    late.start()
+    wait_until(lambda: len(late.events) == 44 + 15, 15, "the catch-up")
+    wait_until(
+        lambda: metric(gateway, "kumiho_gateway_hub_catch_up_streams") == 0, 10, "the hand-over"
+    )
+    assert devserver.open_streams() == 1  # the catch-up stream is gone; the shared one serves both
+    after = devserver.publish("revision.created", KREF, count=5)
+    wait_until(lambda: len(late.events) == 44 + 15 + 5, 10, "live events after the hand-over")
+    assert [e.id for e in late.events] == history[6:] + live + after
+    assert metric(gateway, "kumiho_gateway_hub_ring_misses_total") == 1
+    keeper.stop.set()
+    late.stop.set()
+
+
+def test_tenants_never_share_a_stream(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver(
+        "--token", "tok-a=studio-a", "--token", "tok-b=studio-b", "--token", "tok-a2=studio-a"
+    )
+    gateway = make_gateway(devserver.address, *FAST, "--auth", "passthrough")
+    a = Listener(gateway.url, headers={"Authorization": "Bearer tok-a"})
+    a2 = Listener(gateway.url, headers={"Authorization": "Bearer tok-a2"})
+    b = Listener(gateway.url, headers={"Authorization": "Bearer tok-b"})
+    started([a, a2, b], gateway)
+    assert devserver.open_streams() == 3  # one per credential, even within a tenant
+    only_a = devserver.publish("revision.created", "kref://a/x.model", tenant="studio-a")
+    only_b = devserver.publish("revision.created", "kref://b/y.model", tenant="studio-b")
+    wait_until(lambda: len(a.events) == len(a2.events) == len(b.events) == 1, 10, "delivery")
+    assert [e.id for e in a.events] == [e.id for e in a2.events] == only_a
+    assert [e.id for e in b.events] == only_b
+    for listener in (a, a2, b):
+        listener.stop.set()
+
+
+def test_the_shared_stream_lingers_then_closes(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *FAST, "--hub-linger", "1")
+    with httpx.stream("GET", gateway.url + "/events", timeout=10) as r:
+        lines = r.iter_lines()
+        next(lines)
+    assert devserver.open_streams() == 1  # still open: a reconnect would find it
+    with httpx.stream("GET", gateway.url + "/events", timeout=10) as r:
+        lines = r.iter_lines()
+        next(lines)
+        with devserver.client() as c:
+            assert c.stats().streams_started == 1  # the second client reused it
+    wait_until(lambda: devserver.open_streams() == 0, 5, "the linger to end")
