@@ -4,7 +4,8 @@ A reader task runs the source, which pushes items into the pump (its Sink).
 The pump drops what a resume would send twice, encodes frames and appends
 them to a bounded buffer; the response side takes the whole buffer at once.
 A burst of events thus costs one socket write per ``flush_interval`` instead
-of one per event, while a lone event waits at most that long.
+of one per event, while a lone event (nothing written just before it) goes
+out at once.
 
 When the buffer is full the source stops reading (gRPC flow control holds
 the upstream back). A client that keeps it full for ``slow_consumer_grace``
@@ -32,6 +33,7 @@ from gateway.source import Item, Reset, SharedEvent, Source
 log = logging.getLogger("gateway.pump")
 
 _MAX_CHUNK = 256 * 1024  # flush at once past this many buffered bytes
+_BURST = 5  # writes closer than this many flush intervals apart count as a burst
 
 
 def jittered_retry_ms(base_ms: int) -> int:
@@ -191,6 +193,7 @@ class Pump:
         loop = asyncio.get_running_loop()
         started = loop.time()
         lifetime = settings.max_stream_lifetime * random.uniform(0.9, 1.1)
+        last_flush = started
         self._reader = asyncio.create_task(self._run_source())
         self._lifecycle.add(self)
         metrics.streams_open.inc()
@@ -205,8 +208,16 @@ class Pump:
                         self._end("lifetime")
                 else:
                     await self._has_data.wait()
-                if settings.flush_interval and not self._finished and self._size < _MAX_CHUNK:
-                    await asyncio.sleep(settings.flush_interval)  # let a burst gather
+                if (
+                    settings.flush_interval
+                    and not self._finished
+                    and self._size < _MAX_CHUNK
+                    and loop.time() - last_flush < _BURST * settings.flush_interval
+                ):
+                    # In a burst (the last write was moments ago): let it gather into
+                    # one write. A lone event is written at once, with no timer.
+                    await asyncio.sleep(settings.flush_interval)
+                last_flush = loop.time()
                 chunk = b"".join(self._frames)
                 events = self._events
                 self._frames.clear()

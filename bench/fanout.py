@@ -1,0 +1,226 @@
+"""Fan-out: M clients on one filter, R events/s for D seconds, through one gateway.
+
+For each M it reports deliveries/s, the gateway's CPU per delivery, p50/p99
+latency from publish to receipt, the upstream streams open (as the devserver
+counts them) and the gateway's RSS per open stream (RSS with the clients
+connected minus RSS before, over M).
+
+    python bench/fanout.py [--clients 1,100,1000] [--rate 20] [--seconds 10] [--no-hub]
+
+Everything runs on 127.0.0.1; each round is bounded by its duration plus a deadline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+
+from gateway.devserver.control import DevServerClient
+
+SENT = b'"sent":"'
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+
+
+class Client:
+    """A lean SSE reader on a raw socket: counts events and their latency."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.latencies: list[float] = []
+        self.connected = asyncio.Event()
+
+    async def run(self, port: int, stop: asyncio.Event) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+        writer.write(b"GET /events HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n")
+        await writer.drain()
+        await reader.readuntil(b"\r\n\r\n")
+        self.connected.set()
+        buf = b""
+        try:
+            while not stop.is_set():
+                chunk = await reader.read(65536)
+                if not chunk:
+                    return
+                now = time.time()
+                buf += chunk
+                while (i := buf.find(SENT)) >= 0:
+                    end = buf.find(b'"', i + len(SENT))
+                    if end < 0:
+                        break
+                    self.latencies.append(now - float(buf[i + len(SENT) : end]))
+                    self.received += 1
+                    buf = buf[end:]
+                buf = buf[-64:]
+        finally:
+            writer.close()
+
+
+def publish(address: str, rate: float, seconds: float, stop: threading.Event) -> int:
+    sent = 0
+    start = time.monotonic()
+    with DevServerClient(address) as control:
+        while not stop.is_set() and time.monotonic() - start < seconds:
+            control.publish(
+                "revision.created",
+                "kref://bench/shots/sq010/sh0420.comp?r=7",
+                {"tag": "approved", "sent": f"{time.time():.6f}"},
+            )
+            sent += 1
+            delay = start + sent / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)  # pacing the publisher
+    return sent
+
+
+async def round_(
+    m: int, args: argparse.Namespace, gw_port: int, dev_addr: str, gw: psutil.Process
+) -> dict[str, float]:
+    rss0 = gw.memory_info().rss
+    stop = asyncio.Event()
+    clients = [Client() for _ in range(m)]
+    tasks = [asyncio.create_task(c.run(gw_port, stop)) for c in clients]
+    await asyncio.wait_for(asyncio.gather(*(c.connected.wait() for c in clients)), 60)
+    await asyncio.sleep(1)  # let the gateway settle before measuring (not a synchronisation)
+    rss1 = gw.memory_info().rss
+    with DevServerClient(dev_addr) as control:
+        upstream = control.stats().open_streams
+    cpu0 = sum(gw.cpu_times()[:2])
+    t0 = time.monotonic()
+    halt = threading.Event()
+    sent = await asyncio.to_thread(publish, dev_addr, args.rate, args.seconds, halt)
+    end = time.monotonic() + 10
+    while sum(c.received for c in clients) < sent * m and time.monotonic() < end:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)  # polling the clients' counters, with a deadline
+    elapsed = time.monotonic() - t0
+    cpu = sum(gw.cpu_times()[:2]) - cpu0
+    stop.set()
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    delivered = sum(c.received for c in clients)
+    latencies = sorted(x for c in clients for x in c.latencies)
+    q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [0.0] * 99
+    return {
+        "clients": m, "sent": sent, "delivered": delivered, "expected": sent * m,
+        "deliveries/s": delivered / elapsed, "cpu_us": cpu / max(delivered, 1) * 1e6,
+        "p50_ms": q[49] * 1000, "p99_ms": q[98] * 1000, "upstream": upstream,
+        "rss_kib": (rss1 - rss0) / m / 1024,
+    }  # fmt: skip
+
+
+def wait_healthy(url: str) -> None:
+    end = time.monotonic() + 30
+    while time.monotonic() < end:
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.05)
+    raise SystemExit("the gateway did not start")
+
+
+def print_table(rows: list[dict[str, float]], args: argparse.Namespace) -> None:
+    hub = "off" if args.no_hub else "on"
+    print(
+        f"fanout: {args.rate:g} events/s for {args.seconds:g}s, hub {hub}, "
+        f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}"
+    )
+    header = ("clients", "delivered/expected", "deliveries/s", "CPU us/delivery",
+              "p50 ms", "p99 ms", "upstream streams", "RSS KiB/stream")  # fmt: skip
+    print(" | ".join(header))
+    print("-" * 118)
+    for r in rows:
+        cells = (
+            f"{r['clients']:.0f}", f"{r['delivered']:.0f}/{r['expected']:.0f}",
+            f"{r['deliveries/s']:.0f}", f"{r['cpu_us']:.1f}", f"{r['p50_ms']:.1f}",
+            f"{r['p99_ms']:.1f}", f"{r['upstream']:.0f}", f"{r['rss_kib']:.1f}",
+        )  # fmt: skip
+        print(" | ".join(c.rjust(len(h)) for c, h in zip(cells, header, strict=True)))
+
+
+@dataclass
+class Stack:
+    devserver: subprocess.Popen[str]
+    gateway: subprocess.Popen[bytes]
+    dev_addr: str
+    gw_port: int
+    gw: psutil.Process
+
+
+def start_stack(no_hub: bool, *gateway_args: str) -> Stack:
+    """A devserver and a gateway (with a raised open-file limit) on free ports."""
+    tmp = Path(tempfile.mkdtemp(prefix="kumiho-bench-"))
+    dev_port, gw_port = free_port(), free_port()
+    dev_addr = f"127.0.0.1:{dev_port}"
+    devserver = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "devserver", "--port", str(dev_port),
+         "--db", str(tmp / "bench.sqlite3")],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    hub = ["--no-hub"] if no_hub else []
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--upstream", dev_addr,
+         "--port", str(gw_port), "--log-level", "warning", *hub, *gateway_args],
+        preexec_fn=raise_fd_limit,
+    )  # fmt: skip
+    assert devserver.stdout is not None
+    devserver.stdout.readline()
+    wait_healthy(f"http://127.0.0.1:{gw_port}")
+    return Stack(devserver, gateway, dev_addr, gw_port, psutil.Process(gateway.pid))
+
+
+def stop_stack(stack: Stack) -> None:
+    for proc in (stack.gateway, stack.devserver):
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", default="1,100,1000")
+    parser.add_argument("--rate", type=float, default=20.0)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--no-hub", action="store_true")
+    args = parser.parse_args()
+    raise_fd_limit()
+    stack = start_stack(args.no_hub)
+    try:
+        rows = []
+        for m in (int(x) for x in args.clients.split(",")):
+            rows.append(asyncio.run(round_(m, args, stack.gw_port, stack.dev_addr, stack.gw)))
+            time.sleep(1)  # let the previous round's connections close (not a synchronisation)
+        print_table(rows, args)
+    finally:
+        stop_stack(stack)
+
+
+if __name__ == "__main__":
+    main()
