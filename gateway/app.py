@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.resources
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -176,8 +177,8 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> FastAP
         return {field.name: getattr(caps, field.name) for field in caps.DESCRIPTOR.fields}
 
     @app.get("/healthz", summary="200 while the process runs")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    async def healthz() -> dict[str, str | int]:
+        return {"status": "ok", "pid": os.getpid()}
 
     @app.get("/readyz", summary="200 when the upstream is reachable, 503 otherwise")
     async def readyz() -> JSONResponse:

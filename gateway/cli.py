@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import socket
 import sys
 import typing
 from collections.abc import Coroutine, Sequence
@@ -47,7 +49,7 @@ def _add_settings_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = (
         kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text}
         annotation = field.annotation
         args = typing.get_args(annotation)
-        if annotation == bool | None:
+        if annotation in (bool, bool | None):
             kwargs["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(annotation) is typing.Literal:
             kwargs["choices"] = args
@@ -81,7 +83,18 @@ def _run(main: Coroutine[Any, Any, None]) -> None:
 
 
 def _cmd_serve(ns: argparse.Namespace) -> None:
-    _run(server.serve(_settings(ns)))
+    settings = _settings(ns)
+    if settings.workers > 1:
+        server.serve_workers(settings, _worker)
+    else:
+        _run(server.serve(settings))
+
+
+def _worker(settings: Settings, sockets: list[socket.socket], parent: int) -> None:
+    """One worker process of ``serve --workers N`` (module level: it is pickled)."""
+    server.exit_with_parent(parent)
+    with contextlib.suppress(KeyboardInterrupt):
+        _run(server.serve(settings, sockets=sockets))
 
 
 def _devserver_config(ns: argparse.Namespace) -> DevServerConfig:

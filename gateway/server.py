@@ -11,6 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
 from types import FrameType
 
 import uvicorn
@@ -57,8 +64,10 @@ class GatewayServer(uvicorn.Server):
         self.should_exit = True
 
 
-async def serve(settings: Settings, announce: str = "") -> None:
-    """Serve the gateway until a signal drains and stops it."""
+async def serve(
+    settings: Settings, announce: str = "", sockets: list[socket.socket] | None = None
+) -> None:
+    """Serve the gateway until a signal drains and stops it (on ``sockets`` when given)."""
     lifecycle = Lifecycle()
     config = uvicorn.Config(
         create_app(settings, lifecycle),
@@ -72,4 +81,48 @@ async def serve(settings: Settings, announce: str = "") -> None:
     logs.install(settings.log_level)
     if announce:
         print(announce, flush=True)
-    await GatewayServer(config, lifecycle, settings).serve()
+    await GatewayServer(config, lifecycle, settings).serve(sockets)  # type: ignore[arg-type]
+
+
+def serve_workers(
+    settings: Settings, run: Callable[[Settings, list[socket.socket], int], None]
+) -> None:
+    """Run ``settings.workers`` processes on one listening socket; each has its own hub.
+
+    The parent binds the socket, starts the workers and forwards SIGTERM/SIGINT
+    to them, so each drains its own streams; it returns when all have exited.
+    """
+    config = uvicorn.Config(app="gateway.app:create_app", host=settings.host, port=settings.port)
+    sock = config.bind_socket()
+    context = multiprocessing.get_context("spawn")
+    workers = [
+        context.Process(
+            target=run, args=(settings, [sock], os.getpid()), name=f"gateway-worker-{i}"
+        )
+        for i in range(settings.workers)
+    ]
+    for worker in workers:
+        worker.start()
+    log.info("%d workers serving on %s:%d", len(workers), settings.host, settings.port)
+
+    def forward(sig: int, frame: FrameType | None) -> None:
+        for worker in workers:
+            if worker.pid and worker.is_alive():
+                os.kill(worker.pid, sig)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+    for worker in workers:
+        worker.join()
+    sock.close()
+
+
+def exit_with_parent(parent: int, poll: float = 1.0) -> None:
+    """In a worker: drain and exit if ``parent`` dies (even by SIGKILL), never orphaned."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()

@@ -68,6 +68,13 @@ class Settings(BaseSettings):
         validation_alias=_env("port", "KUMIHO_GATEWAY_PORT"),
         description="HTTP listen port",
     )
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        validation_alias=_env("workers", "KUMIHO_GATEWAY_WORKERS"),
+        description="worker processes sharing the listening socket, each with its own hub",
+    )
     auth: AuthMode = Field(
         "none",
         validation_alias=_env("auth", "KUMIHO_GATEWAY_AUTH"),

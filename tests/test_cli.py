@@ -39,6 +39,7 @@ def test_serve_help_lists_every_flag_with_its_environment_variable() -> None:
         for env in env_names(field):
             assert env in flat, f"{env} missing from serve --help"
     assert "KUMIHO_SERVER_ENDPOINT" in flat and "KUMIHO_AUTH_TOKEN" in flat
+    assert "--hub, --no-hub" in flat and "--use-tls, --no-use-tls" in flat
 
 
 def test_readme_documents_every_setting() -> None:

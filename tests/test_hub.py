@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 from collections.abc import Callable
 
@@ -166,3 +167,26 @@ def test_the_shared_stream_lingers_then_closes(
         with devserver.client() as c:
             assert c.stats().streams_started == 1  # the second client reused it
     wait_until(lambda: devserver.open_streams() == 0, 5, "the linger to end")
+
+
+def test_two_workers_both_serve_and_resume(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *FAST, "--workers", "2")
+    pids = set()
+    for _ in range(60):
+        pids.add(httpx.get(gateway.url + "/healthz").json()["pid"])
+        if len(pids) == 2:
+            break
+    assert len(pids) == 2, "both workers answer"
+    cursors = devserver.publish("revision.created", KREF, count=20)
+    got: list[str] = []
+    for _ in range(5):  # five reconnects, landing on either worker
+        headers = {"Last-Event-ID": got[-1]} if got else {}
+        params = {} if got else {"from": "beginning"}
+        got += [e.id for e in read_events(gateway.url, 4, headers=headers, params=params)]
+    assert got == cursors
+    assert gateway.proc is not None
+    gateway.proc.send_signal(signal.SIGTERM)
+    assert gateway.proc.wait(15) == 0  # the parent forwards it; every worker drains and exits
