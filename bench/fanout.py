@@ -15,35 +15,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import resource
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
-import httpx
 import psutil
+from stack import raise_fd_limit, start_stack, stop_stack
 
 from gateway.devserver.control import DevServerClient
 
 SENT = b'"sent":"'
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def raise_fd_limit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
 
 
 class Client:
@@ -133,17 +115,6 @@ async def round_(
     }  # fmt: skip
 
 
-def wait_healthy(url: str) -> None:
-    end = time.monotonic() + 30
-    while time.monotonic() < end:
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.05)
-    raise SystemExit("the gateway did not start")
-
-
 def print_table(rows: list[dict[str, float]], args: argparse.Namespace) -> None:
     hub = "off" if args.no_hub else "on"
     print(
@@ -161,46 +132,6 @@ def print_table(rows: list[dict[str, float]], args: argparse.Namespace) -> None:
             f"{r['p99_ms']:.1f}", f"{r['upstream']:.0f}", f"{r['rss_kib']:.1f}",
         )  # fmt: skip
         print(" | ".join(c.rjust(len(h)) for c, h in zip(cells, header, strict=True)))
-
-
-@dataclass
-class Stack:
-    devserver: subprocess.Popen[str]
-    gateway: subprocess.Popen[bytes]
-    dev_addr: str
-    gw_port: int
-    gw: psutil.Process
-
-
-def start_stack(no_hub: bool, *gateway_args: str) -> Stack:
-    """A devserver and a gateway (with a raised open-file limit) on free ports."""
-    tmp = Path(tempfile.mkdtemp(prefix="kumiho-bench-"))
-    dev_port, gw_port = free_port(), free_port()
-    dev_addr = f"127.0.0.1:{dev_port}"
-    devserver = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "devserver", "--port", str(dev_port),
-         "--db", str(tmp / "bench.sqlite3")],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    hub = ["--no-hub"] if no_hub else []
-    gateway = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--upstream", dev_addr,
-         "--port", str(gw_port), "--log-level", "warning", *hub, *gateway_args],
-        preexec_fn=raise_fd_limit,
-    )  # fmt: skip
-    assert devserver.stdout is not None
-    devserver.stdout.readline()
-    wait_healthy(f"http://127.0.0.1:{gw_port}")
-    return Stack(devserver, gateway, dev_addr, gw_port, psutil.Process(gateway.pid))
-
-
-def stop_stack(stack: Stack) -> None:
-    for proc in (stack.gateway, stack.devserver):
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def main() -> None:

@@ -14,8 +14,7 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(__file__))
-from fanout import raise_fd_limit, start_stack, stop_stack
+from stack import raise_fd_limit, start_stack, stop_stack
 
 BATCH = 500  # connections opened at a time
 

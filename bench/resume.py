@@ -16,9 +16,7 @@ import sys
 import time
 
 import psutil
-
-sys.path.insert(0, os.path.dirname(__file__))
-from fanout import raise_fd_limit, start_stack, stop_stack
+from stack import raise_fd_limit, start_stack, stop_stack
 
 from gateway.devserver.control import DevServerClient
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,28 +36,11 @@ from pathlib import Path
 
 import httpx
 import psutil
+from stack import free_port, wait_healthy
 
 from gateway.devserver.control import DevServerClient
 
 DEADLINE = 120.0  # seconds for any single read
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_healthy(url: str) -> None:
-    end = time.monotonic() + 30
-    while time.monotonic() < end:
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    raise SystemExit("gateway did not start")
 
 
 RAW_READER = f"""

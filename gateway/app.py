@@ -84,6 +84,8 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> FastAP
         try:
             yield
         finally:
+            if hub is not None:
+                hub.close()
             await upstream.close()
 
     app = FastAPI(
@@ -103,10 +105,6 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> FastAP
             allow_headers=["Authorization", "Last-Event-ID", "Cache-Control"],
             max_age=600,
         )
-    app.state.settings = settings
-    app.state.upstream = upstream
-    app.state.metrics = metrics
-    app.state.lifecycle = lifecycle
 
     def credential(request: Request, query: dict[str, list[str]]) -> Credential:
         return authenticate(

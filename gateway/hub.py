@@ -185,6 +185,11 @@ class Hub:
         channel.idle()  # closes after the linger unless someone joins
         return channel
 
+    def close(self) -> None:
+        """Close every shared stream (at shutdown)."""
+        for channel in list(self._channels.values()):
+            channel.close()
+
     def forget(self, channel: Channel) -> None:
         if self._channels.get(channel.key) is channel:
             del self._channels[channel.key]

@@ -1,0 +1,78 @@
+"""What every benchmark needs: free ports, a devserver and a gateway on 127.0.0.1."""
+
+from __future__ import annotations
+
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+
+
+def wait_healthy(url: str) -> None:
+    end = time.monotonic() + 30
+    while time.monotonic() < end:
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.05)
+    raise SystemExit("the gateway did not start")
+
+
+@dataclass
+class Stack:
+    devserver: subprocess.Popen[str]
+    gateway: subprocess.Popen[bytes]
+    dev_addr: str
+    gw_port: int
+    gw: psutil.Process
+
+
+def start_stack(no_hub: bool, *gateway_args: str) -> Stack:
+    """A devserver and a gateway (with a raised open-file limit) on free ports."""
+    tmp = Path(tempfile.mkdtemp(prefix="kumiho-bench-"))
+    dev_port, gw_port = free_port(), free_port()
+    dev_addr = f"127.0.0.1:{dev_port}"
+    devserver = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "devserver", "--port", str(dev_port),
+         "--db", str(tmp / "bench.sqlite3")],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    hub = ["--no-hub"] if no_hub else []
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--upstream", dev_addr,
+         "--port", str(gw_port), "--log-level", "warning", *hub, *gateway_args],
+        preexec_fn=raise_fd_limit,
+    )  # fmt: skip
+    assert devserver.stdout is not None
+    devserver.stdout.readline()
+    wait_healthy(f"http://127.0.0.1:{gw_port}")
+    return Stack(devserver, gateway, dev_addr, gw_port, psutil.Process(gateway.pid))
+
+
+def stop_stack(stack: Stack) -> None:
+    for proc in (stack.gateway, stack.devserver):
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
