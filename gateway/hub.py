@@ -292,6 +292,8 @@ class HubSource:
             return
         if sink is None:
             self._early.append(item)
+            if len(self._early) > self._hub.settings.buffer_events:
+                self.close()  # its response never started reading: do not hold events for it
             return
         if not sink.put(item):
             if not self._waiting_for_room:
