@@ -13,6 +13,11 @@ that hands the client over to the shared feed the moment it delivers an
 event the ring holds, without a gap or a repeat. The upstream stream closes
 ``hub_linger`` seconds after its last subscriber leaves.
 
+On a tier without cursors the channel mints the SSE ids itself
+(``gw:<channel>:<n>``, never a Kumiho cursor's shape; the data's ``cursor``
+stays empty), so clients still resume gap-free from the ring; an id the ring
+no longer holds gets ``gateway.reset`` and the live feed.
+
 ``HubSource`` is the per-request ``Source`` the route uses; the pump does
 not know whether its events are shared.
 """
@@ -22,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import secrets
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -35,6 +41,7 @@ from gateway.upstream import Upstream
 log = logging.getLogger("gateway.hub")
 
 ChannelKey = tuple[str, str, str]  # (credential identity, routing_key, kref)
+MINTED_PREFIX = "gw:"
 
 
 class Channel:
@@ -46,6 +53,11 @@ class Channel:
         self._hub = hub
         self._ring: collections.OrderedDict[str, SharedEvent] = collections.OrderedDict()
         self._ring_size = hub.settings.hub_ring_size
+        # Ids for events without a cursor (a tier without cursors): "gw:" never
+        # starts a Kumiho cursor, and the random part changes with each channel,
+        # so an id from another channel, worker or replica is never mistaken.
+        self._id_prefix = f"{MINTED_PREFIX}{secrets.token_hex(4)}:"
+        self._minted = 0
         self._filter = ResumeFilter(None)  # the shared feed is at-least-once too
         self._subscribers: set[HubSource] = set()
         self._holders: set[HubSource] = set()
@@ -70,7 +82,8 @@ class Channel:
         elif isinstance(item, Failure | SharedEvent):
             shared = item
         elif self._filter.accept(item.cursor):
-            shared = SharedEvent(item)
+            self._minted += 1
+            shared = SharedEvent(item, "" if item.cursor else f"{self._id_prefix}{self._minted}")
             self._hub.metrics.frames_encoded.inc()
             if shared.cursor:
                 self._ring[shared.cursor] = shared
@@ -248,6 +261,11 @@ class HubSource:
                 channel.attach(self)
                 return
             metrics.ring_misses.inc()
+            if sub.cursor.startswith(MINTED_PREFIX):
+                # The hub's own id, no longer in this ring: Kumiho cannot resume it.
+                self._early.append(Reset("cursor_unknown", sub.cursor, "latest"))
+                channel.attach(self)
+                return
         # Older than the ring, or from the beginning / a time: a stream of its own first.
         channel.hold(self)
         self._catch_up = UpstreamSource(self._hub.upstream, sub, self._hub.settings, metrics)

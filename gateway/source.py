@@ -65,9 +65,10 @@ class SharedEvent:
 
     __slots__ = ("_named", "_plain", "cursor", "event")
 
-    def __init__(self, event: kumiho_pb2.Event) -> None:
+    def __init__(self, event: kumiho_pb2.Event, minted_id: str = "") -> None:
         self.event = event
-        self.cursor = event.cursor
+        # The SSE id: Kumiho's cursor, or one the hub minted when there is none.
+        self.cursor = event.cursor or minted_id
         self._plain: bytes | None = None
         self._named: bytes | None = None
 
@@ -75,10 +76,10 @@ class SharedEvent:
         """The frame bytes, built on first use and shared from then on."""
         if named:
             if self._named is None:
-                self._named = sse.event_frame(self.event, named=True)
+                self._named = sse.event_frame(self.event, named=True, event_id=self.cursor)
             return self._named
         if self._plain is None:
-            self._plain = sse.event_frame(self.event, named=False)
+            self._plain = sse.event_frame(self.event, named=False, event_id=self.cursor)
         return self._plain
 
 

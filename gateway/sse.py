@@ -24,16 +24,19 @@ def to_json(value: Any) -> str:
     return _dumps(value)
 
 
-def event_frame(event: kumiho_pb2.Event, *, named: bool) -> bytes:
+def event_frame(event: kumiho_pb2.Event, *, named: bool, event_id: str | None = None) -> bytes:
     """The frame of one Kumiho event: ``id:`` = cursor (omitted when empty), then data.
 
     Data: ``routing_key``, ``kref`` (the URI), ``timestamp``, ``author``,
     ``username``, ``details`` and ``cursor``. The JSON is assembled by hand
     because this runs once per event: twice as fast as ``json.dumps`` of a dict.
+    ``event_id`` replaces the cursor in the ``id:`` line only (the hub's ids for
+    events that have no cursor); ``cursor`` in the data stays Kumiho's.
     """
     cursor = event.cursor
     details = event.details
-    head = f"id: {_field(cursor)}\n" if cursor else ""
+    line_id = cursor if event_id is None else event_id
+    head = f"id: {_field(line_id)}\n" if line_id else ""
     if named and event.routing_key:
         head += f"event: {_field(event.routing_key)}\n"
     pairs = ",".join([f"{_q(k)}:{_q(v)}" for k, v in details.items()]) if details else ""

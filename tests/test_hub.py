@@ -156,7 +156,7 @@ def test_the_shared_stream_lingers_then_closes(
     make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
 ) -> None:
     devserver = make_devserver()
-    gateway = make_gateway(devserver.address, *FAST, "--hub-linger", "1")
+    gateway = make_gateway(devserver.address, *FAST, "--hub-linger", "3")
     with httpx.stream("GET", gateway.url + "/events", timeout=10) as r:
         lines = r.iter_lines()
         next(lines)
@@ -166,7 +166,7 @@ def test_the_shared_stream_lingers_then_closes(
         next(lines)
         with devserver.client() as c:
             assert c.stats().streams_started == 1  # the second client reused it
-    wait_until(lambda: devserver.open_streams() == 0, 5, "the linger to end")
+    wait_until(lambda: devserver.open_streams() == 0, 10, "the linger to end")
 
 
 def test_two_workers_both_serve_and_resume(
@@ -190,3 +190,24 @@ def test_two_workers_both_serve_and_resume(
     assert gateway.proc is not None
     gateway.proc.send_signal(signal.SIGTERM)
     assert gateway.proc.wait(15) == 0  # the parent forwards it; every worker drains and exits
+
+
+def test_a_tier_without_cursors_resumes_from_minted_ids(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver("--tier", "free")
+    gateway = make_gateway(devserver.address, *FAST)
+    keeper = Listener(gateway.url)
+    started([keeper], gateway)
+    devserver.publish("revision.created", KREF, count=6)
+    wait_until(lambda: len(keeper.events) == 6, 10, "the shared feed")
+    ids = [e.id for e in keeper.events]
+    assert all(i.startswith("gw:") for i in ids) and len(set(ids)) == 6
+    assert all(e.json()["cursor"] == "" for e in keeper.events)  # Kumiho gave none
+    rest = read_events(gateway.url, 3, headers={"Last-Event-ID": ids[2]})
+    assert [e.id for e in rest] == ids[3:]  # resumed from the ring, no gap, no repeat
+    assert [e.json()["details"]["n"] for e in rest] == ["3", "4", "5"]
+    [reset] = read_events(gateway.url, 1, headers={"Last-Event-ID": "gw:00000000:1"})
+    assert reset.event == "gateway.reset"
+    assert reset.json()["reason"] == "cursor_unknown" and reset.json()["resumed_from"] == "latest"
+    keeper.stop.set()

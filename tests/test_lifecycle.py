@@ -179,6 +179,8 @@ def test_a_slow_consumer_is_cut_off_and_resumes_without_loss(
         "65536",
         "--slow-consumer-grace",
         "0.5",
+        "--hub-linger",
+        "0.5",  # the shared stream closes soon after its only client is cut
     )
     rss_before = metric(gateway, "process_resident_memory_bytes")
     sock = _stalled_client(gateway.url)
