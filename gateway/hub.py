@@ -79,11 +79,11 @@ class Channel:
             self._filter.forget()
             self._ring.clear()  # what follows does not continue what the ring holds
             shared = item
-        elif isinstance(item, Failure | SharedEvent):
+        elif isinstance(item, Failure):
             shared = item
         elif self._filter.accept(item.cursor):
-            self._minted += 1
-            shared = SharedEvent(item, "" if item.cursor else f"{self._id_prefix}{self._minted}")
+            assert not isinstance(item, SharedEvent), "a channel's feed sends Kumiho events"
+            shared = SharedEvent(item, item.cursor or self._mint())
             self._hub.metrics.frames_encoded.inc()
             if shared.cursor:
                 self._ring[shared.cursor] = shared
@@ -100,15 +100,21 @@ class Channel:
     async def room(self) -> bool:
         return not self.closed
 
+    def _mint(self) -> str:
+        self._minted += 1
+        return f"{self._id_prefix}{self._minted}"
+
     # -- subscribers ------------------------------------------------------------
 
     def after(self, cursor: str) -> list[SharedEvent] | None:
         """The ring's events after ``cursor``, or None when the ring does not hold it."""
         if cursor not in self._ring:
             return None
-        events = list(self._ring.values())
-        keys = list(self._ring)
-        return events[keys.index(cursor) + 1 :]
+        entries = iter(self._ring.items())
+        for key, _ in entries:
+            if key == cursor:
+                break
+        return [event for _, event in entries]
 
     def hold(self, source: HubSource) -> None:
         """Keep the channel open for a request still catching up (it attaches later)."""
@@ -240,8 +246,7 @@ class HubSource:
         self._catch_up: UpstreamSource | None = None
         self._sink: Sink | None = None
         self._early: list[Item] = []  # delivered between open() and run()
-        self._waiting_for_room = False
-        self._room_task: asyncio.Future[None] | None = None
+        self._room_task: asyncio.Future[None] | None = None  # waiting for a full buffer
         self._done = asyncio.Event()
 
     async def open(self) -> None:
@@ -314,10 +319,9 @@ class HubSource:
                 self.close()  # its response never started reading: do not hold events for it
             return
         if not sink.put(item):
-            if not self._waiting_for_room:
+            if self._room_task is None or self._room_task.done():
                 # Buffer full: the client gets the grace period to catch up; the
                 # pump cuts it off after that (or at once past twice the bound).
-                self._waiting_for_room = True
                 self._room_task = asyncio.ensure_future(self._wait_for_room(sink))
         elif isinstance(item, SharedEvent):
             self._hub.metrics.frames_delivered.inc()
@@ -325,9 +329,7 @@ class HubSource:
             self._done.set()
 
     async def _wait_for_room(self, sink: Sink) -> None:
-        ok = await sink.room()
-        self._waiting_for_room = False
-        if not ok:
+        if not await sink.room():
             self.close()
 
     def close(self) -> None:

@@ -135,17 +135,14 @@ class Pump:
         self._end("slow_consumer")
 
     def _encode(self, item: Item) -> bytes | None:
-        if isinstance(item, SharedEvent):
-            if self._filter.accept(item.cursor):
-                self._events += 1
-                return item.frame(self._named)
-            return None
-        if isinstance(item, kumiho_pb2.Event):
-            if self._filter.accept(item.cursor):
-                self._events += 1
-                return sse.event_frame(item, named=self._named)
-            log.debug("dropped repeat of cursor %s after resume", item.cursor)
-            return None
+        if isinstance(item, SharedEvent | kumiho_pb2.Event):
+            if not self._filter.accept(item.cursor):
+                log.debug("dropped repeat of cursor %s after resume", item.cursor)
+                return None
+            self._events += 1
+            if isinstance(item, SharedEvent):
+                return item.frame(self._named)  # encoded once for all its subscribers
+            return sse.event_frame(item, named=self._named)
         if isinstance(item, Reset):
             self._filter.forget()
             self._metrics.resets.labels(item.reason).inc()

@@ -16,12 +16,8 @@ from typing import Any
 
 from gateway._proto import kumiho_pb2
 
+# Compact, pure-ASCII JSON on one line.
 _dumps = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
-
-
-def to_json(value: Any) -> str:
-    """Compact, pure-ASCII JSON on one line."""
-    return _dumps(value)
 
 
 def event_frame(event: kumiho_pb2.Event, *, named: bool, event_id: str | None = None) -> bytes:
@@ -49,7 +45,7 @@ def event_frame(event: kumiho_pb2.Event, *, named: bool, event_id: str | None = 
 
 def control_frame(name: str, data: dict[str, Any]) -> bytes:
     """A named control event (``gateway.reset``, ``gateway.error``); never carries an id."""
-    return f"event: {name}\ndata: {to_json(data)}\n\n".encode()
+    return f"event: {name}\ndata: {_dumps(data)}\n\n".encode()
 
 
 def retry_frame(ms: int) -> bytes:
