@@ -6,6 +6,7 @@ import functools
 import http.server
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -160,6 +161,13 @@ class Gateway:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def metric(self, name: str, labels: str = "") -> float:
+        """One sample from /metrics (0 when absent)."""
+        text = httpx.get(self.url + "/metrics", timeout=10).text
+        pattern = rf"^{re.escape(name)}{re.escape(labels)} ([0-9.e+-]+)$"
+        found = re.search(pattern, text, re.MULTILINE)
+        return float(found.group(1)) if found else 0.0
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import httpx
 from httpx_sse import ServerSentEvent, connect_sse
 
 from tests.conftest import FAST, DevServer, Gateway, read_events, wait_until
-from tests.test_lifecycle import metric
 
 KREF = "kref://hub/shots/sq010.comp"
 
@@ -51,7 +50,7 @@ def started(listeners: list[Listener], gateway: Gateway) -> None:
     for listener in listeners:
         listener.start()
     wait_until(
-        lambda: metric(gateway, "kumiho_gateway_streams_open") == len(listeners),
+        lambda: gateway.metric("kumiho_gateway_streams_open") == len(listeners),
         15,
         "all streams open",
     )
@@ -73,10 +72,10 @@ def test_clients_with_the_same_filters_share_one_upstream_stream(
     )
     for listener in same:
         assert [e.id for e in listener.events] == cursors
-    assert metric(gateway, "kumiho_gateway_hub_upstream_streams") == 2
-    assert metric(gateway, "kumiho_gateway_hub_subscribers") == 21
-    encoded = metric(gateway, "kumiho_gateway_hub_frames_encoded_total")
-    delivered = metric(gateway, "kumiho_gateway_hub_frames_delivered_total")
+    assert gateway.metric("kumiho_gateway_hub_upstream_streams") == 2
+    assert gateway.metric("kumiho_gateway_hub_subscribers") == 21
+    encoded = gateway.metric("kumiho_gateway_hub_frames_encoded_total")
+    delivered = gateway.metric("kumiho_gateway_hub_frames_delivered_total")
     assert encoded == 6 and delivered == 5 * 20 + 1  # each event encoded once, delivered to all
     for listener in [*same, other]:
         listener.stop.set()
@@ -101,8 +100,8 @@ def test_resume_from_the_ring_makes_no_upstream_call(
     assert [a.id, b.id] == more  # joined the live feed after the (empty) replay
     with devserver.client() as c:
         assert c.stats().streams_started == before  # not one upstream call
-    assert metric(gateway, "kumiho_gateway_hub_ring_hits_total") == 3
-    assert metric(gateway, "kumiho_gateway_hub_ring_misses_total") == 0
+    assert gateway.metric("kumiho_gateway_hub_ring_hits_total") == 3
+    assert gateway.metric("kumiho_gateway_hub_ring_misses_total") == 0
     keeper.stop.set()
 
 
@@ -120,13 +119,13 @@ def test_catch_up_hands_over_to_the_shared_feed_without_gap_or_duplicate(
     late.start()
     wait_until(lambda: len(late.events) == 44 + 15, 15, "the catch-up")
     wait_until(
-        lambda: metric(gateway, "kumiho_gateway_hub_catch_up_streams") == 0, 10, "the hand-over"
+        lambda: gateway.metric("kumiho_gateway_hub_catch_up_streams") == 0, 10, "the hand-over"
     )
     assert devserver.open_streams() == 1  # the catch-up stream is gone; the shared one serves both
     after = devserver.publish("revision.created", KREF, count=5)
     wait_until(lambda: len(late.events) == 44 + 15 + 5, 10, "live events after the hand-over")
     assert [e.id for e in late.events] == history[6:] + live + after
-    assert metric(gateway, "kumiho_gateway_hub_ring_misses_total") == 1
+    assert gateway.metric("kumiho_gateway_hub_ring_misses_total") == 1
     keeper.stop.set()
     late.stop.set()
 

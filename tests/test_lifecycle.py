@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
-import re
 import signal
 import socket
 import subprocess
@@ -21,14 +20,6 @@ def last_field(text_or_lines: str | list[str]) -> str:
     """The last non-comment line of a stream (heartbeats may follow anything)."""
     lines = text_or_lines.splitlines() if isinstance(text_or_lines, str) else text_or_lines
     return [ln for ln in (x.strip("\r") for x in lines) if ln and not ln.startswith(":")][-1]
-
-
-def metric(gateway: Gateway, name: str, labels: str = "") -> float:
-    """One sample from /metrics (0 when absent)."""
-    text = httpx.get(gateway.url + "/metrics", timeout=10).text
-    pattern = rf"^{re.escape(name)}{re.escape(labels)} ([0-9.e+-]+)$"
-    found = re.search(pattern, text, re.MULTILINE)
-    return float(found.group(1)) if found else 0.0
 
 
 async def _hold_stream(url: str, lines: list[str], opened: asyncio.Event) -> str:
@@ -62,7 +53,7 @@ def test_sigterm_drains_fifty_streams(
         await asyncio.wait_for(asyncio.gather(*(o.wait() for o in opened)), 30)
         await asyncio.to_thread(
             wait_until,
-            lambda: metric(gateway, "kumiho_gateway_streams_open") == 50,
+            lambda: gateway.metric("kumiho_gateway_streams_open") == 50,
             20,
             "50 open streams",
         )
@@ -131,7 +122,7 @@ def test_max_stream_lifetime_closes_between_frames(
     frames = [f for f in body.split("\n\n") if f]
     assert all(f.startswith(("retry: ", "id: ", ":")) for f in frames)  # whole frames only
     assert sum(f.startswith("id: ") for f in frames) > 5
-    assert metric(gateway, "kumiho_gateway_stream_closes_total", '{cause="lifetime"}') == 1
+    assert gateway.metric("kumiho_gateway_stream_closes_total", '{cause="lifetime"}') == 1
 
 
 def _stalled_client(url: str, params: str = "") -> socket.socket:
@@ -182,7 +173,7 @@ def test_a_slow_consumer_is_cut_off_and_resumes_without_loss(
         "--hub-linger",
         "0.5",  # the shared stream closes soon after its only client is cut
     )
-    rss_before = metric(gateway, "process_resident_memory_bytes")
+    rss_before = gateway.metric("process_resident_memory_bytes")
     sock = _stalled_client(gateway.url)
     wait_until(lambda: devserver.open_streams() == 1, 10, "the upstream stream")
     cursors: list[str] = []
@@ -191,12 +182,12 @@ def test_a_slow_consumer_is_cut_off_and_resumes_without_loss(
             "revision.created", "kref://p/slow.model", {"pad": "x" * 200}, count=1000
         )
     wait_until(
-        lambda: metric(gateway, "kumiho_gateway_slow_consumer_disconnects_total") == 1,
+        lambda: gateway.metric("kumiho_gateway_slow_consumer_disconnects_total") == 1,
         20,
         "the slow-consumer cut",
     )
     wait_until(lambda: devserver.open_streams() == 0, 5, "the upstream call to end")
-    rss_after = metric(gateway, "process_resident_memory_bytes")
+    rss_after = gateway.metric("process_resident_memory_bytes")
     assert rss_after - rss_before < 30 * 2**20  # the backlog never piled up in the gateway
     # The client wakes up: it gets whole frames, a retry: line, the end; then resumes.
     text = _dechunk(_read_until_closed(sock))
@@ -226,7 +217,7 @@ def test_thousand_connects_and_disconnects_leak_nothing(
         cycle(i)
     wait_until(lambda: devserver.open_streams() == 0, 10, "warm-up streams to close")
     before = {
-        n: metric(gateway, n)
+        n: gateway.metric(n)
         for n in (
             "process_open_fds",
             "process_resident_memory_bytes",
@@ -238,10 +229,10 @@ def test_thousand_connects_and_disconnects_leak_nothing(
         cycle(i)
     wait_until(lambda: devserver.open_streams() == 0, 10, "every upstream call to end")
     wait_until(
-        lambda: metric(gateway, "kumiho_gateway_streams_open") == 0, 10, "every stream to close"
+        lambda: gateway.metric("kumiho_gateway_streams_open") == 0, 10, "every stream to close"
     )
-    after = {n: metric(gateway, n) for n in before}
-    assert metric(gateway, "kumiho_gateway_upstream_streams_open") == 0
+    after = {n: gateway.metric(n) for n in before}
+    assert gateway.metric("kumiho_gateway_upstream_streams_open") == 0
     assert after["process_open_fds"] - before["process_open_fds"] <= 5
     assert after["kumiho_gateway_asyncio_tasks"] - before["kumiho_gateway_asyncio_tasks"] <= 2
     assert (
@@ -266,7 +257,7 @@ def test_unavailable_upstream_backs_off_and_recovers(
     clients = 10
 
     def attempts() -> float:
-        return metric(gateway, "kumiho_gateway_upstream_failures_total", '{code="UNAVAILABLE"}')
+        return gateway.metric("kumiho_gateway_upstream_failures_total", '{code="UNAVAILABLE"}')
 
     procs = [
         subprocess.Popen(
@@ -278,7 +269,7 @@ def test_unavailable_upstream_backs_off_and_recovers(
     ]
     try:
         wait_until(
-            lambda: metric(gateway, "kumiho_gateway_streams_open") == clients,
+            lambda: gateway.metric("kumiho_gateway_streams_open") == clients,
             15,
             "all clients streaming",
         )
@@ -317,16 +308,14 @@ def test_metrics_move(
     cursors = devserver.publish("revision.created", "kref://p/m.model", count=10)
     events = read_events(gateway.url, 6, headers={"Last-Event-ID": cursors[0]})
     assert events[0].event == "gateway.reset"
-    wait_until(
-        lambda: metric(gateway, "kumiho_gateway_streams_open") == 0, 5, "the stream to close"
-    )
+    wait_until(lambda: gateway.metric("kumiho_gateway_streams_open") == 0, 5, "the stream to close")
     text = httpx.get(gateway.url + "/metrics").text
-    assert metric(gateway, "kumiho_gateway_events_delivered_total") >= 5
-    assert metric(gateway, "kumiho_gateway_bytes_written_total") > 5 * 100
-    assert metric(gateway, "kumiho_gateway_resets_total", '{reason="cursor_expired"}') == 1
-    assert metric(gateway, "kumiho_gateway_upstream_failures_total", '{code="OUT_OF_RANGE"}') == 1
-    assert metric(gateway, "kumiho_gateway_upstream_connects_total") >= 1
-    assert metric(gateway, "kumiho_gateway_stream_duration_seconds_count") == 1
-    assert metric(gateway, "kumiho_gateway_stream_closes_total", '{cause="client"}') == 1
+    assert gateway.metric("kumiho_gateway_events_delivered_total") >= 5
+    assert gateway.metric("kumiho_gateway_bytes_written_total") > 5 * 100
+    assert gateway.metric("kumiho_gateway_resets_total", '{reason="cursor_expired"}') == 1
+    assert gateway.metric("kumiho_gateway_upstream_failures_total", '{code="OUT_OF_RANGE"}') == 1
+    assert gateway.metric("kumiho_gateway_upstream_connects_total") >= 1
+    assert gateway.metric("kumiho_gateway_stream_duration_seconds_count") == 1
+    assert gateway.metric("kumiho_gateway_stream_closes_total", '{cause="client"}') == 1
     assert "process_open_fds" in text
     assert json.loads(events[0].data)["reason"] == "cursor_expired"
