@@ -92,6 +92,8 @@ def serve_workers(
     The parent binds the socket, starts the workers and forwards SIGTERM/SIGINT
     to them, so each drains its own streams; it returns when all have exited.
     """
+    # uvicorn's Config only to bind the socket as uvicorn would (IPv6, SO_REUSEADDR);
+    # each worker builds its own app.
     config = uvicorn.Config(app="gateway.app:create_app", host=settings.host, port=settings.port)
     sock = config.bind_socket()
     context = multiprocessing.get_context("spawn")
