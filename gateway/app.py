@@ -1,8 +1,9 @@
 """The FastAPI application: routes, error answers and the upstream's lifespan.
 
 The route is thin: authenticate, validate into a Subscription, open a Source
-(so refusals become 400/401/403 before any byte), then hand the Pump's
-frames to sse-starlette's EventSourceResponse.
+(so refusals become 400/401/403 before any byte), then return the Pump as an
+EventStreamResponse, which ``StreamHandoff`` writes outside the middleware
+stack (see ``response.py``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.types import ASGIApp
 
 from gateway import __version__, sse
 from gateway.auth import Credential, authenticate
@@ -27,16 +28,12 @@ from gateway.hub import Hub
 from gateway.lifecycle import Lifecycle
 from gateway.metrics import CONTENT_TYPE, Metrics
 from gateway.pump import Pump, jittered_retry_ms
+from gateway.response import HEADERS, MEDIA_TYPE, EventStreamResponse, StreamHandoff
 from gateway.settings import Settings
 from gateway.source import Source, UpstreamSource, terminal_error
 from gateway.subscription import access_token_param, openapi_parameters, parse_subscription
+from gateway.ticker import Ticker
 from gateway.upstream import Upstream
-
-STREAM_HEADERS = {
-    "Cache-Control": "no-store",
-    "X-Accel-Buffering": "no",
-}
-MEDIA_TYPE = "text/event-stream; charset=utf-8"
 
 
 def _error_response(error: GatewayError) -> JSONResponse:
@@ -45,30 +42,11 @@ def _error_response(error: GatewayError) -> JSONResponse:
     )
 
 
-def _stream_response(body: AsyncIterator[bytes], settings: Settings) -> EventSourceResponse:
-    response = EventSourceResponse(
-        body,
-        headers=STREAM_HEADERS,
-        media_type=MEDIA_TYPE,
-        ping=settings.heartbeat,
-        ping_message_factory=lambda: ServerSentEvent(comment="heartbeat"),
-        send_timeout=settings.send_timeout,
-    )
-    # sse-starlette adds "Connection: keep-alive": redundant in HTTP/1.1 and
-    # forbidden in HTTP/2, which a proxy may speak to browsers.
-    del response.headers["connection"]
-    return response
-
-
-async def _goodbye(retry_ms: int) -> AsyncIterator[bytes]:
-    yield sse.retry_frame(jittered_retry_ms(retry_ms))
-
-
 def _query(request: Request) -> dict[str, list[str]]:
     return {key: request.query_params.getlist(key) for key in request.query_params}
 
 
-def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> FastAPI:
+def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ASGIApp:
     """The gateway as an ASGI app; the upstream channel opens in its lifespan.
 
     ``lifecycle`` is shared with the server that drains it on SIGTERM.
@@ -76,6 +54,7 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> FastAP
     upstream = Upstream(settings)
     metrics = Metrics()
     lifecycle = lifecycle or Lifecycle()
+    ticker = Ticker(settings.heartbeat)
     hub = Hub(upstream, settings, metrics) if settings.hub else None
 
     @contextlib.asynccontextmanager
@@ -123,7 +102,8 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> FastAP
     @app.get(
         "/events",
         summary="Stream Kumiho events as Server-Sent Events",
-        response_class=EventSourceResponse,
+        response_class=EventStreamResponse,
+        status_code=200,
         openapi_extra={"parameters": openapi_parameters()},
         responses={
             200: {"content": {"text/event-stream": {}}, "description": "the event stream"},
@@ -139,7 +119,8 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> FastAP
         )
         if lifecycle.draining:
             # Shutting down: send the client elsewhere, never a non-200 (EventSource would stop).
-            return _stream_response(_goodbye(settings.retry_ms), settings)
+            retry = sse.retry_frame(jittered_retry_ms(settings.retry_ms))
+            return Response(retry, headers=HEADERS, media_type=MEDIA_TYPE)
         source: Source = (
             hub.source(subscription)
             if hub is not None
@@ -157,8 +138,9 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> FastAP
             settings=settings,
             metrics=metrics,
             lifecycle=lifecycle,
+            ticker=ticker,
         )
-        return _stream_response(pump.frames(), settings)
+        return EventStreamResponse(pump)
 
     @app.get("/capabilities", summary="The upstream's EventCapabilities")
     async def capabilities(request: Request) -> dict[str, Any]:
@@ -194,4 +176,4 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> FastAP
 
     static = importlib.resources.files("gateway.static")
     app.mount("/", StaticFiles(directory=str(static), html=True), name="dashboard")
-    return app
+    return StreamHandoff(app)

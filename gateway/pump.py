@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from gateway import sse
 from gateway._proto import kumiho_pb2
@@ -29,6 +29,7 @@ from gateway.lifecycle import Lifecycle
 from gateway.metrics import Metrics
 from gateway.settings import Settings
 from gateway.source import Item, Reset, SharedEvent, Source
+from gateway.ticker import Ticker
 
 log = logging.getLogger("gateway.pump")
 
@@ -80,6 +81,7 @@ class Pump:
         settings: Settings,
         metrics: Metrics,
         lifecycle: Lifecycle,
+        ticker: Ticker,
     ) -> None:
         self._source = source
         self._named = named
@@ -95,6 +97,12 @@ class Pump:
         self._finished = False
         self._cause = "client"
         self._reader: asyncio.Task[None] | None = None
+        self._writer: asyncio.Task[object] | None = None
+        self._ticker = ticker
+        self._heartbeat_after = settings.heartbeat - ticker.period  # so gaps stay <= heartbeat
+        self._last_write = 0.0
+        self._writing_since = 0.0  # while the consumer writes a chunk
+        self.stalled = False  # dropped by ``tick``: a write blocked for send_timeout
 
     # -- Sink -----------------------------------------------------------------
 
@@ -159,6 +167,10 @@ class Pump:
 
     # -- ending ---------------------------------------------------------------
 
+    def close(self) -> None:
+        """The client left: stop the source and end the stream."""
+        self._end("client")
+
     def drain(self) -> None:
         """The gateway is shutting down: flush, then a retry: line, then close."""
         self._end("drain")
@@ -184,57 +196,82 @@ class Pump:
 
     # -- the response body ----------------------------------------------------
 
-    async def frames(self) -> AsyncIterator[bytes]:
-        """The response body: a ``retry:`` line, then frames in batches, until the stream ends."""
+    def tick(self, now: float) -> None:
+        """From the shared Ticker: a heartbeat when idle, or drop a write stuck too long."""
+        blocked = now - self._writing_since if self._writing_since else 0.0
+        if blocked >= self._settings.send_timeout:
+            if not self.stalled:
+                log.warning("dropping a client whose write blocked for %.0fs", blocked)
+                self.stalled = True
+                self._end("send_timeout")
+                if self._writer is not None:
+                    self._writer.cancel()  # the response sees ``stalled`` and closes
+        elif not self._frames and now - self._last_write >= self._heartbeat_after:
+            self._frames.append(sse.HEARTBEAT)
+            self._has_data.set()
+
+    async def frames(self) -> AsyncGenerator[bytes, None]:
+        """The response body: a ``retry:`` line, then frames in batches, until the stream ends.
+
+        The consumer writes each chunk before asking for the next, so the time
+        between a yield and the next step is the write: ``tick`` watches it.
+        """
         settings, metrics = self._settings, self._metrics
         loop = asyncio.get_running_loop()
         started = loop.time()
-        lifetime = settings.max_stream_lifetime * random.uniform(0.9, 1.1)
-        last_flush = started
+        lifetime = (
+            loop.call_later(
+                settings.max_stream_lifetime * random.uniform(0.9, 1.1), self._end, "lifetime"
+            )
+            if settings.max_stream_lifetime
+            else None
+        )
+        self._writer = asyncio.current_task()
         self._reader = asyncio.create_task(self._run_source())
         self._lifecycle.add(self)
+        self._ticker.add(self)
         metrics.streams_open.inc()
         try:
-            yield sse.retry_frame(jittered_retry_ms(settings.retry_ms))
+            chunk = sse.retry_frame(jittered_retry_ms(settings.retry_ms))
+            events = 0
             while True:
-                if lifetime:
-                    try:
-                        left = started + lifetime - loop.time()
-                        await asyncio.wait_for(self._has_data.wait(), max(left, 0))
-                    except TimeoutError:
-                        self._end("lifetime")
-                else:
-                    await self._has_data.wait()
-                if (
-                    settings.flush_interval
-                    and not self._finished
-                    and self._size < _MAX_CHUNK
-                    and loop.time() - last_flush < _BURST * settings.flush_interval
-                ):
-                    # In a burst (the last write was moments ago): let it gather into
-                    # one write. A lone event is written at once, with no timer.
-                    await asyncio.sleep(settings.flush_interval)
-                last_flush = loop.time()
-                chunk = b"".join(self._frames)
-                events = self._events
-                self._frames.clear()
-                self._size = self._events = 0
-                self._has_data.clear()
-                self._has_room.set()
                 if chunk:
+                    self._writing_since = loop.time()
                     yield chunk
-                    metrics.events_delivered.inc(events)
+                    self._writing_since = 0.0
+                    self._last_write = loop.time()
+                    if events:
+                        metrics.events_delivered.inc(events)
                     metrics.bytes_written.inc(len(chunk))
                 if self._finished and not self._frames:
                     reader = self._reader
                     if reader.done() and not reader.cancelled() and reader.exception():
                         log.error("stream source failed", exc_info=reader.exception())
                     return
+                await self._has_data.wait()
+                if (
+                    settings.flush_interval
+                    and not self._finished
+                    and self._size < _MAX_CHUNK
+                    and loop.time() - self._last_write < _BURST * settings.flush_interval
+                ):
+                    # In a burst (the last write was moments ago): let it gather into
+                    # one write. A lone event is written at once, with no timer.
+                    await asyncio.sleep(settings.flush_interval)
+                chunk = b"".join(self._frames)
+                events = self._events
+                self._frames.clear()
+                self._size = self._events = 0
+                self._has_data.clear()
+                self._has_room.set()
         finally:
-            # Synchronous on purpose: this may run inside a cancelled scope.
+            # Synchronous on purpose: this may run inside a cancelled task.
+            if lifetime is not None:
+                lifetime.cancel()
             self._reader.cancel()
             self._source.close()
             self._lifecycle.discard(self)
+            self._ticker.discard(self)
             metrics.streams_open.dec()
             metrics.stream_closes.labels(self._cause).inc()
             metrics.stream_duration.observe(loop.time() - started)

@@ -48,6 +48,10 @@ def control_frame(name: str, data: dict[str, Any]) -> bytes:
     return f"event: {name}\ndata: {_dumps(data)}\n\n".encode()
 
 
+HEARTBEAT = b": heartbeat\n\n"
+"""A comment frame: keeps proxies and clients from timing out an idle stream."""
+
+
 def retry_frame(ms: int) -> bytes:
     """The reconnection delay a client should use."""
     return f"retry: {int(ms)}\n\n".encode()

@@ -1,0 +1,93 @@
+"""The /events response: headers through the app, the body straight to the server.
+
+FastAPI routes the request, validates it and answers errors as usual; the
+endpoint returns an ``EventStreamResponse``. Calling that response sends the
+headers through the middleware (CORS adds its own there) and then hands the
+body over to ``StreamHandoff``, the outermost ASGI layer, which writes it with
+the server's own ``send`` once routing and middleware have returned.
+
+Why: a stream lives for hours and every event is one write. Written from
+inside the middleware stack, each write passes through every layer's ``send``
+wrapper and each stream keeps every layer's frame alive; at a thousand
+clients that was a third of the CPU per delivery and half the memory per
+stream (BENCHMARKS.md). A stream here costs the server's task, the pump's
+reader and one task waiting for the client to leave; heartbeats and stalled
+writes are watched by one shared timer (``ticker.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gateway.pump import Pump
+
+MEDIA_TYPE = "text/event-stream; charset=utf-8"
+HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+_HANDOFF = "gateway.handoff"  # the scope key StreamHandoff puts its list under
+
+
+class EventStreamResponse(Response):
+    """A 200 ``text/event-stream`` response whose body is a pump's frames."""
+
+    media_type = MEDIA_TYPE
+
+    def __init__(self, pump: Pump, headers: Mapping[str, str] = HEADERS) -> None:
+        # No Response.__init__: without a body no Content-Length is set, so the
+        # server sends the stream chunked.
+        self.status_code = 200
+        self.background = None
+        self._pump = pump
+        self.init_headers(headers)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        handoff = scope.get(_HANDOFF)
+        if handoff is None:
+            await self.stream(receive, send)  # not behind StreamHandoff: stream from here
+        else:
+            handoff.append(self)
+
+    async def stream(self, receive: Receive, send: Send) -> None:
+        """Write the pump's frames until the stream ends or the client leaves."""
+        pump = self._pump
+        watcher = asyncio.ensure_future(_until_disconnect(receive, pump))
+        frames = pump.frames()
+        try:
+            async for chunk in frames:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not pump.stalled:
+                raise
+            # The pump dropped a client whose write blocked for send_timeout:
+            # returning with the response incomplete makes the server close it.
+        finally:
+            watcher.cancel()
+            await frames.aclose()
+
+
+async def _until_disconnect(receive: Receive, pump: Pump) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass  # a GET's (empty) request body
+    pump.close()
+
+
+class StreamHandoff:
+    """The outermost ASGI layer: runs the event stream an endpoint handed over."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        handoff: list[EventStreamResponse] = []
+        scope[_HANDOFF] = handoff
+        await self.app(scope, receive, send)
+        if handoff:
+            await handoff[0].stream(receive, send)

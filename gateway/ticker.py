@@ -1,0 +1,48 @@
+"""One timer for every open stream: heartbeats and stalled writes.
+
+A stream that waited on its own heartbeat timer would cost a timer (or a
+task) per connection, re-armed after every write; with thousands of streams
+that is most of the idle cost. Instead one loop callback visits every open
+stream a few times per heartbeat interval and each stream decides, from the
+time of its last write, whether it owes a heartbeat or has been stuck in a
+write for too long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+_TICKS_PER_HEARTBEAT = 4
+
+
+class Ticking(Protocol):
+    def tick(self, now: float) -> None:
+        """Called every ``Ticker.period`` seconds with the loop's time."""
+
+
+class Ticker:
+    """Calls ``tick(now)`` on every added stream every ``period`` seconds, while any is open."""
+
+    def __init__(self, heartbeat: float) -> None:
+        self.period = heartbeat / _TICKS_PER_HEARTBEAT
+        self._streams: set[Ticking] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, stream: Ticking) -> None:
+        self._streams.add(stream)
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.period, self._tick)
+
+    def discard(self, stream: Ticking) -> None:
+        self._streams.discard(stream)
+        if not self._streams and self._timer is not None:
+            self._timer.cancel()  # nothing left to visit: no timer while idle
+            self._timer = None
+
+    def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for stream in list(self._streams):
+            stream.tick(now)
+        self._timer = loop.call_later(self.period, self._tick) if self._streams else None
