@@ -247,7 +247,8 @@ class HubSource:
         self._sink: Sink | None = None
         self._early: list[Item] = []  # delivered between open() and run()
         self._room_task: asyncio.Future[None] | None = None  # waiting for a full buffer
-        self._done = asyncio.Event()
+        # A bare future (not an Event, which costs a deque): set when the request ends.
+        self._done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     async def open(self) -> None:
         sub = self._sub
@@ -294,7 +295,7 @@ class HubSource:
                 self._catch_up.close()
             if not catch_up.handed_over:
                 return  # the client left, or the catch-up stream failed for good
-        await self._done.wait()
+        await self._done
 
     def _hand_over(self, cursor: str) -> bool:
         """After the catch-up delivered ``cursor``: join the feed if the ring holds it."""
@@ -311,7 +312,7 @@ class HubSource:
     def deliver(self, item: Item) -> None:
         """Called by the channel for every shared item (synchronously, never waits)."""
         sink = self._sink
-        if self._done.is_set():
+        if self._done.done():
             return
         if sink is None:
             self._early.append(item)
@@ -326,14 +327,18 @@ class HubSource:
         elif isinstance(item, SharedEvent):
             self._hub.metrics.frames_delivered.inc()
         if isinstance(item, Failure) or self._channel is None or self._channel.closed:
-            self._done.set()
+            self._finish()
 
     async def _wait_for_room(self, sink: Sink) -> None:
         if not await sink.room():
             self.close()
 
+    def _finish(self) -> None:
+        if not self._done.done():
+            self._done.set_result(None)
+
     def close(self) -> None:
-        self._done.set()
+        self._finish()
         if self._catch_up is not None:
             self._catch_up.close()
         if self._channel is not None:

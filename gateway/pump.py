@@ -42,6 +42,11 @@ def jittered_retry_ms(base_ms: int) -> int:
     return base_ms + random.randrange(base_ms // 2 + 1)
 
 
+def _wake(waiter: asyncio.Future[None] | None) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
+
+
 class ResumeFilter:
     """Drops events at or before the last one delivered.
 
@@ -92,8 +97,10 @@ class Pump:
         self._frames: list[bytes] = []
         self._size = 0
         self._events = 0  # event frames in the buffer, for the delivered counter
-        self._has_data = asyncio.Event()
-        self._has_room = asyncio.Event()
+        # Bare futures, made only while someone waits: an asyncio.Event per
+        # stream would cost a deque each, which adds up over thousands of streams.
+        self._wakeup: asyncio.Future[None] | None = None  # the writer waits for frames
+        self._room: asyncio.Future[None] | None = None  # the source waits for room
         self._finished = False
         self._cause = "client"
         self._reader: asyncio.Task[None] | None = None
@@ -113,7 +120,7 @@ class Pump:
         if frame is not None:
             self._frames.append(frame)
             self._size += len(frame)
-            self._has_data.set()
+            _wake(self._wakeup)
         events, size = self._settings.buffer_events, self._settings.buffer_bytes
         if len(self._frames) >= 2 * events or self._size >= 2 * size:
             # Twice the bound: a source that cannot wait (a shared stream) kept
@@ -125,9 +132,9 @@ class Pump:
     async def room(self) -> bool:
         if self._finished:
             return False
-        self._has_room.clear()
+        self._room = asyncio.get_running_loop().create_future()
         try:
-            await asyncio.wait_for(self._has_room.wait(), self._settings.slow_consumer_grace)
+            await asyncio.wait_for(self._room, self._settings.slow_consumer_grace)
         except TimeoutError:
             self._slow_consumer()
             return False
@@ -185,14 +192,14 @@ class Pump:
             self._reader.cancel()
         self._source.close()
         self._frames.append(sse.retry_frame(jittered_retry_ms(self._settings.retry_ms)))
-        self._has_data.set()
+        _wake(self._wakeup)
 
     async def _run_source(self) -> None:
         try:
             await self._source.run(self)
         finally:
             self._finished = True
-            self._has_data.set()
+            _wake(self._wakeup)
 
     # -- the response body ----------------------------------------------------
 
@@ -208,7 +215,7 @@ class Pump:
                     self._writer.cancel()  # the response sees ``stalled`` and closes
         elif not self._frames and now - self._last_write >= self._heartbeat_after:
             self._frames.append(sse.HEARTBEAT)
-            self._has_data.set()
+            _wake(self._wakeup)
 
     async def frames(self) -> AsyncGenerator[bytes, None]:
         """The response body: a ``retry:`` line, then frames in batches, until the stream ends.
@@ -248,7 +255,9 @@ class Pump:
                     if reader.done() and not reader.cancelled() and reader.exception():
                         log.error("stream source failed", exc_info=reader.exception())
                     return
-                await self._has_data.wait()
+                if not self._frames and not self._finished:
+                    self._wakeup = loop.create_future()
+                    await self._wakeup
                 if (
                     settings.flush_interval
                     and not self._finished
@@ -262,8 +271,7 @@ class Pump:
                 events = self._events
                 self._frames.clear()
                 self._size = self._events = 0
-                self._has_data.clear()
-                self._has_room.set()
+                _wake(self._room)
         finally:
             # Synchronous on purpose: this may run inside a cancelled task.
             if lifetime is not None:

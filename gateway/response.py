@@ -18,7 +18,6 @@ writes are watched by one shared timer (``ticker.py``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
 
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -28,6 +27,10 @@ from gateway.pump import Pump
 MEDIA_TYPE = "text/event-stream; charset=utf-8"
 HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 _HANDOFF = "gateway.handoff"  # the scope key StreamHandoff puts its list under
+_RAW_HEADERS = [
+    (b"content-type", MEDIA_TYPE.encode()),
+    *((name.lower().encode(), value.encode()) for name, value in HEADERS.items()),
+]
 
 
 class EventStreamResponse(Response):
@@ -35,16 +38,17 @@ class EventStreamResponse(Response):
 
     media_type = MEDIA_TYPE
 
-    def __init__(self, pump: Pump, headers: Mapping[str, str] = HEADERS) -> None:
+    def __init__(self, pump: Pump) -> None:
         # No Response.__init__: without a body no Content-Length is set, so the
         # server sends the stream chunked.
         self.status_code = 200
         self.background = None
         self._pump = pump
-        self.init_headers(headers)
+        self.raw_headers = _RAW_HEADERS  # shared by every stream; copied when sent
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        headers = list(self.raw_headers)
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
         handoff = scope.get(_HANDOFF)
         if handoff is None:
             await self.stream(receive, send)  # not behind StreamHandoff: stream from here
@@ -87,7 +91,8 @@ class StreamHandoff:
             await self.app(scope, receive, send)
             return
         handoff: list[EventStreamResponse] = []
-        scope[_HANDOFF] = handoff
-        await self.app(scope, receive, send)
+        # The app gets a copy of the scope: what routing and middleware leave in
+        # it (exit stacks, the route, ...) goes when they return, not hours later.
+        await self.app({**scope, _HANDOFF: handoff}, receive, send)
         if handoff:
             await handoff[0].stream(receive, send)
