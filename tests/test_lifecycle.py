@@ -201,6 +201,47 @@ def test_a_slow_consumer_is_cut_off_and_resumes_without_loss(
     assert ids + [e.id for e in rest] == cursors  # nothing lost, nothing twice
 
 
+def test_a_write_blocked_past_the_send_timeout_drops_the_connection(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(
+        devserver.address,
+        *FAST,
+        "--send-timeout",
+        "1",
+        # The buffer policy stays out of the way: this is the stalled-write check.
+        "--slow-consumer-grace",
+        "60",
+        "--buffer-events",
+        "100000",
+        "--buffer-bytes",
+        str(64 * 2**20),
+    )
+    sock = _stalled_client(gateway.url)
+    wait_until(lambda: gateway.metric("kumiho_gateway_streams_open") == 1, 10, "the stream")
+    # ~10 MB: more than the kernel's socket buffers (4 MiB at most here) can take.
+    for _ in range(5):
+        devserver.publish(
+            "revision.created", "kref://p/stall.model", {"pad": "x" * 2000}, count=1000
+        )
+    wait_until(
+        lambda: gateway.metric("kumiho_gateway_stream_closes_total", '{cause="send_timeout"}') == 1,
+        20,
+        "the stalled connection to be dropped",
+    )
+    assert gateway.metric("kumiho_gateway_streams_open") == 0
+    assert gateway.metric("kumiho_gateway_hub_subscribers") == 0
+    # The client wakes up to whatever the kernel still held, then the end of the connection.
+    started = time.monotonic()
+    _read_until_closed(sock, deadline=20)
+    sock.close()
+    assert time.monotonic() - started < 20
+    log = gateway.log()
+    assert "dropping a client whose write blocked" in log
+    assert "Traceback" not in log
+
+
 def test_thousand_connects_and_disconnects_leak_nothing(
     make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
 ) -> None:
