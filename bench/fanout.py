@@ -5,7 +5,8 @@ latency from publish to receipt, the upstream streams open (as the devserver
 counts them) and the gateway's RSS per open stream (RSS with the clients
 connected minus RSS before, over M).
 
-    python bench/fanout.py [--clients 1,100,1000] [--rate 20] [--seconds 10] [--no-hub]
+    python bench/fanout.py [--clients 1,100,1000] [--rate 20] [--seconds 10]
+                           [--no-hub | --compare]
 
 Everything runs on 127.0.0.1; each round is bounded by its duration plus a deadline.
 """
@@ -127,10 +128,9 @@ def client_loop() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-def print_table(rows: list[dict[str, float]], args: argparse.Namespace) -> None:
-    hub = "off" if args.no_hub else "on"
+def print_table(rows: list[dict[str, float]], args: argparse.Namespace, no_hub: bool) -> None:
     print(
-        f"fanout: {args.rate:g} events/s for {args.seconds:g}s, hub {hub}, "
+        f"fanout: {args.rate:g} events/s for {args.seconds:g}s, hub {'off' if no_hub else 'on'}, "
         f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}"
     )
     header = ("clients", "delivered/expected", "deliveries/s", "CPU us/delivery",
@@ -146,24 +146,48 @@ def print_table(rows: list[dict[str, float]], args: argparse.Namespace) -> None:
         print(" | ".join(c.rjust(len(h)) for c, h in zip(cells, header, strict=True)))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clients", default="1,100,1000")
-    parser.add_argument("--rate", type=float, default=20.0)
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--no-hub", action="store_true")
-    args = parser.parse_args()
-    raise_fd_limit()
-    stack = start_stack(args.no_hub)
+def print_ratios(hub: list[dict[str, float]], no_hub: list[dict[str, float]]) -> None:
+    print("hub / no-hub, same run")
+    header = ("clients", "upstream streams", "CPU us/delivery", "p99 ms", "RSS KiB/stream")
+    print(" | ".join(header))
+    for h, n in zip(hub, no_hub, strict=True):
+        cells = (
+            f"{h['clients']:.0f}", f"{h['upstream']:.0f}/{n['upstream']:.0f}",
+            f"{h['cpu_us'] / n['cpu_us']:.2f}", f"{h['p99_ms'] / n['p99_ms']:.2f}",
+            f"{h['rss_kib'] / n['rss_kib']:.2f}",
+        )  # fmt: skip
+        print(" | ".join(c.rjust(len(x)) for c, x in zip(cells, header, strict=True)))
+
+
+def run_rounds(args: argparse.Namespace, no_hub: bool) -> list[dict[str, float]]:
+    stack = start_stack(no_hub)
     try:
         rows = []
         for m in (int(x) for x in args.clients.split(",")):
             with asyncio.Runner(loop_factory=client_loop()) as runner:
                 rows.append(runner.run(round_(m, args, stack.gw_port, stack.dev_addr, stack.gw)))
             time.sleep(1)  # let the previous round's connections close (not a synchronisation)
-        print_table(rows, args)
     finally:
         stop_stack(stack)
+    print_table(rows, args, no_hub)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", default="1,100,1000")
+    parser.add_argument("--rate", type=float, default=20.0)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--no-hub", action="store_true", help="one upstream stream per request")
+    parser.add_argument(
+        "--compare", action="store_true", help="hub, then --no-hub, in one run, and the ratios"
+    )
+    args = parser.parse_args()
+    raise_fd_limit()
+    if args.compare:
+        print_ratios(run_rounds(args, False), run_rounds(args, True))
+    else:
+        run_rounds(args, args.no_hub)
 
 
 if __name__ == "__main__":
