@@ -13,6 +13,10 @@ seconds is a slow consumer: its buffered frames are dropped (it will fetch
 them again by resuming), it gets a ``retry:`` line and the stream ends.
 Streams also end after a ``retry:`` line when the gateway drains or when
 ``max_stream_lifetime`` passes; always between frames.
+
+The shared ``Ticker`` visits every pump: a stream quiet for about
+``heartbeat`` seconds gets a comment frame, and one whose current write has
+blocked for ``send_timeout`` seconds is dropped (``stalled``).
 """
 
 from __future__ import annotations
