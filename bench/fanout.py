@@ -150,11 +150,15 @@ def print_ratios(hub: list[dict[str, float]], no_hub: list[dict[str, float]]) ->
     print("hub / no-hub, same run")
     header = ("clients", "upstream streams", "CPU us/delivery", "p99 ms", "RSS KiB/stream")
     print(" | ".join(header))
+
+    def ratio(a: float, b: float) -> str:
+        return f"{a / b:.2f}" if b else "-"
+
     for h, n in zip(hub, no_hub, strict=True):
         cells = (
             f"{h['clients']:.0f}", f"{h['upstream']:.0f}/{n['upstream']:.0f}",
-            f"{h['cpu_us'] / n['cpu_us']:.2f}", f"{h['p99_ms'] / n['p99_ms']:.2f}",
-            f"{h['rss_kib'] / n['rss_kib']:.2f}",
+            ratio(h["cpu_us"], n["cpu_us"]), ratio(h["p99_ms"], n["p99_ms"]),
+            ratio(h["rss_kib"], n["rss_kib"]),
         )  # fmt: skip
         print(" | ".join(c.rjust(len(x)) for c, x in zip(cells, header, strict=True)))
 

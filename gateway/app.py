@@ -54,7 +54,8 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ASGIAp
     upstream = Upstream(settings)
     metrics = Metrics()
     lifecycle = lifecycle or Lifecycle()
-    ticker = Ticker(settings.heartbeat)
+    # Four visits per heartbeat (or per send timeout, if shorter) keep both on time.
+    ticker = Ticker(min(settings.heartbeat, settings.send_timeout) / 4)
     hub = Hub(upstream, settings, metrics) if settings.hub else None
 
     @contextlib.asynccontextmanager
@@ -106,7 +107,7 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ASGIAp
         status_code=200,
         openapi_extra={"parameters": openapi_parameters()},
         responses={
-            200: {"content": {"text/event-stream": {}}, "description": "the event stream"},
+            200: {"description": "the event stream"},
             400: {"description": "a parameter breaks the limits or is malformed"},
             401: {"description": "a credential is required, or the upstream refused it"},
             403: {"description": "the upstream denied access"},

@@ -131,11 +131,17 @@ class Pump:
             # pushing; cut now rather than let memory grow.
             self._slow_consumer()
             return False
-        return len(self._frames) < events and self._size < size
+        return self._has_room()
+
+    def _has_room(self) -> bool:
+        settings = self._settings
+        return len(self._frames) < settings.buffer_events and self._size < settings.buffer_bytes
 
     async def room(self) -> bool:
         if self._finished:
             return False
+        if self._has_room():
+            return True  # the writer emptied the buffer before this wait began
         self._room = asyncio.get_running_loop().create_future()
         try:
             await asyncio.wait_for(self._room, self._settings.slow_consumer_grace)
@@ -217,7 +223,11 @@ class Pump:
                 self._end("send_timeout")
                 if self._writer is not None:
                     self._writer.cancel()  # the response sees ``stalled`` and closes
-        elif not self._frames and now - self._last_write >= self._heartbeat_after:
+        elif (
+            not self._frames
+            and not self._finished
+            and now - self._last_write >= self._heartbeat_after
+        ):
             self._frames.append(sse.HEARTBEAT)
             _wake(self._wakeup)
 
@@ -226,6 +236,7 @@ class Pump:
 
         The consumer writes each chunk before asking for the next, so the time
         between a yield and the next step is the write: ``tick`` watches it.
+        The last chunk is ``b""``: the end of the body, a write watched like the others.
         """
         settings, metrics = self._settings, self._metrics
         loop = asyncio.get_running_loop()
@@ -258,6 +269,8 @@ class Pump:
                     reader = self._reader
                     if reader.done() and not reader.cancelled() and reader.exception():
                         log.error("stream source failed", exc_info=reader.exception())
+                    self._writing_since = loop.time()
+                    yield b""
                     return
                 if not self._frames and not self._finished:
                     self._wakeup = loop.create_future()

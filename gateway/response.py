@@ -44,11 +44,10 @@ class EventStreamResponse(Response):
         self.status_code = 200
         self.background = None
         self._pump = pump
-        self.raw_headers = _RAW_HEADERS  # shared by every stream; copied when sent
+        self.raw_headers = list(_RAW_HEADERS)  # the tuples are shared, the list is not
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = list(self.raw_headers)
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         handoff = scope.get(_HANDOFF)
         if handoff is None:
             await self.stream(receive, send)  # not behind StreamHandoff: stream from here
@@ -61,14 +60,17 @@ class EventStreamResponse(Response):
         watcher = asyncio.ensure_future(_until_disconnect(receive, pump))
         frames = pump.frames()
         try:
-            async for chunk in frames:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            async for chunk in frames:  # the last chunk, b"", ends the body
+                await send({"type": "http.response.body", "body": chunk, "more_body": bool(chunk)})
         except asyncio.CancelledError:
             if not pump.stalled:
                 raise
             # The pump dropped a client whose write blocked for send_timeout:
-            # returning with the response incomplete makes the server close it.
+            # returning with the response incomplete makes the server close it
+            # (and the kernel aborts it if it still does not read: server.py).
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
         finally:
             watcher.cancel()
             await frames.aclose()

@@ -70,6 +70,7 @@ async def serve(
 ) -> None:
     """Serve the gateway until a signal drains and stops it (on ``sockets`` when given)."""
     lifecycle = Lifecycle()
+    sockets = sockets or [listening_socket(settings)]
     config = uvicorn.Config(
         create_app(settings, lifecycle),
         host=settings.host,
@@ -89,6 +90,24 @@ async def serve(
     await GatewayServer(config, lifecycle, settings).serve(sockets)  # type: ignore[arg-type]
 
 
+def listening_socket(settings: Settings) -> socket.socket:
+    """The listening socket, bound as uvicorn binds it (IPv6, SO_REUSEADDR).
+
+    On Linux every accepted connection inherits a TCP user timeout of twice
+    ``send_timeout``: the kernel aborts a connection whose data has not moved
+    for that long. The pump already ends the stream of a client whose write
+    blocks for ``send_timeout``, but the server can then only close() the
+    connection, which waits for the client to read what is queued; this frees
+    the socket and its buffers when the client never does.
+    """
+    config = uvicorn.Config(app="gateway.app:create_app", host=settings.host, port=settings.port)
+    sock = config.bind_socket()
+    if hasattr(socket, "TCP_USER_TIMEOUT"):
+        timeout_ms = int(settings.send_timeout * 2 * 1000)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, timeout_ms)
+    return sock
+
+
 def serve_workers(
     settings: Settings, run: Callable[[Settings, list[socket.socket], int], None]
 ) -> None:
@@ -97,10 +116,7 @@ def serve_workers(
     The parent binds the socket, starts the workers and forwards SIGTERM/SIGINT
     to them, so each drains its own streams; it returns when all have exited.
     """
-    # uvicorn's Config only to bind the socket as uvicorn would (IPv6, SO_REUSEADDR);
-    # each worker builds its own app.
-    config = uvicorn.Config(app="gateway.app:create_app", host=settings.host, port=settings.port)
-    sock = config.bind_socket()
+    sock = listening_socket(settings)
     context = multiprocessing.get_context("spawn")
     workers = [
         context.Process(

@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
-_TICKS_PER_HEARTBEAT = 4
-
 
 class Ticking(Protocol):
     def tick(self, now: float) -> None:
@@ -24,8 +22,8 @@ class Ticking(Protocol):
 class Ticker:
     """Calls ``tick(now)`` on every added stream every ``period`` seconds, while any is open."""
 
-    def __init__(self, heartbeat: float) -> None:
-        self.period = heartbeat / _TICKS_PER_HEARTBEAT
+    def __init__(self, period: float) -> None:
+        self.period = period
         self._streams: set[Ticking] = set()
         self._timer: asyncio.TimerHandle | None = None
 
@@ -42,7 +40,10 @@ class Ticker:
 
     def _tick(self) -> None:
         loop = asyncio.get_running_loop()
-        now = loop.time()
-        for stream in list(self._streams):
-            stream.tick(now)
-        self._timer = loop.call_later(self.period, self._tick) if self._streams else None
+        try:
+            now = loop.time()
+            for stream in list(self._streams):
+                stream.tick(now)
+        finally:
+            # Re-armed even if a stream failed: every other stream depends on it.
+            self._timer = loop.call_later(self.period, self._tick) if self._streams else None

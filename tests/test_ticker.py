@@ -20,7 +20,7 @@ class _Stream:
 
 def test_ticks_every_stream_then_stops_when_none_is_left() -> None:
     async def scenario() -> None:
-        ticker = Ticker(heartbeat=0.2)  # a tick every 0.05 s
+        ticker = Ticker(period=0.05)
         a, b = _Stream(), _Stream()
         ticker.add(a)
         ticker.add(b)
