@@ -100,7 +100,12 @@ def listening_socket(settings: Settings) -> socket.socket:
     connection, which waits for the client to read what is queued; this frees
     the socket and its buffers when the client never does.
     """
-    config = uvicorn.Config(app="gateway.app:create_app", host=settings.host, port=settings.port)
+    config = uvicorn.Config(
+        app="gateway.app:create_app",
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,  # bind_socket logs "Uvicorn running on ..."
+    )
     sock = config.bind_socket()
     if hasattr(socket, "TCP_USER_TIMEOUT"):
         timeout_ms = int(settings.send_timeout * 2 * 1000)
