@@ -9,8 +9,8 @@ the server's own ``send`` once routing and middleware have returned.
 Why: a stream lives for hours and every event is one write. Written from
 inside the middleware stack, each write passes through every layer's ``send``
 wrapper and each stream keeps every layer's frame alive; at a thousand
-clients that was a third of the CPU per delivery and half the memory per
-stream (BENCHMARKS.md). A stream here costs the server's task, the pump's
+clients that was half the CPU per delivery and more than half the memory
+per stream (BENCHMARKS.md). A stream here costs the server's task, the pump's
 reader and one task waiting for the client to leave; heartbeats and stalled
 writes are watched by one shared timer (``ticker.py``).
 """
