@@ -248,6 +248,48 @@ def read_events(
     return events
 
 
+class Reader(threading.Thread):
+    """Reads one /events connection in the background, recording every event."""
+
+    def __init__(
+        self, url: str, params: dict[str, str] | None = None, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(daemon=True)
+        self.url, self.params, self.headers = url, params, dict(headers or {})
+        self.events: list[ServerSentEvent] = []
+        self.connected = threading.Event()
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.status = 0
+
+    def run(self) -> None:
+        try:
+            with (
+                httpx.Client(timeout=httpx.Timeout(30)) as client,
+                connect_sse(
+                    client, "GET", self.url + "/events", params=self.params, headers=self.headers
+                ) as source,
+            ):
+                self.status = source.response.status_code
+                self.connected.set()
+                for sse in source.iter_sse():
+                    if sse.data:
+                        self.events.append(sse)
+                    if self.stop.is_set():
+                        return
+        except BaseException as exc:  # reported by wait_for; after stop() it is the end
+            if not self.stop.is_set():
+                self.error = exc
+            self.connected.set()
+
+    def wait_for(self, count: int, deadline: float = 20.0) -> list[ServerSentEvent]:
+        wait_until(
+            lambda: len(self.events) >= count or self.error is not None, deadline, f"{count} events"
+        )
+        assert self.error is None, self.error
+        return self.events
+
+
 def data(events: list[ServerSentEvent]) -> list[dict[str, Any]]:
     return [json.loads(e.data) for e in events]
 

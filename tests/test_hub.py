@@ -3,50 +3,16 @@
 from __future__ import annotations
 
 import signal
-import threading
 from collections.abc import Callable
 
 import httpx
-from httpx_sse import ServerSentEvent, connect_sse
 
-from tests.conftest import FAST, DevServer, Gateway, read_events, wait_until
+from tests.conftest import FAST, DevServer, Gateway, Reader, read_events, wait_until
 
 KREF = "kref://hub/shots/sq010.comp"
 
 
-class Listener(threading.Thread):
-    """A background /events reader that records every event."""
-
-    def __init__(
-        self, url: str, headers: dict[str, str] | None = None, params: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(daemon=True)
-        self.url, self.headers, self.params = url, dict(headers or {}), params
-        self.events: list[ServerSentEvent] = []
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        try:
-            self._read()
-        except httpx.HTTPError:
-            if not self.stop.is_set():
-                raise
-
-    def _read(self) -> None:
-        with (
-            httpx.Client(timeout=30) as client,
-            connect_sse(
-                client, "GET", self.url + "/events", headers=self.headers, params=self.params
-            ) as source,
-        ):
-            for sse in source.iter_sse():
-                if sse.data:
-                    self.events.append(sse)
-                if self.stop.is_set():
-                    return
-
-
-def started(listeners: list[Listener], gateway: Gateway) -> None:
+def started(listeners: list[Reader], gateway: Gateway) -> None:
     for listener in listeners:
         listener.start()
     wait_until(
@@ -61,8 +27,8 @@ def test_clients_with_the_same_filters_share_one_upstream_stream(
 ) -> None:
     devserver = make_devserver()
     gateway = make_gateway(devserver.address, *FAST)
-    same = [Listener(gateway.url, params={"routing_key": "revision.*"}) for _ in range(20)]
-    other = Listener(gateway.url, params={"routing_key": "item.#"})
+    same = [Reader(gateway.url, params={"routing_key": "revision.*"}) for _ in range(20)]
+    other = Reader(gateway.url, params={"routing_key": "item.#"})
     started([*same, other], gateway)
     assert devserver.open_streams() == 2  # one per distinct filter, not one per client
     cursors = devserver.publish("revision.created", KREF, count=5)
@@ -86,7 +52,7 @@ def test_resume_from_the_ring_makes_no_upstream_call(
 ) -> None:
     devserver = make_devserver()
     gateway = make_gateway(devserver.address, *FAST)
-    keeper = Listener(gateway.url)  # keeps the shared stream (and its ring) alive
+    keeper = Reader(gateway.url)  # keeps the shared stream (and its ring) alive
     started([keeper], gateway)
     cursors = devserver.publish("revision.created", KREF, count=30)
     wait_until(lambda: len(keeper.events) == 30, 10, "the ring to fill")
@@ -111,11 +77,11 @@ def test_catch_up_hands_over_to_the_shared_feed_without_gap_or_duplicate(
     devserver = make_devserver()
     gateway = make_gateway(devserver.address, *FAST, "--hub-ring-size", "10")
     history = devserver.publish("revision.created", KREF, count=50)  # before anyone listens
-    keeper = Listener(gateway.url)
+    keeper = Reader(gateway.url)
     started([keeper], gateway)
     live = devserver.publish("revision.created", KREF, count=15)  # the ring holds the last 10
     wait_until(lambda: len(keeper.events) == 15, 10, "the shared feed")
-    late = Listener(gateway.url, headers={"Last-Event-ID": history[5]})  # far older than the ring
+    late = Reader(gateway.url, headers={"Last-Event-ID": history[5]})  # far older than the ring
     late.start()
     wait_until(lambda: len(late.events) == 44 + 15, 15, "the catch-up")
     wait_until(
@@ -137,9 +103,9 @@ def test_tenants_never_share_a_stream(
         "--token", "tok-a=studio-a", "--token", "tok-b=studio-b", "--token", "tok-a2=studio-a"
     )
     gateway = make_gateway(devserver.address, *FAST, "--auth", "passthrough")
-    a = Listener(gateway.url, headers={"Authorization": "Bearer tok-a"})
-    a2 = Listener(gateway.url, headers={"Authorization": "Bearer tok-a2"})
-    b = Listener(gateway.url, headers={"Authorization": "Bearer tok-b"})
+    a = Reader(gateway.url, headers={"Authorization": "Bearer tok-a"})
+    a2 = Reader(gateway.url, headers={"Authorization": "Bearer tok-a2"})
+    b = Reader(gateway.url, headers={"Authorization": "Bearer tok-b"})
     started([a, a2, b], gateway)
     assert devserver.open_streams() == 3  # one per credential, even within a tenant
     only_a = devserver.publish("revision.created", "kref://a/x.model", tenant="studio-a")
@@ -196,7 +162,7 @@ def test_a_tier_without_cursors_resumes_from_minted_ids(
 ) -> None:
     devserver = make_devserver("--tier", "free")
     gateway = make_gateway(devserver.address, *FAST)
-    keeper = Listener(gateway.url)
+    keeper = Reader(gateway.url)
     started([keeper], gateway)
     devserver.publish("revision.created", KREF, count=6)
     wait_until(lambda: len(keeper.events) == 6, 10, "the shared feed")

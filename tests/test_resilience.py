@@ -4,57 +4,24 @@ from __future__ import annotations
 
 import json
 import signal
-import threading
 import time
 from collections.abc import Callable
 
 import httpx
-from httpx_sse import ServerSentEvent, connect_sse
+from httpx_sse import ServerSentEvent
 
-from tests.conftest import FAST, DevServer, Gateway, data, free_port, read_events, wait_until
+from tests.conftest import (
+    FAST,
+    DevServer,
+    Gateway,
+    Reader,
+    data,
+    free_port,
+    read_events,
+    wait_until,
+)
 
 KREF = "kref://studio/shots/sq010.comp"
-
-
-class Reader(threading.Thread):
-    """Reads one /events connection in the background, recording every event."""
-
-    def __init__(
-        self, url: str, params: dict[str, str] | None = None, headers: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(daemon=True)
-        self.url, self.params, self.headers = url, params, dict(headers or {})
-        self.events: list[ServerSentEvent] = []
-        self.connected = threading.Event()
-        self.stop = threading.Event()
-        self.error: BaseException | None = None
-        self.status = 0
-
-    def run(self) -> None:
-        try:
-            with (
-                httpx.Client(timeout=httpx.Timeout(30)) as client,
-                connect_sse(
-                    client, "GET", self.url + "/events", params=self.params, headers=self.headers
-                ) as source,
-            ):
-                self.status = source.response.status_code
-                self.connected.set()
-                for sse in source.iter_sse():
-                    if sse.data:
-                        self.events.append(sse)
-                    if self.stop.is_set():
-                        return
-        except BaseException as exc:  # reported by the test
-            self.error = exc
-            self.connected.set()
-
-    def wait_for(self, count: int, deadline: float = 20.0) -> list[ServerSentEvent]:
-        wait_until(
-            lambda: len(self.events) >= count or self.error is not None, deadline, f"{count} events"
-        )
-        assert self.error is None, self.error
-        return self.events
 
 
 def numbers(events: list[ServerSentEvent]) -> list[int]:
