@@ -126,25 +126,21 @@ class Backoff:
         return random.uniform(ceiling / 2, ceiling)
 
 
+# Statuses retrying cannot fix: (HTTP status, code, what to tell the client).
+_TERMINAL = {
+    grpc.StatusCode.UNAUTHENTICATED: (401, "unauthenticated", "rejected the credential"),
+    grpc.StatusCode.PERMISSION_DENIED: (403, "permission_denied", "denied access to events"),
+    grpc.StatusCode.INVALID_ARGUMENT: (400, "invalid_parameter", "rejected the request"),
+    grpc.StatusCode.UNIMPLEMENTED: (502, "upstream_unsupported", "does not serve EventStream"),
+}
+
+
 def terminal_error(code: grpc.StatusCode, details: str) -> GatewayError | None:
     """The GatewayError for a status retrying cannot fix, or None for a transient one."""
-    if code == grpc.StatusCode.UNAUTHENTICATED:
-        return GatewayError(
-            401, "unauthenticated", f"the upstream rejected the credential: {details}"
-        )
-    if code == grpc.StatusCode.PERMISSION_DENIED:
-        return GatewayError(
-            403, "permission_denied", f"the upstream denied access to events: {details}"
-        )
-    if code == grpc.StatusCode.INVALID_ARGUMENT:
-        return GatewayError(
-            400, "invalid_parameter", f"the upstream rejected the request: {details}"
-        )
-    if code == grpc.StatusCode.UNIMPLEMENTED:
-        return GatewayError(
-            502, "upstream_unsupported", f"the upstream does not serve EventStream: {details}"
-        )
-    return None
+    if code not in _TERMINAL:
+        return None
+    status, error_code, what = _TERMINAL[code]
+    return GatewayError(status, error_code, f"the upstream {what}: {details}")
 
 
 class _Rejected(Exception):
