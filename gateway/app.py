@@ -86,6 +86,11 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ASGIAp
             max_age=600,
         )
 
+    def _draining_answer() -> Response:
+        # Shutting down: send the client elsewhere, never a non-200 (EventSource would stop).
+        retry = sse.retry_frame(jittered_retry_ms(settings.retry_ms))
+        return Response(retry, headers=HEADERS, media_type=MEDIA_TYPE)
+
     def credential(request: Request, query: dict[str, list[str]]) -> Credential:
         return authenticate(
             settings.auth,
@@ -119,9 +124,7 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ASGIAp
             query, request.headers.get("last-event-id"), credential(request, query)
         )
         if lifecycle.draining:
-            # Shutting down: send the client elsewhere, never a non-200 (EventSource would stop).
-            retry = sse.retry_frame(jittered_retry_ms(settings.retry_ms))
-            return Response(retry, headers=HEADERS, media_type=MEDIA_TYPE)
+            return _draining_answer()
         source: Source = (
             hub.source(subscription)
             if hub is not None
@@ -132,6 +135,9 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ASGIAp
         except BaseException:
             source.close()
             raise
+        if lifecycle.draining:  # the drain began while the upstream answered
+            source.close()
+            return _draining_answer()
         pump = Pump(
             source,
             named=subscription.named,

@@ -114,6 +114,7 @@ def _devserver_config(ns: argparse.Namespace) -> DevServerConfig:
         activity=ns.activity,
         break_after=ns.break_after,
         refuse=ns.refuse,
+        late_headers=ns.late_headers,
     )
 
 
@@ -266,6 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dev.add_argument(
         "--refuse", action="store_true", help="fault: answer every EventStream with UNAVAILABLE"
+    )
+    dev.add_argument(
+        "--late-headers",
+        action="store_true",
+        help="send a stream's response headers only with its first event (as many gRPC servers do)",
     )
     dev.set_defaults(func=_cmd_devserver)
 

@@ -30,3 +30,30 @@ def cursor_key(cursor: str) -> CursorKey | None:
 def format_cursor(key: CursorKey) -> str:
     """The cursor string for an ``(ms, seq)`` key."""
     return f"{key[0]}-{key[1]}"
+
+
+class ResumeFilter:
+    """Drops events at or before the last one delivered.
+
+    Exact match always; by order when both cursors have the ``<ms>-<seq>`` shape.
+    """
+
+    def __init__(self, cursor: str | None) -> None:
+        self._cursor: str | None = cursor or None
+        self._key: CursorKey | None = cursor_key(cursor) if cursor else None
+
+    def forget(self) -> None:
+        """After a reset the old resume point means nothing."""
+        self._cursor = self._key = None
+
+    def accept(self, cursor: str) -> bool:
+        """False for a repeat; otherwise True, and ``cursor`` becomes the new resume point."""
+        if not cursor:
+            return True  # events without cursors cannot be told apart
+        if cursor == self._cursor:
+            return False
+        key = cursor_key(cursor)
+        if key is not None and self._key is not None and key <= self._key:
+            return False
+        self._cursor, self._key = cursor, key
+        return True

@@ -31,10 +31,10 @@ import secrets
 from collections.abc import Callable
 from dataclasses import replace
 
+from gateway.cursor import ResumeFilter
 from gateway.metrics import Metrics
-from gateway.pump import ResumeFilter
 from gateway.settings import Settings
-from gateway.source import Failure, Item, Reset, SharedEvent, Sink, UpstreamSource
+from gateway.source import Failure, Item, Reset, SharedEvent, Sink, Source, UpstreamSource
 from gateway.subscription import Subscription
 from gateway.upstream import Upstream
 
@@ -47,7 +47,7 @@ MINTED_PREFIX = "gw:"
 class Channel:
     """One shared upstream stream, its ring of recent events, and its subscribers."""
 
-    def __init__(self, key: ChannelKey, feed: UpstreamSource, hub: Hub) -> None:
+    def __init__(self, key: ChannelKey, feed: Source, hub: Hub) -> None:
         self.key = key
         self._feed = feed
         self._hub = hub
@@ -69,7 +69,20 @@ class Channel:
         """Open the shared upstream stream; 401/403 and the like propagate to the first caller."""
         await self._feed.open()
         self._task = asyncio.create_task(self._feed.run(self))
+        self._task.add_done_callback(self._feed_ended)
         self._hub.metrics.upstream_shared_streams.inc()
+
+    def _feed_ended(self, task: asyncio.Task[None]) -> None:
+        """The shared feed stopped without close(): close the channel, truthfully.
+
+        Its clients get a ``retry:`` line and resume by id on a fresh channel;
+        they are never left on heartbeats behind a dead feed.
+        """
+        if self.closed:
+            return
+        if not task.cancelled() and task.exception() is not None:
+            log.error("a shared upstream stream failed; closing it", exc_info=task.exception())
+        self.close()
 
     # -- Sink of the shared feed ---------------------------------------------
 
@@ -92,13 +105,21 @@ class Channel:
         else:
             return True  # a repeat after the feed resubscribed
         for subscriber in list(self._subscribers):
-            subscriber.deliver(shared)
+            try:
+                subscriber.deliver(shared)
+            except Exception:
+                # One subscriber's failure ends its own stream, never the others'.
+                log.exception("delivering to a subscriber failed; ending its stream")
+                subscriber.close()
         if isinstance(shared, Failure):
             self.close()
         return True  # never back-pressure a shared stream: slow subscribers are cut instead
 
     async def room(self) -> bool:
         return not self.closed
+
+    def slow_consumer(self) -> None:
+        """Never asked: put() never reports a full buffer."""
 
     def _mint(self) -> str:
         self._minted += 1
@@ -155,11 +176,14 @@ class Channel:
         if self.closed:
             return
         self.closed = True
+        self._cancel_linger()
         if self._task is not None:
             self._task.cancel()
             self._hub.metrics.upstream_shared_streams.dec()
         self._feed.close()
         self._hub.forget(self)
+        for source in [*self._subscribers, *self._holders]:
+            source.end()  # each stream ends with a retry: line; clients resume elsewhere
 
 
 class Hub:
@@ -235,9 +259,21 @@ class _CatchUp:
     async def room(self) -> bool:
         return not self.handed_over and await self._sink.room()
 
+    def slow_consumer(self) -> None:
+        self._sink.slow_consumer()
+
 
 class HubSource:
-    """One request's view of a channel: ring replay, catch-up, then the live feed."""
+    """One request's view of a channel: ring replay, catch-up, then the live feed.
+
+    Live items go straight into the client's buffer while it has room. When it
+    is full, or while a replay is still being written, they queue behind it in
+    a backlog that ``run`` feeds to the client at the client's own pace: a
+    replay of any length makes progress, and only a client that falls further
+    behind than ``hub_ring_size + buffer_events`` items (or stops reading for
+    the slow-consumer grace) is cut. The backlog holds references to events
+    the ring shares, not copies.
+    """
 
     def __init__(self, hub: Hub, subscription: Subscription) -> None:
         self._hub = hub
@@ -245,10 +281,11 @@ class HubSource:
         self._channel: Channel | None = None
         self._catch_up: UpstreamSource | None = None
         self._sink: Sink | None = None
-        self._early: list[Item] = []  # delivered between open() and run()
-        self._room_task: asyncio.Future[None] | None = None  # waiting for a full buffer
-        # A bare future (not an Event, which costs a deque): set when the request ends.
-        self._done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._backlog: collections.deque[Item] = collections.deque()
+        self._limit = hub.settings.hub_ring_size + hub.settings.buffer_events
+        self._live = False  # items may go straight to the sink (caught up, buffer not full)
+        self._ended = False
+        self._wakeup: asyncio.Future[None] | None = None  # run() waits: caught up
 
     async def open(self) -> None:
         sub = self._sub
@@ -263,13 +300,13 @@ class HubSource:
                 # Replay and joining happen with no await in between: no live
                 # event can fall between them, and none comes twice.
                 metrics.ring_hits.inc()
-                self._early.extend(replay)
+                self._backlog.extend(replay)
                 channel.attach(self)
                 return
             metrics.ring_misses.inc()
             if sub.cursor.startswith(MINTED_PREFIX):
                 # The hub's own id, no longer in this ring: Kumiho cannot resume it.
-                self._early.append(Reset("cursor_unknown", sub.cursor, "latest"))
+                self._backlog.append(Reset("cursor_unknown", sub.cursor, "latest"))
                 channel.attach(self)
                 return
         # Older than the ring, or from the beginning / a time: a stream of its own first.
@@ -278,12 +315,6 @@ class HubSource:
         await self._catch_up.open()
 
     async def run(self, sink: Sink) -> None:
-        channel = self._channel
-        assert channel is not None, "open() first"
-        self._sink = sink
-        early, self._early = self._early, []
-        for item in early:
-            self.deliver(item)
         if self._catch_up is not None:
             metrics = self._hub.metrics
             metrics.catch_up_streams.inc()
@@ -295,7 +326,27 @@ class HubSource:
                 self._catch_up.close()
             if not catch_up.handed_over:
                 return  # the client left, or the catch-up stream failed for good
-        await self._done
+        self._sink = sink
+        delivered = self._hub.metrics.frames_delivered
+        while True:
+            while self._backlog:
+                item = self._backlog.popleft()
+                has_room = sink.put(item)
+                if isinstance(item, SharedEvent):
+                    delivered.inc()
+                elif isinstance(item, Failure):
+                    return
+                if not has_room and not await sink.room():
+                    return  # cut as a slow consumer, or the stream ended
+            if self._ended:
+                return
+            # Caught up: deliver() writes straight into the buffer until it fills.
+            self._live = True
+            self._wakeup = asyncio.get_running_loop().create_future()
+            await self._wakeup
+            self._wakeup = None
+            if not self._ended and not await sink.room():
+                return
 
     def _hand_over(self, cursor: str) -> bool:
         """After the catch-up delivered ``cursor``: join the feed if the ring holds it."""
@@ -304,42 +355,46 @@ class HubSource:
         rest = channel.after(cursor)
         if rest is None or channel.closed:
             return False
-        for event in rest:
-            self.deliver(event)
+        self._backlog.extend(rest)
         channel.attach(self)
         return True
 
     def deliver(self, item: Item) -> None:
         """Called by the channel for every shared item (synchronously, never waits)."""
-        sink = self._sink
-        if self._done.done():
+        if self._ended:
             return
-        if sink is None:
-            self._early.append(item)
-            if len(self._early) > self._hub.settings.buffer_events:
-                self.close()  # its response never started reading: do not hold events for it
+        if self._live:
+            sink = self._sink
+            assert sink is not None
+            if isinstance(item, SharedEvent):
+                self._hub.metrics.frames_delivered.inc()
+            if not sink.put(item):
+                self._live = False  # full: what follows waits in the backlog
+                _wake(self._wakeup)
+            if isinstance(item, Failure):
+                self.end()
             return
-        if not sink.put(item):
-            if self._room_task is None or self._room_task.done():
-                # Buffer full: the client gets the grace period to catch up; the
-                # pump cuts it off after that (or at once past twice the bound).
-                self._room_task = asyncio.ensure_future(self._wait_for_room(sink))
-        elif isinstance(item, SharedEvent):
-            self._hub.metrics.frames_delivered.inc()
-        if isinstance(item, Failure) or self._channel is None or self._channel.closed:
-            self._finish()
-
-    async def _wait_for_room(self, sink: Sink) -> None:
-        if not await sink.room():
+        self._backlog.append(item)
+        if len(self._backlog) > self._limit:
+            # Further behind than the ring plus a buffer: cut it (it resumes by id).
+            self._backlog.clear()
+            if self._sink is not None:
+                self._sink.slow_consumer()
             self.close()
 
-    def _finish(self) -> None:
-        if not self._done.done():
-            self._done.set_result(None)
-
-    def close(self) -> None:
-        self._finish()
+    def end(self) -> None:
+        """No more items come: the stream ends once what is queued is written."""
+        self._ended = True
+        _wake(self._wakeup)
         if self._catch_up is not None:
             self._catch_up.close()
+
+    def close(self) -> None:
+        self.end()
         if self._channel is not None:
             self._channel.detach(self)
+
+
+def _wake(waiter: asyncio.Future[None] | None) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)

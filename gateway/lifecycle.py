@@ -34,8 +34,11 @@ class Lifecycle:
         return len(self._streams)
 
     def add(self, stream: Drainable) -> None:
+        """Track an open stream; one that opens while the gateway drains is drained at once."""
         self._streams.add(stream)
         self._empty.clear()
+        if self.draining:
+            stream.drain()
 
     def discard(self, stream: Drainable) -> None:
         self._streams.discard(stream)
@@ -52,8 +55,16 @@ class Lifecycle:
             stream.drain()
         try:
             await asyncio.wait_for(self._empty.wait(), budget)
-            log.info("drained %d streams", count)
+            log.info("drained %s", streams_phrase(count))
         except TimeoutError:
             log.warning(
-                "%d of %d streams still open after %.1fs", len(self._streams), count, budget
+                "%s still open after %.1fs (of %d)",
+                streams_phrase(len(self._streams)),
+                budget,
+                count,
             )
+
+
+def streams_phrase(count: int) -> str:
+    """ "1 stream", "2 streams": log lines read as sentences."""
+    return f"{count} stream" if count == 1 else f"{count} streams"

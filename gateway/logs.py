@@ -1,32 +1,72 @@
-"""Logging set-up, with credentials scrubbed from every line (uvicorn's access log included)."""
+"""Logging set-up, with credentials scrubbed from every line of every logger.
+
+Scrubbing happens where records are made (a log record factory), not in a
+filter on chosen loggers: a filter on ``gateway`` does not see the records
+of ``gateway.pump``, and uvicorn's loggers do not propagate.
+"""
 
 from __future__ import annotations
 
 import logging
 import re
+from typing import Any
+from urllib.parse import unquote_plus
 
-_SECRET_PARAM = re.compile(r"((?:^|[?&;])access_token=)[^&;\s\"]*", re.IGNORECASE)
+# Query parameter names whose values are credentials, after decoding.
+SECRET_PARAMS = frozenset({"access_token"})
+# A name=value pair in a URL or a line; the name may be percent-encoded.
+_PAIR = re.compile(r"(?P<lead>^|[?&;\s])(?P<name>[^=&;\s?\"]+)=(?P<value>[^&;\s\"#]*)")
+
+
+def _decoded(name: str) -> str:
+    # The app decodes names once; decoding until stable also catches what a
+    # proxy in front might decode again.
+    for _ in range(3):
+        decoded = unquote_plus(name)
+        if decoded == name:
+            break
+        name = decoded
+    return name.strip().lower()
+
+
+def _mask(match: re.Match[str]) -> str:
+    if _decoded(match["name"]) in SECRET_PARAMS:
+        return f"{match['lead']}{match['name']}=***"
+    return match[0]
 
 
 def redact(text: str) -> str:
-    """``access_token=secret`` becomes ``access_token=***`` anywhere in a URL or line."""
-    return _SECRET_PARAM.sub(r"\1***", text)
+    """``access_token=secret`` (however its name is spelled) becomes ``access_token=***``."""
+    if "=" not in text:
+        return text
+    return _PAIR.sub(_mask, text)
 
 
-class RedactSecrets(logging.Filter):
-    """Rewrites a record's message arguments so no query-string credential is printed."""
+def _scrubbed(value: Any) -> Any:
+    return redact(value) if isinstance(value, str) else value
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
-        elif isinstance(record.msg, str):
+
+def _install_factory() -> None:
+    make = logging.getLogRecordFactory()
+    if getattr(make, "redacts", False):
+        return
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        if isinstance(record.msg, str):
             record.msg = redact(record.msg)
-        return True
+        if isinstance(record.args, tuple):
+            record.args = tuple(_scrubbed(a) for a in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {k: _scrubbed(v) for k, v in record.args.items()}
+        return record
+
+    factory.redacts = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
 
 
 def install(level: str) -> None:
-    """Attach the redaction filter to the loggers that print requests."""
+    """Configure logging; from then on no record of any logger carries a credential."""
+    _install_factory()
     logging.basicConfig(level=level.upper(), format="%(levelname)s:     %(name)s %(message)s")
     logging.getLogger("gateway").setLevel(level.upper())
-    for name in ("uvicorn.access", "uvicorn.error", "gateway"):
-        logging.getLogger(name).addFilter(RedactSecrets())

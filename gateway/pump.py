@@ -28,7 +28,7 @@ from collections.abc import AsyncGenerator
 
 from gateway import sse
 from gateway._proto import kumiho_pb2
-from gateway.cursor import CursorKey, cursor_key
+from gateway.cursor import ResumeFilter
 from gateway.lifecycle import Lifecycle
 from gateway.metrics import Metrics
 from gateway.settings import Settings
@@ -49,33 +49,6 @@ def jittered_retry_ms(base_ms: int) -> int:
 def _wake(waiter: asyncio.Future[None] | None) -> None:
     if waiter is not None and not waiter.done():
         waiter.set_result(None)
-
-
-class ResumeFilter:
-    """Drops events at or before the last one delivered.
-
-    Exact match always; by order when both cursors have the ``<ms>-<seq>`` shape.
-    """
-
-    def __init__(self, cursor: str | None) -> None:
-        self._cursor: str | None = cursor or None
-        self._key: CursorKey | None = cursor_key(cursor) if cursor else None
-
-    def forget(self) -> None:
-        """After a reset the old resume point means nothing."""
-        self._cursor = self._key = None
-
-    def accept(self, cursor: str) -> bool:
-        """False for a repeat; otherwise True, and ``cursor`` becomes the new resume point."""
-        if not cursor:
-            return True  # events without cursors cannot be told apart
-        if cursor == self._cursor:
-            return False
-        key = cursor_key(cursor)
-        if key is not None and self._key is not None and key <= self._key:
-            return False
-        self._cursor, self._key = cursor, key
-        return True
 
 
 class Pump:
@@ -129,7 +102,7 @@ class Pump:
         if len(self._frames) >= 2 * events or self._size >= 2 * size:
             # Twice the bound: a source that cannot wait (a shared stream) kept
             # pushing; cut now rather than let memory grow.
-            self._slow_consumer()
+            self.slow_consumer()
             return False
         return self._has_room()
 
@@ -146,11 +119,11 @@ class Pump:
         try:
             await asyncio.wait_for(self._room, self._settings.slow_consumer_grace)
         except TimeoutError:
-            self._slow_consumer()
+            self.slow_consumer()
             return False
         return not self._finished
 
-    def _slow_consumer(self) -> None:
+    def slow_consumer(self) -> None:
         if self._finished:
             return  # already ending (its retry: line is queued)
         log.info("slow consumer: %d frames (%d bytes) unread", len(self._frames), self._size)
@@ -203,13 +176,19 @@ class Pump:
         self._source.close()
         self._frames.append(sse.retry_frame(jittered_retry_ms(self._settings.retry_ms)))
         _wake(self._wakeup)
+        _wake(self._room)  # a source waiting for room stops now, not after the grace
 
     async def _run_source(self) -> None:
         try:
             await self._source.run(self)
         finally:
-            self._finished = True
-            _wake(self._wakeup)
+            if self._cause == "upstream_error":
+                self._finished = True  # after gateway.error: no retry: line, the client stops
+                _wake(self._wakeup)
+            else:
+                # The source ended (its shared feed closed, or it failed): the
+                # client gets a retry: line and resumes by id.
+                self._end("source_ended")
 
     # -- the response body ----------------------------------------------------
 

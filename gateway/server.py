@@ -25,7 +25,7 @@ import uvicorn
 
 from gateway import logs
 from gateway.app import create_app
-from gateway.lifecycle import Lifecycle
+from gateway.lifecycle import Lifecycle, streams_phrase
 from gateway.settings import Settings
 
 log = logging.getLogger("gateway.server")
@@ -43,6 +43,7 @@ class GatewayServer(uvicorn.Server):
         self._lifecycle = lifecycle
         self._grace = settings.shutdown_grace
         self._delay = min(settings.drain_delay, settings.shutdown_grace / 2)
+        self._signalled = False
         self._drain_task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -51,10 +52,14 @@ class GatewayServer(uvicorn.Server):
         await super().serve(sockets)  # type: ignore[arg-type]
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self._loop is None or self._drain_task is not None or self.should_exit:
-            super().handle_exit(sig, frame)  # second signal: stop now
+        if self._signalled or self._loop is None:
+            # A second signal (or one before serving began): stop now, without
+            # waiting for connections. uvicorn alone forces only on a second SIGINT.
+            log.info("signal %d again: exiting now", sig)
+            self.should_exit = self.force_exit = True
             return
-        log.info("signal %d: draining %d streams", sig, self._lifecycle.open_streams)
+        self._signalled = True
+        log.info("signal %d: draining %s", sig, streams_phrase(self._lifecycle.open_streams))
         self._loop.call_soon_threadsafe(self._start_drain)
 
     def _start_drain(self) -> None:

@@ -16,10 +16,11 @@ starts, ``open()`` raises it instead, so the route can answer 401/403).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Literal, Protocol, cast
 
 import grpc
@@ -35,6 +36,16 @@ from gateway.upstream import EventCall, Upstream
 log = logging.getLogger("gateway.source")
 
 _EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]  # missing from grpc-stubs
+
+# How long open() waits for the upstream to refuse a new stream (a bad filter
+# or cursor is refused at once; an accepted stream may say nothing until its
+# first event, so waiting for its headers would delay the client's 200).
+_SETTLE = 0.25
+# A "latest" stream whose first call fails asks, once the upstream is back, for
+# everything since this long before the client's 200: the gateway's and the
+# upstream's clocks may differ, and a few early events beat a silent gap.
+_CLOCK_MARGIN = timedelta(seconds=1)
+_CREDENTIAL_REFUSED = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
 
 # Statuses that mean "this resume point cannot be resumed" (KUMIHO.md).
 _CURSOR_REJECTED = {
@@ -94,6 +105,9 @@ class Sink(Protocol):
 
     async def room(self) -> bool:
         """Wait until the buffer can take items again; False: the subscriber is gone, stop."""
+
+    def slow_consumer(self) -> None:
+        """Cut the subscriber: it reads slower than its events arrive (it resumes by id)."""
 
 
 class Source(Protocol):
@@ -163,11 +177,14 @@ class UpstreamSource:
         self._backoff = Backoff(settings.backoff_initial, settings.backoff_max)
         self._resume: str | None = subscription.cursor
         self._start = subscription.start
-        self._live_since: str | None = None  # when a "latest" stream first opened
+        self._live_since: str | None = None  # when a "latest" client stream began
+        self._attempts = 0  # upstream calls made
         self._cursorless = False  # the upstream sends events without cursors
         self._pending: list[Item] = []
         self._call: EventCall | None = None
         self._replay = True  # whether the upstream can start from the beginning
+        self._closed = False
+        self._wake: asyncio.Future[None] | None = None  # ends a backoff sleep early on close
 
     # -- requests -------------------------------------------------------------
 
@@ -182,9 +199,9 @@ class UpstreamSource:
             req.from_beginning = True
         elif self._start == "timestamp" and sub.from_timestamp:
             req.from_timestamp = sub.from_timestamp
-        elif self._live_since:
-            # A "latest" stream broke before its first event: ask for what
-            # happened since it opened instead of silently skipping it.
+        elif self._live_since and self._attempts:
+            # A "latest" stream failed or broke before its first event: ask for
+            # what happened since the client's stream began instead of skipping it.
             req.from_timestamp = self._live_since
         return req
 
@@ -201,6 +218,7 @@ class UpstreamSource:
     async def _connect(self, wait: float | None) -> None:
         """Start a call and wait (up to ``wait`` seconds) until it is open or has failed."""
         request = self._request()
+        self._attempts += 1
         call = self._upstream.event_stream(request, self._sub.credential)
         self._call = call
         gauge = self._metrics.upstream_streams_open
@@ -216,8 +234,6 @@ class UpstreamSource:
                 self._call = None
                 raise _Rejected(code, await call.details() or "")
         self._metrics.upstream_connects.inc()
-        if not self._resume and self._start == "latest" and self._live_since is None:
-            self._live_since = datetime.now(UTC).isoformat(timespec="milliseconds")
 
     def _classify(self, exc: _Rejected) -> Item | None:
         """Reset or Failure for a refused call; None when retrying may fix it."""
@@ -227,24 +243,44 @@ class UpstreamSource:
         error = terminal_error(exc.code, exc.details)
         return Failure(error) if error else None
 
-    async def _check_capabilities(self) -> None:
+    async def _check_capabilities(self, wait: float) -> None:
+        """Decide the credential with the (cached) unary call; learn what the tier offers.
+
+        The stream's own headers cannot decide it: many gRPC servers send them
+        only with the first event, which may be hours away.
+        """
         try:
-            caps = await self._upstream.capabilities(self._sub.credential)
+            caps = await asyncio.wait_for(self._upstream.capabilities(self._sub.credential), wait)
         except grpc.aio.AioRpcError as exc:
+            if exc.code() in _CREDENTIAL_REFUSED:
+                self._metrics.upstream_failures.labels(exc.code().name).inc()
+                error = terminal_error(exc.code(), exc.details() or "")
+                assert error is not None
+                raise error from None
             log.info("GetEventCapabilities failed (%s); assuming cursors work", exc.code().name)
             return
+        except TimeoutError:
+            log.info("GetEventCapabilities did not answer in time; assuming cursors work")
+            return
         self._replay = caps.supports_replay
-        if not caps.supports_cursor:
+        if self._resume and not caps.supports_cursor:
             self._pending.append(self._reset("cursor_unsupported"))
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._open_timeout
-        if self._resume:
-            await self._check_capabilities()
+        if not self._resume and self._start == "latest":
+            # Should the first call fail, the retry asks for everything since the
+            # client's 200 (a little before it: the clocks may differ), never "latest".
+            since = datetime.now(UTC) - _CLOCK_MARGIN
+            self._live_since = since.isoformat(timespec="milliseconds")
+        await self._check_capabilities(self._open_timeout)
         while True:
+            # A refusal of the request itself (a bad filter or cursor) comes at
+            # once; an accepted stream may stay silent until its first event.
+            settle = min(_SETTLE, max(0.0, deadline - loop.time()))
             try:
-                await self._connect(max(0.0, deadline - loop.time()))
+                await self._connect(settle)
                 return
             except _Rejected as exc:
                 item = self._classify(exc)
@@ -262,7 +298,7 @@ class UpstreamSource:
         for item in pending:
             if not sink.put(item) and not await sink.room():
                 return
-        while True:
+        while not self._closed:
             if self._call is None:
                 try:
                     await self._connect(None)
@@ -272,7 +308,7 @@ class UpstreamSource:
                     continue
             call = self._call
             assert call is not None
-            delivered = False
+            delivered = ended_cleanly = False
             try:
                 # call.read() rather than `async for`: one async generator
                 # fewer per event on the hottest path.
@@ -288,7 +324,7 @@ class UpstreamSource:
                         self._live_since = None
                     if not sink.put(event) and not await sink.room():
                         return
-                log.info("upstream ended the stream; resubscribing")
+                ended_cleanly = True
             except grpc.aio.AioRpcError as exc:
                 if await self._refused(_Rejected(exc.code(), exc.details() or ""), sink):
                     return
@@ -298,6 +334,10 @@ class UpstreamSource:
             if self._cursorless and delivered:
                 # Without cursors nothing can be resumed: say so.
                 sink.put(Reset("stream_interrupted", "", "latest"))
+            if ended_cleanly:
+                # A clean end (status OK) is retried through the backoff too: an
+                # upstream that ends every stream at once must not get a hot loop.
+                await self._sleep_before_retry("the upstream ended the stream")
 
     async def _refused(self, exc: _Rejected, sink: Sink) -> bool:
         """Deliver what a refused call means; True when the stream must end."""
@@ -308,12 +348,18 @@ class UpstreamSource:
         sink.put(item)
         return isinstance(item, Failure)
 
-    async def _sleep_before_retry(self, exc: Exception) -> None:
+    async def _sleep_before_retry(self, why: object) -> None:
         delay = self._backoff.delay()
-        log.info("upstream stream failed (%s); resubscribing in %.2fs", exc, delay)
-        await asyncio.sleep(delay)
+        log.info("upstream stream: %s; resubscribing in %.2fs", why, delay)
+        self._wake = asyncio.get_running_loop().create_future()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake, delay)  # close() ends the wait
+        self._wake = None
 
     def close(self) -> None:
+        self._closed = True
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
         if self._call is not None:
             self._call.cancel()
             self._call = None

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.cursor import cursor_key, format_cursor
-from gateway.pump import ResumeFilter, jittered_retry_ms
+from gateway.cursor import ResumeFilter, cursor_key, format_cursor
+from gateway.pump import jittered_retry_ms
 
 
 @pytest.mark.parametrize(

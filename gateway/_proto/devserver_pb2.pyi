@@ -112,24 +112,34 @@ class Faults(_message.Message):
     BREAK_AFTER_FIELD_NUMBER: _builtins.int
     REFUSE_FIELD_NUMBER: _builtins.int
     DELAY_MS_FIELD_NUMBER: _builtins.int
+    END_AFTER_FIELD_NUMBER: _builtins.int
+    LATE_HEADERS_FIELD_NUMBER: _builtins.int
     break_after: _builtins.int
     """abort every stream with UNAVAILABLE after this many events (0 = never)"""
     refuse: _builtins.bool
     """answer every EventStream call with UNAVAILABLE"""
     delay_ms: _builtins.int
     """wait this long before each event sent"""
+    end_after: _builtins.int
+    """end every stream cleanly (status OK) after this many events; 0 = at once"""
+    late_headers: _builtins.bool
+    """send a stream's headers only with its first event"""
     def __init__(
         self,
         *,
         break_after: _builtins.int = ...,
         refuse: _builtins.bool = ...,
         delay_ms: _builtins.int = ...,
+        end_after: _builtins.int | None = ...,
+        late_headers: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_end_after", b"_end_after", "end_after", b"end_after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["break_after", b"break_after", "delay_ms", b"delay_ms", "refuse", b"refuse"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_end_after", b"_end_after", "break_after", b"break_after", "delay_ms", b"delay_ms", "end_after", b"end_after", "late_headers", b"late_headers", "refuse", b"refuse"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__end_after: _TypeAlias = _typing.Literal["end_after"]  # noqa: Y015
+    _WhichOneofArgType__end_after: _TypeAlias = _typing.Literal["_end_after", b"_end_after"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__end_after) -> _WhichOneofReturnType__end_after | None: ...
 
 Global___Faults: _TypeAlias = Faults  # noqa: Y015
 

@@ -60,9 +60,24 @@ class DevServerClient:
         )
         return list(reply.cursors)
 
-    def set_faults(self, *, break_after: int = 0, refuse: bool = False, delay_ms: int = 0) -> None:
+    def set_faults(
+        self,
+        *,
+        break_after: int = 0,
+        refuse: bool = False,
+        delay_ms: int = 0,
+        end_after: int | None = None,
+        late_headers: bool = False,
+    ) -> None:
+        """Replace the devserver's faults (see proto/devserver.proto)."""
         self._stub.SetFaults(
-            devserver_pb2.Faults(break_after=break_after, refuse=refuse, delay_ms=delay_ms),
+            devserver_pb2.Faults(
+                break_after=break_after,
+                refuse=refuse,
+                delay_ms=delay_ms,
+                end_after=end_after,
+                late_headers=late_headers,
+            ),
             timeout=self._timeout,
         )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,7 @@ class DevServerConfig:
     activity_tenant: str = DEFAULT_TENANT
     break_after: int = 0
     refuse: bool = False
+    late_headers: bool = False
 
     def effective_tier(self) -> Tier:
         base = TIERS[self.tier]
@@ -58,7 +60,8 @@ class DevServerConfig:
             base.supports_replay,
             base.supports_cursor,
             base.supports_consumer_groups,
-            int(self.retention_hours)
+            # Capabilities report whole hours; the store keeps the exact window.
+            math.ceil(self.retention_hours)
             if self.retention_hours is not None
             else base.max_retention_hours,
             self.buffer_size if self.buffer_size is not None else base.max_buffer_size,
@@ -81,12 +84,13 @@ async def running_devserver(config: DevServerConfig) -> AsyncIterator[RunningDev
     store = EventStore(
         config.db,
         max_events=tier.max_buffer_size,
-        retention_hours=tier.max_retention_hours if config.retention_hours is not None else -1,
+        retention_hours=config.retention_hours if config.retention_hours is not None else -1,
     )
     access = Access(tokens=dict(config.tokens), denied=set(config.denied_tokens))
     events = KumihoEvents(EventLog(store), config.tier, tier, access)
     events.faults.break_after = config.break_after
     events.faults.refuse = config.refuse
+    events.faults.late_headers = config.late_headers
     server = grpc.aio.server(options=SERVER_OPTIONS)
     kumiho_pb2_grpc.add_KumihoServiceServicer_to_server(events, server)
     devserver_pb2_grpc.add_DevServerServicer_to_server(DevControl(events), server)

@@ -95,6 +95,8 @@ class Faults:
     break_after: int = 0  # abort each stream with UNAVAILABLE after this many events
     refuse: bool = False  # answer every EventStream call with UNAVAILABLE
     delay_ms: int = 0  # pause before each event
+    end_after: int | None = None  # end each stream cleanly (status OK) after this many events
+    late_headers: bool = False  # headers only with the first event, as many gRPC servers do
 
 
 class EventLog:
@@ -189,9 +191,12 @@ class KumihoEvents(kumiho_pb2_grpc.KumihoServiceServicer):
         self.streams_started += 1
         sent = 0
         try:
-            # Headers now, so a client knows the stream is open before any event.
-            await context.send_initial_metadata(())
+            if not self.faults.late_headers:
+                # Headers now, so a client knows the stream is open before any event.
+                await context.send_initial_metadata(())
             while True:
+                if self.faults.end_after is not None and sent >= self.faults.end_after:
+                    return
                 changed = self.log.changed
                 if token and token in self.access.revoked:
                     await context.abort(grpc.StatusCode.UNAUTHENTICATED, "token revoked")
@@ -208,6 +213,8 @@ class KumihoEvents(kumiho_pb2_grpc.KumihoServiceServicer):
                         await context.abort(
                             grpc.StatusCode.UNAVAILABLE, "stream broken (fault injected)"
                         )
+                    if faults.end_after is not None and sent >= faults.end_after:
+                        return
                     if faults.delay_ms:
                         await asyncio.sleep(faults.delay_ms / 1000)
                     yield _to_proto(stored, with_cursor)
@@ -257,7 +264,13 @@ class DevControl(devserver_pb2_grpc.DevServerServicer):
     async def SetFaults(
         self, request: devserver_pb2.Faults, context: Context
     ) -> devserver_pb2.Faults:
-        self.events.faults = Faults(request.break_after, request.refuse, request.delay_ms)
+        self.events.faults = Faults(
+            request.break_after,
+            request.refuse,
+            request.delay_ms,
+            request.end_after if request.HasField("end_after") else None,
+            request.late_headers,
+        )
         return request
 
     async def RevokeToken(
