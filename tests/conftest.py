@@ -116,6 +116,10 @@ class Gateway:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def hub(self) -> bool:
+        return "--no-hub" not in self.args
+
     def start(self) -> Gateway:
         env = {k: v for k, v in os.environ.items() if not k.startswith("KUMIHO_")}
         env.update(self.env)
@@ -184,13 +188,26 @@ def make_devserver(tmp_path: Path) -> Iterator[Callable[..., DevServer]]:
         server.stop(signal.SIGKILL)
 
 
+# The two ways a gateway gets its events: a module whose behaviour must be the
+# same in both opts in with ``pytestmark = BOTH_MODES`` (make_gateway then adds
+# the mode's flags to every gateway it starts).
+MODES = {"hub": (), "no-hub": ("--no-hub",)}
+BOTH_MODES = pytest.mark.parametrize("make_gateway", list(MODES), indirect=True)
+
+
 @pytest.fixture
-def make_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
+def make_gateway(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., Gateway]]:
     started: list[Gateway] = []
+    mode = MODES[getattr(request, "param", "hub")]
 
     def make(upstream: str, *args: str, env: dict[str, str] | None = None) -> Gateway:
         gateway = Gateway(
-            upstream, tmp_path / f"gateway-{len(started)}.log", list(args), dict(env or {})
+            upstream,
+            tmp_path / f"gateway-{len(started)}.log",
+            [*args, *mode],
+            dict(env or {}),
         ).start()
         started.append(gateway)
         return gateway
@@ -204,12 +221,16 @@ def make_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
 FAST = ("--heartbeat", "0.5", "--backoff-initial", "0.05", "--backoff-max", "0.5")
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DevServer, Gateway]]:
-    """One devserver and one gateway shared by a module's read-only tests."""
+@pytest.fixture(scope="module", params=list(MODES))
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[tuple[DevServer, Gateway]]:
+    """One devserver and one gateway shared by a module's read-only tests, in each mode."""
     tmp = tmp_path_factory.mktemp("stack")
     devserver = DevServer(tmp / "devserver.sqlite3").start()
-    gateway = Gateway(devserver.address, tmp / "gateway.log", list(FAST)).start()
+    gateway = Gateway(
+        devserver.address, tmp / "gateway.log", [*FAST, *MODES[request.param]]
+    ).start()
     yield devserver, gateway
     gateway.stop(signal.SIGKILL)
     devserver.stop(signal.SIGKILL)

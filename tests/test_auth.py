@@ -8,7 +8,9 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from tests.conftest import FAST, DevServer, Gateway, read_events, wait_until
+from tests.conftest import BOTH_MODES, FAST, DevServer, Gateway, read_events, wait_until
+
+pytestmark = BOTH_MODES
 
 TOKENS = (
     "--token",
@@ -145,3 +147,20 @@ def test_service_mode_checks_gateway_keys_and_sends_its_own_token(
         gateway.url, 2, params={"from": "beginning"}, headers={"Authorization": "Bearer key-2"}
     )
     assert [e.id for e in events] == b  # the gateway's own token (tenant studio-b) went upstream
+
+
+def test_credentials_are_decided_before_the_200_when_the_upstream_sends_headers_late(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver(*TOKENS, "--late-headers")
+    gateway = make_gateway(devserver.address, *FAST, "--auth", "passthrough")
+    for token, status in (("tok-bad", 401), ("tok-x", 403)):
+        r = httpx.get(
+            gateway.url + "/events", headers={"Authorization": f"Bearer {token}"}, timeout=10
+        )
+        assert r.status_code == status, r.text
+    cursors = devserver.publish("revision.created", "kref://a/x.model", tenant="studio-a")
+    [event] = read_events(
+        gateway.url, 1, headers={"Authorization": "Bearer tok-a"}, params={"from": "beginning"}
+    )
+    assert event.id == cursors[0]

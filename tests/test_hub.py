@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
-from collections.abc import Callable
+import time
+from collections.abc import AsyncIterator, Callable
 
 import httpx
+import pytest
 
+from gateway._proto import kumiho_pb2
+from gateway.auth import ANONYMOUS
+from gateway.hub import Channel, Hub, HubSource
+from gateway.lifecycle import Lifecycle
+from gateway.metrics import Metrics
+from gateway.pump import Pump
+from gateway.settings import Settings
+from gateway.source import Item, Sink
+from gateway.subscription import Subscription
+from gateway.ticker import Ticker
+from gateway.upstream import Upstream
 from tests.conftest import FAST, DevServer, Gateway, Reader, read_events, wait_until
 
 KREF = "kref://hub/shots/sq010.comp"
@@ -122,16 +136,30 @@ def test_the_shared_stream_lingers_then_closes(
 ) -> None:
     devserver = make_devserver()
     gateway = make_gateway(devserver.address, *FAST, "--hub-linger", "3")
+
+    def shared() -> float:
+        return gateway.metric("kumiho_gateway_hub_upstream_streams")
+
+    def gone() -> bool:
+        return gateway.metric("kumiho_gateway_streams_open") == 0
+
     with httpx.stream("GET", gateway.url + "/events", timeout=10) as r:
         lines = r.iter_lines()
         next(lines)
-    assert devserver.open_streams() == 1  # still open: a reconnect would find it
+    # Once the gateway has seen the client leave (a linger of 0 would close the
+    # shared stream in that same moment), the stream is still there.
+    wait_until(gone, 10, "the client to leave")
+    assert shared() == 1 and devserver.open_streams() == 1
     with httpx.stream("GET", gateway.url + "/events", timeout=10) as r:
         lines = r.iter_lines()
         next(lines)
         with devserver.client() as c:
             assert c.stats().streams_started == 1  # the second client reused it
-    wait_until(lambda: devserver.open_streams() == 0, 10, "the linger to end")
+    wait_until(gone, 10, "the second client to leave")
+    left = time.monotonic()
+    wait_until(lambda: shared() == 0, 10, "the linger to end")
+    assert time.monotonic() - left > 2  # about the 3 s linger, not at once
+    wait_until(lambda: devserver.open_streams() == 0, 10, "the upstream call to end")
 
 
 def test_two_workers_both_serve_and_resume(
@@ -176,3 +204,138 @@ def test_a_tier_without_cursors_resumes_from_minted_ids(
     assert reset.event == "gateway.reset"
     assert reset.json()["reason"] == "cursor_unknown" and reset.json()["resumed_from"] == "latest"
     keeper.stop.set()
+
+
+BLOB = "x" * 750  # about 800 bytes a frame, as in the report that found the stuck resume
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [(), ("--buffer-events", "16", "--buffer-bytes", "4096")],
+    ids=["defaults", "tiny-buffers"],
+)
+def test_a_replay_longer_than_the_buffer_makes_progress(
+    make_devserver: Callable[..., DevServer],
+    make_gateway: Callable[..., Gateway],
+    settings: tuple[str, ...],
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *FAST, *settings)
+    keeper = Reader(gateway.url)  # keeps the shared stream and its ring (4,096) alive
+    started([keeper], gateway)
+    cursors = devserver.publish("revision.created", KREF, {"blob": BLOB}, count=4000)
+    wait_until(lambda: len(keeper.events) == 4000, 60, "the ring to fill")
+    # From the ring: 3,999 events (3 MiB) behind, far past twice any buffer bound.
+    events = read_events(gateway.url, 3999, headers={"Last-Event-ID": cursors[0]}, timeout=60)
+    assert [e.id for e in events] == cursors[1:]
+    # Older than the ring: a catch-up stream, then the ring's 4,096 at the hand-over.
+    more = devserver.publish("revision.created", KREF, {"blob": BLOB}, count=1000)
+    wait_until(lambda: len(keeper.events) == 5000, 60, "the shared feed")
+    everything = cursors + more
+    events = read_events(gateway.url, 4999, headers={"Last-Event-ID": cursors[0]}, timeout=60)
+    assert [e.id for e in events] == everything[1:]
+    assert gateway.metric("kumiho_gateway_hub_ring_misses_total") == 1
+    assert gateway.metric("kumiho_gateway_slow_consumer_disconnects_total") == 0
+    keeper.stop.set()
+
+
+# -- the channel's fan-out, without a server ----------------------------------
+
+
+class _Feed:
+    """A shared feed the test drives: it delivers what it is given, or dies."""
+
+    def __init__(self) -> None:
+        self.sink: Sink | None = None
+        self.ready = asyncio.Event()
+        self.die = asyncio.Event()
+
+    async def open(self) -> None:
+        pass
+
+    async def run(self, sink: Sink) -> None:
+        self.sink = sink
+        self.ready.set()
+        await self.die.wait()
+        raise RuntimeError("a bug in the feed")
+
+    def close(self) -> None:
+        pass
+
+
+class _Broken:
+    """A subscriber whose delivery raises."""
+
+    closed = False
+
+    def deliver(self, item: Item) -> None:
+        raise RuntimeError("this subscriber is broken")
+
+    def end(self) -> None:
+        self.closed = True
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _event(n: int) -> kumiho_pb2.Event:
+    return kumiho_pb2.Event(
+        routing_key="revision.created", kref=kumiho_pb2.Kref(uri=KREF), cursor=f"1-{n}"
+    )
+
+
+async def _hub_with_subscriber() -> tuple[Hub, Channel, _Feed, Pump, AsyncIterator[bytes]]:
+    settings = Settings(heartbeat=60, flush_interval=0)
+    metrics = Metrics()
+    hub = Hub(Upstream(settings), settings, metrics)
+    feed = _Feed()
+    channel = Channel(("anonymous", "", ""), feed, hub)
+    await channel.start()
+    await feed.ready.wait()
+    subscriber = HubSource(hub, Subscription("", "", None, "latest", None, False, ANONYMOUS))
+    subscriber._channel = channel
+    channel.attach(subscriber)
+    pump = Pump(
+        subscriber,
+        named=False,
+        cursor=None,
+        settings=settings,
+        metrics=metrics,
+        lifecycle=Lifecycle(),
+        ticker=Ticker(15),
+    )
+    frames = pump.frames()
+    assert (await anext(frames)).startswith(b"retry: ")
+    return hub, channel, feed, pump, frames
+
+
+def test_a_failing_subscriber_never_reaches_the_others() -> None:
+    async def scenario() -> None:
+        _, channel, feed, pump, frames = await _hub_with_subscriber()
+        broken = _Broken()
+        channel.attach(broken)  # type: ignore[arg-type]
+        assert feed.sink is not None
+        feed.sink.put(_event(1))
+        assert b"id: 1-1" in await anext(frames)
+        assert broken.closed and not channel.closed
+        feed.sink.put(_event(2))
+        assert b"id: 1-2" in await anext(frames)  # the shared feed goes on
+        pump.close()
+        [chunk async for chunk in frames]
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))
+
+
+def test_a_dead_shared_feed_closes_its_channel_and_sends_clients_away() -> None:
+    async def scenario() -> None:
+        hub, channel, feed, _, frames = await _hub_with_subscriber()
+        assert feed.sink is not None
+        feed.sink.put(_event(1))
+        feed.die.set()  # an exception that is not an RPC error
+        rest = b"".join([chunk async for chunk in frames])  # the stream ends by itself
+        assert b"id: 1-1" in rest
+        assert rest.rstrip().rsplit(b"\n", 1)[-1].startswith(b"retry: ")  # it resumes by id
+        assert channel.closed
+        assert hub.metrics.upstream_shared_streams._value.get() == 0
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))

@@ -11,6 +11,7 @@ import httpx
 from httpx_sse import ServerSentEvent
 
 from tests.conftest import (
+    BOTH_MODES,
     FAST,
     DevServer,
     Gateway,
@@ -22,6 +23,7 @@ from tests.conftest import (
 )
 
 KREF = "kref://studio/shots/sq010.comp"
+pytestmark = BOTH_MODES
 
 
 def numbers(events: list[ServerSentEvent]) -> list[int]:
@@ -35,7 +37,7 @@ def test_broken_upstream_streams_lose_and_repeat_nothing(
     gateway = make_gateway(devserver.address, *FAST)
     reader = Reader(gateway.url)
     reader.start()
-    reader.connected.wait(10)
+    assert reader.connected.wait(10) and reader.status == 200
     for batch in range(5):
         with devserver.client() as c:
             c.publish("revision.created", KREF, {"batch": str(batch)}, count=20)
@@ -58,7 +60,7 @@ def test_devserver_restart_mid_stream(
     gateway = make_gateway(devserver.address, *FAST)
     reader = Reader(gateway.url)
     reader.start()
-    reader.connected.wait(10)
+    assert reader.connected.wait(10) and reader.status == 200
     first = devserver.publish("revision.created", KREF, count=30)
     reader.wait_for(10)
     devserver.stop(signal.SIGKILL)  # mid-stream, maybe mid-batch
@@ -83,7 +85,7 @@ def test_upstream_down_at_connect_then_up(
         assert next(line for line in lines if line).startswith(":")  # heartbeats meanwhile
     reader = Reader(gateway.url)
     reader.start()
-    reader.connected.wait(10)
+    assert reader.connected.wait(10) and reader.status == 200
     devserver = DevServer(tmp_path / "late.sqlite3", port=port).start()
     try:
         wait_until(lambda: devserver.open_streams() == 1, 15, "the gateway to resubscribe")
@@ -133,9 +135,10 @@ def test_tier_without_cursors_resets_a_resume(
     gateway = make_gateway(devserver.address, *FAST)
     reader = Reader(gateway.url, headers={"Last-Event-ID": "1700000000000-0"})
     reader.start()
-    reader.connected.wait(10)
-    # The hub's shared stream, and this client's own (its cursor is not in the ring).
-    wait_until(lambda: devserver.open_streams() == 2, 10, "the upstream streams")
+    assert reader.connected.wait(10) and reader.status == 200
+    # With the hub: its shared stream, and this client's own (its cursor is not in the ring).
+    streams = 2 if gateway.hub else 1
+    wait_until(lambda: devserver.open_streams() == streams, 10, "the upstream streams")
     devserver.publish("revision.created", KREF, {"x": "1"})
     events = reader.wait_for(2)
     reader.stop.set()
@@ -174,3 +177,49 @@ def test_gateway_restart_resume_is_exactly_once(
     gateway.start()
     rest = read_events(gateway.url, 12, headers={"Last-Event-ID": first[-1].id})
     assert [e.id for e in first + rest] == cursors
+
+
+def test_an_upstream_that_ends_every_stream_at_once_gets_no_hot_loop(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *FAST)  # backoff 0.05 s doubling to 0.5 s
+    with devserver.client() as c:
+        c.set_faults(end_after=0)  # every EventStream ends at once, status OK
+    reader = Reader(gateway.url)
+    reader.start()
+    assert reader.connected.wait(10) and reader.status == 200
+
+    def calls() -> int:
+        with devserver.client() as c:
+            return int(c.stats().streams_started)
+
+    wait_until(lambda: calls() >= 5, 10, "the backoff to reach its cap")
+    first, t0 = calls(), time.monotonic()
+    time.sleep(2)  # measuring a rate over a window: the sleep is the measurement
+    rate = (calls() - first) / (time.monotonic() - t0)
+    # Capped at 0.5 s, jittered down to 0.25 s: at most 4 calls a second.
+    # Without a backoff on a clean end it was over a thousand.
+    assert rate <= 5, rate
+    with devserver.client() as c:
+        c.set_faults()
+    cursors = devserver.publish("revision.created", KREF, count=3)
+    assert [e.id for e in reader.wait_for(3)] == cursors  # nothing published meanwhile is lost
+    reader.stop.set()
+
+
+def test_an_upstream_that_sends_headers_late_answers_at_once(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver("--late-headers")  # as many gRPC servers do
+    gateway = make_gateway(devserver.address, *FAST)  # --open-timeout 5
+    for key in ("revision.*", "item.*"):  # a new shared stream each time
+        started = time.monotonic()
+        reader = Reader(gateway.url, params={"routing_key": key})
+        reader.start()
+        assert reader.connected.wait(10) and reader.status == 200
+        # Waiting for the stream's headers took the whole open timeout (5 s).
+        assert time.monotonic() - started < 2.5
+        cursors = devserver.publish(key.replace("*", "created"), KREF, count=2)
+        assert [e.id for e in reader.wait_for(2)] == cursors
+        reader.stop.set()
