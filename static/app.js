@@ -106,16 +106,28 @@ function filtersFromUrl() {
   if (from === "latest" || from === "beginning") form.elements.from.value = from;
   else {
     form.elements.from.value = "timestamp";
-    form.elements.at.value = from.replace("Z", "").slice(0, 19);
+    form.elements.at.value = localInputValue(new Date(from));
   }
   $("at-label").hidden = form.elements.from.value !== "timestamp";
 }
 
-function start() {
-  feed?.close();
-  const from = form.elements.from.value === "timestamp"
+/** The instant as a datetime-local input shows it: the viewer's local time. */
+function localInputValue(date) {
+  if (Number.isNaN(date.getTime())) return "";
+  const local = new Date(date.getTime() - date.getTimezoneOffset() * 60_000);
+  return local.toISOString().slice(0, 19);
+}
+
+/** The start position to send: latest, beginning, or the chosen local time as UTC ISO. */
+function startPosition() {
+  return form.elements.from.value === "timestamp"
     ? new Date(form.elements.at.value).toISOString()
     : form.elements.from.value;
+}
+
+function start() {
+  feed?.close();
+  const from = startPosition();
   const options = {
     routingKey: form.elements.routing_key.value.trim(),
     kref: form.elements.kref.value.trim(),
@@ -147,10 +159,7 @@ form.addEventListener("submit", (event) => {
   const params = new URLSearchParams();
   if (form.elements.routing_key.value) params.set("routing_key", form.elements.routing_key.value);
   if (form.elements.kref.value) params.set("kref", form.elements.kref.value);
-  if (form.elements.from.value !== "latest") {
-    params.set("from", form.elements.from.value === "timestamp"
-      ? new Date(form.elements.at.value).toISOString() : form.elements.from.value);
-  }
+  if (form.elements.from.value !== "latest") params.set("from", startPosition());
   history.replaceState(null, "", params.size ? `?${params}` : location.pathname);
   clear();
   feed?.forget(); // new filters start from their own start position
