@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,15 @@ def test_start_at_a_timestamp_includes_events_at_that_instant(tmp_path: Path) ->
     assert [e.cursor for e in store.read_after("t", key, 10)] == [e.cursor for e in later]
     with pytest.raises(CursorError):
         store.key_at_timestamp("not a time")
+
+
+def test_fractional_retention_hours_are_kept(tmp_path: Path) -> None:
+    from gateway.devserver.server import DevServerConfig, running_devserver
+
+    async def scenario() -> None:
+        config = DevServerConfig(port=0, db=tmp_path / "half.sqlite3", retention_hours=0.5)
+        async with running_devserver(config) as running:
+            assert running.events.log.store._retention_ms == 30 * 60 * 1000  # not 0 (= none)
+            assert running.events.tier.max_retention_hours == 1  # whole hours, rounded up
+
+    asyncio.run(scenario())

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from gateway.lifecycle import Lifecycle
 from gateway.metrics import Metrics
 from gateway.pump import Pump
 from gateway.settings import Settings
 from gateway.source import Reset, Sink
+from gateway.sse import HEARTBEAT
 from gateway.ticker import Ticker
 
 
@@ -77,3 +79,81 @@ def test_a_buffer_emptied_before_the_room_wait_is_not_a_slow_consumer() -> None:
         assert rest[-1] == b"" and rest[-2].startswith(b"retry: ")  # then the end of the body
 
     asyncio.run(asyncio.wait_for(scenario(), 10))
+
+
+def _pump(source: Any, **overrides: Any) -> Pump:
+    settings = Settings(**{"heartbeat": 60, "flush_interval": 0, **overrides})
+    return Pump(
+        source,
+        named=False,
+        cursor=None,
+        settings=settings,
+        metrics=Metrics(),
+        lifecycle=Lifecycle(),
+        ticker=Ticker(15),
+    )
+
+
+class _Filler:
+    """Fills the buffer, then waits for room in a task of its own (as a shared feed's
+    subscriber may), which the pump's cancelling of its reader does not reach."""
+
+    def __init__(self) -> None:
+        self.room: bool | None = None
+        self.waiting = asyncio.Event()
+        self.answered = asyncio.Event()
+
+    async def open(self) -> None:
+        pass
+
+    async def run(self, sink: Sink) -> None:
+        while sink.put(Reset("fill", "", "latest")):
+            pass
+        self.waiter = asyncio.ensure_future(self._wait(sink))
+        await asyncio.Event().wait()  # until cancelled
+
+    async def _wait(self, sink: Sink) -> None:
+        self.waiting.set()
+        self.room = await sink.room()
+        self.answered.set()
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_source_waiting_for_room_stops_when_the_stream_ends() -> None:
+    async def scenario() -> None:
+        source = _Filler()
+        pump = _pump(source, buffer_events=4, slow_consumer_grace=60)
+        frames = pump.frames()
+        await anext(frames)  # the retry: line; the reader task now runs the source
+        await source.waiting.wait()
+        pump.close()  # the client left: the wait ends now, not after the 60 s grace
+        await asyncio.wait_for(source.answered.wait(), 1)
+        assert source.room is False
+        [chunk async for chunk in frames]
+
+    asyncio.run(asyncio.wait_for(scenario(), 5))
+
+
+def test_tick_policies_with_an_injected_clock() -> None:
+    async def scenario() -> None:
+        source = _Filler()
+        pump = _pump(source, heartbeat=4, send_timeout=30, buffer_events=10**6)
+        pump._heartbeat_after = 4 - 1  # as with a ticker period of 1 s
+        pump._last_write = 100.0
+        pump.tick(102.0)
+        assert pump._frames == []  # quiet for 2 s: nothing owed yet
+        pump.tick(103.0)
+        assert pump._frames == [HEARTBEAT]  # quiet for 3 s of a 4 s heartbeat
+        pump.tick(103.5)
+        assert pump._frames == [HEARTBEAT]  # one at a time, never a pile
+        pump._frames.clear()
+        pump._writing_since = 200.0  # a write began at 200 and has not returned
+        pump.tick(229.0)
+        assert not pump.stalled
+        pump.tick(230.0)
+        assert pump.stalled  # blocked for send_timeout: dropped
+        assert pump._frames[-1].startswith(b"retry: ")
+
+    asyncio.run(asyncio.wait_for(scenario(), 5))

@@ -1,0 +1,55 @@
+"""parse_subscription on its own: names, aliases, limits, resume point and start position."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.auth import ANONYMOUS
+from gateway.errors import GatewayError
+from gateway.subscription import parse_subscription
+
+
+def parse(last_event_id: str | None = None, **query: str | list[str]):  # type: ignore[no-untyped-def]
+    lists = {k: v if isinstance(v, list) else [v] for k, v in query.items()}
+    return parse_subscription(lists, last_event_id, ANONYMOUS)
+
+
+def test_defaults() -> None:
+    sub = parse()
+    assert (sub.routing_key, sub.kref, sub.cursor, sub.start, sub.named) == (
+        "",
+        "",
+        None,
+        "latest",
+        False,
+    )
+
+
+def test_aliases_and_the_header_winning_over_cursor() -> None:
+    sub = parse(routing_key_filter="revision.*", kref_filter="kref://p/**", last_event_id="1-0")
+    assert (sub.routing_key, sub.kref, sub.cursor) == ("revision.*", "kref://p/**", "1-0")
+    assert parse("2-0", cursor="1-0").cursor == "2-0"
+
+
+@pytest.mark.parametrize(
+    ("query", "needle"),
+    [
+        ({"routing_key": "a" * 257}, "routing_key: is 257 characters long; the limit is 256"),
+        ({"kref": "kref://p/\x00"}, "U+0000"),
+        ({"routing_key": ["a", "b"]}, "given more than once"),
+        ({"routing_key": "a", "routing_key_filter": "b"}, "routing_key and routing_key_filter"),
+        ({"from": "yesterday"}, "not latest, beginning or an ISO 8601 timestamp"),
+        ({"named": "maybe"}, "'maybe' is not true or false"),
+    ],
+)
+def test_refusals_name_the_parameter(query: dict[str, str | list[str]], needle: str) -> None:
+    with pytest.raises(GatewayError) as refused:
+        parse(**query)
+    assert refused.value.status == 400 and refused.value.code == "invalid_parameter"
+    assert needle in refused.value.message
+
+
+def test_start_positions_and_named() -> None:
+    assert parse(**{"from": "beginning"}).start == "beginning"
+    sub = parse(**{"from": "2026-01-02T03:04:05Z"}, named="TRUE")
+    assert (sub.start, sub.from_timestamp, sub.named) == ("timestamp", "2026-01-02T03:04:05Z", True)
