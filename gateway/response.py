@@ -13,16 +13,24 @@ clients that was half the CPU per delivery and more than half the memory
 per stream (BENCHMARKS.md). A stream here costs the server's task, the pump's
 reader and one task waiting for the client to leave; heartbeats and stalled
 writes are watched by one shared timer (``ticker.py``).
+
+The limit: only pure ASGI middleware (such as Starlette's CORSMiddleware) may
+wrap the app. ``BaseHTTPMiddleware`` (and so ``@app.middleware("http")``)
+completes the response itself once the endpoint returns, which would leave
+/events an empty 200; ``StreamHandoff`` then refuses to stream and logs why.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.pump import Pump
+
+log = logging.getLogger("gateway.response")
 
 MEDIA_TYPE = "text/event-stream; charset=utf-8"
 HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
@@ -53,6 +61,10 @@ class EventStreamResponse(Response):
             await self.stream(receive, send)  # not behind StreamHandoff: stream from here
         else:
             handoff.append(self)
+
+    def abandon(self) -> None:
+        """The body can never be written: stop the pump's source."""
+        self._pump.close()
 
     async def stream(self, receive: Receive, send: Send) -> None:
         """Write the pump's frames until the stream ends or the client leaves."""
@@ -93,8 +105,23 @@ class StreamHandoff:
             await self.app(scope, receive, send)
             return
         handoff: list[EventStreamResponse] = []
+        completed = False
+
+        async def watched(message: Message) -> None:
+            nonlocal completed
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                completed = True
+            await send(message)
+
         # The app gets a copy of the scope: what routing and middleware leave in
         # it (exit stacks, the route, ...) goes when they return, not hours later.
-        await self.app({**scope, _HANDOFF: handoff}, receive, send)
-        if handoff:
+        await self.app({**scope, _HANDOFF: handoff}, receive, watched)
+        if handoff and completed:
+            log.error(
+                "an HTTP middleware completed the /events response before its stream began: "
+                "only pure ASGI middleware may wrap the gateway, not BaseHTTPMiddleware "
+                "or @app.middleware('http') (see gateway/response.py)"
+            )
+            handoff[0].abandon()
+        elif handoff:
             await handoff[0].stream(receive, send)
