@@ -46,41 +46,6 @@ class _Burst:
             self._done.set_result(None)
 
 
-def test_a_buffer_emptied_before_the_room_wait_is_not_a_slow_consumer() -> None:
-    async def scenario() -> None:
-        # No burst gathering: the writer flushes the moment it wakes, which is
-        # before the source's room-waiting task first runs (asyncio runs them in order).
-        settings = Settings(
-            buffer_events=100, slow_consumer_grace=0.5, heartbeat=60, flush_interval=0
-        )
-        source = _Burst(150)  # past the bound, under twice the bound
-        pump = Pump(
-            source,
-            named=False,
-            cursor=None,
-            settings=settings,
-            metrics=Metrics(),
-            lifecycle=Lifecycle(),
-            ticker=Ticker(15),
-        )
-        frames = pump.frames()
-        assert (await anext(frames)).startswith(b"retry: ")
-        # The writer is idle (it awaits frames in this very task) when the burst comes.
-        source.go.set()
-        written = b""
-        while written.count(b"gateway.reset") < 150:
-            written += await anext(frames)
-        # The writer took everything before the source's room wait began: that
-        # wait must not run out the grace and cut a client that is keeping up.
-        await asyncio.sleep(2 * settings.slow_consumer_grace)  # past the grace (not a sync)
-        assert not source.refused
-        pump.close()
-        rest = [chunk async for chunk in frames]
-        assert rest[-1] == b"" and rest[-2].startswith(b"retry: ")  # then the end of the body
-
-    asyncio.run(asyncio.wait_for(scenario(), 10))
-
-
 def _pump(source: Any, **overrides: Any) -> Pump:
     settings = Settings(**{"heartbeat": 60, "flush_interval": 0, **overrides})
     return Pump(
@@ -92,6 +57,31 @@ def _pump(source: Any, **overrides: Any) -> Pump:
         lifecycle=Lifecycle(),
         ticker=Ticker(15),
     )
+
+
+def test_a_buffer_emptied_before_the_room_wait_is_not_a_slow_consumer() -> None:
+    async def scenario() -> None:
+        # No burst gathering: the writer flushes the moment it wakes, which is
+        # before the source's room-waiting task first runs (asyncio runs them in order).
+        grace = 0.5
+        source = _Burst(150)  # past the bound, under twice the bound
+        pump = _pump(source, buffer_events=100, slow_consumer_grace=grace)
+        frames = pump.frames()
+        assert (await anext(frames)).startswith(b"retry: ")
+        # The writer is idle (it awaits frames in this very task) when the burst comes.
+        source.go.set()
+        written = b""
+        while written.count(b"gateway.reset") < 150:
+            written += await anext(frames)
+        # The writer took everything before the source's room wait began: that
+        # wait must not run out the grace and cut a client that is keeping up.
+        await asyncio.sleep(2 * grace)  # past the grace (not a sync)
+        assert not source.refused
+        pump.close()
+        rest = [chunk async for chunk in frames]
+        assert rest[-1] == b"" and rest[-2].startswith(b"retry: ")  # then the end of the body
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))
 
 
 class _Filler:
