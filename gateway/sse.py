@@ -1,23 +1,67 @@
 """Server-Sent Events frame encoding: pure functions from values to bytes, no I/O.
 
-Frames carry one ``data:`` line of JSON written in pure ASCII: every
-non-ASCII character is a ``\\uXXXX`` escape. No character of a payload can
-then end the line, whatever the client's idea of a line break (SSE knows CR,
-LF and CRLF; Python's ``str.splitlines`` also splits on U+0085, U+2028 ...),
-and the event frame, the hottest code in the gateway, is built from the C
-string escaper alone.
+Frames are built with sse-starlette's ``ServerSentEvent`` (``sep="\\n"``);
+this module decides what may reach it. Two rules keep every client seeing
+the same frames, whatever its idea of a line break (SSE knows CR, LF and
+CRLF; Python's ``str.splitlines`` also splits on VT, FF, FS, GS, RS, U+0085,
+U+2028 and U+2029; a NUL makes browsers ignore an ``id:``):
+
+- ``data:`` is one line of JSON written in pure ASCII: every non-ASCII
+  character is a ``\\uXXXX`` escape, so no payload can end the line.
+- ``id:`` and ``event:`` values (an upstream cursor, a routing key) that hold
+  any control or line-separator character are sent in a reversible form,
+  ``b64~`` + URL-safe base64 of their UTF-8 (``field_value``). A client sends
+  such an id back as ``Last-Event-ID`` and the gateway decodes it
+  (``decode_field``) before resuming, so the resume stays exact.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import unicodedata
 from json.encoder import encode_basestring_ascii as _q
 from typing import Any
 
+from sse_starlette import ServerSentEvent
+
 from gateway._proto import kumiho_pb2
+
+ENCODED_PREFIX = "b64~"
+# Unicode categories no field value may carry raw: controls (CR, LF, NUL, VT,
+# FF, FS/GS/RS, U+0085, ...) and the line and paragraph separators.
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Zl", "Zp"})
 
 # Compact, pure-ASCII JSON on one line.
 _dumps = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
+
+
+def field_value(value: str) -> str:
+    """``value`` as it may stand on an ``id:`` or ``event:`` line: itself when safe."""
+    if value.startswith(ENCODED_PREFIX) or not _safe(value):
+        encoded = base64.urlsafe_b64encode(value.encode("utf-8", "surrogatepass"))
+        return ENCODED_PREFIX + encoded.decode("ascii").rstrip("=")
+    return value
+
+
+def decode_field(value: str) -> str:
+    """The original of a ``field_value``; raises ValueError for a malformed encoded form."""
+    if not value.startswith(ENCODED_PREFIX):
+        return value
+    text = value[len(ENCODED_PREFIX) :]
+    try:
+        raw = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
+        return raw.decode("utf-8", "surrogatepass")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise ValueError(f"is not a valid {ENCODED_PREFIX} value") from None
+
+
+def _safe(value: str) -> bool:
+    # Fast path: visible ASCII (every ordinary cursor and routing key).
+    if value.isascii() and value.isprintable():
+        return True
+    return not any(unicodedata.category(c) in _UNSAFE_CATEGORIES for c in value)
 
 
 def event_frame(event: kumiho_pb2.Event, *, named: bool, event_id: str | None = None) -> bytes:
@@ -25,38 +69,36 @@ def event_frame(event: kumiho_pb2.Event, *, named: bool, event_id: str | None = 
 
     Data: ``routing_key``, ``kref`` (the URI), ``timestamp``, ``author``,
     ``username``, ``details`` and ``cursor``. The JSON is assembled by hand
-    because this runs once per event: twice as fast as ``json.dumps`` of a dict.
+    from the C string escaper: twice as fast as ``json.dumps`` of a dict.
     ``event_id`` replaces the cursor in the ``id:`` line only (the hub's ids for
     events that have no cursor); ``cursor`` in the data stays Kumiho's.
     """
     cursor = event.cursor
     details = event.details
     line_id = cursor if event_id is None else event_id
-    head = f"id: {_field(line_id)}\n" if line_id else ""
-    if named and event.routing_key:
-        head += f"event: {_field(event.routing_key)}\n"
     pairs = ",".join([f"{_q(k)}:{_q(v)}" for k, v in details.items()]) if details else ""
-    return (
-        f'{head}data: {{"routing_key":{_q(event.routing_key)},"kref":{_q(event.kref.uri)},'
+    data = (
+        f'{{"routing_key":{_q(event.routing_key)},"kref":{_q(event.kref.uri)},'
         f'"timestamp":{_q(event.timestamp)},"author":{_q(event.author)},'
-        f'"username":{_q(event.username)},"details":{{{pairs}}},"cursor":{_q(cursor)}}}\n\n'
+        f'"username":{_q(event.username)},"details":{{{pairs}}},"cursor":{_q(cursor)}}}'
+    )
+    return ServerSentEvent(
+        data,
+        id=field_value(line_id) if line_id else None,
+        event=field_value(event.routing_key) if named and event.routing_key else None,
+        sep="\n",
     ).encode()
 
 
 def control_frame(name: str, data: dict[str, Any]) -> bytes:
     """A named control event (``gateway.reset``, ``gateway.error``); never carries an id."""
-    return f"event: {name}\ndata: {_dumps(data)}\n\n".encode()
+    return ServerSentEvent(_dumps(data), event=name, sep="\n").encode()
 
 
-HEARTBEAT = b": heartbeat\n\n"
+HEARTBEAT = ServerSentEvent(comment="heartbeat", sep="\n").encode()
 """A comment frame: keeps proxies and clients from timing out an idle stream."""
 
 
 def retry_frame(ms: int) -> bytes:
     """The reconnection delay a client should use."""
-    return f"retry: {int(ms)}\n\n".encode()
-
-
-def _field(value: str) -> str:
-    # A field value must not break its line; routing keys come from upstream.
-    return value.replace("\r", " ").replace("\n", " ")
+    return ServerSentEvent(retry=int(ms), sep="\n").encode()

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from gateway.auth import Credential
 from gateway.errors import invalid_parameter
+from gateway.sse import ENCODED_PREFIX, decode_field
 
 StartKind = Literal["latest", "beginning", "timestamp"]
 
@@ -70,6 +71,9 @@ PARAMS: tuple[Param, ...] = (
 )
 _BY_NAME = {p.name: p for p in PARAMS}
 MAX_CURSOR = _BY_NAME["cursor"].max_length
+# A cursor the gateway sent in its encoded form (sse.field_value): base64 of
+# up to MAX_CURSOR characters of UTF-8.
+MAX_ENCODED_CURSOR = len(ENCODED_PREFIX) + (MAX_CURSOR * 4 * 4 + 2) // 3
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no", ""}
 
@@ -87,15 +91,23 @@ class Subscription:
     credential: Credential
 
 
-def _one(query: Mapping[str, Sequence[str]], param: Param) -> str | None:
-    """The single value of a parameter given by its name or its alias, checked."""
+def _given(query: Mapping[str, Sequence[str]], param: Param) -> tuple[str, str] | None:
+    """(the name it came under, its value) of a parameter sent at most once, or None."""
     given = [(n, v) for n in (param.name, param.alias) if n for v in query.get(n, ())]
     if not given:
         return None
     if len(given) > 1:
         names = " and ".join(sorted({n for n, _ in given}))
         raise invalid_parameter(param.name, f"given more than once ({names}); send it once")
-    name, value = given[0]
+    return given[0]
+
+
+def _one(query: Mapping[str, Sequence[str]], param: Param) -> str | None:
+    """The single value of a parameter given by its name or its alias, checked."""
+    given = _given(query, param)
+    if given is None:
+        return None
+    name, value = given
     check_text(name, value, param.max_length)
     return value
 
@@ -138,15 +150,33 @@ def access_token_param(query: Mapping[str, Sequence[str]]) -> str | None:
     return _one(query, _BY_NAME["access_token"])
 
 
+def _cursor(name: str, value: str | None) -> str | None:
+    """A resume point as the client sent it, checked, and decoded if the gateway encoded it."""
+    if not value:
+        return None
+    if not value.startswith(ENCODED_PREFIX):
+        check_text(name, value, MAX_CURSOR)
+        return value
+    check_text(name, value, MAX_ENCODED_CURSOR)
+    try:
+        cursor = decode_field(value)
+    except ValueError as exc:
+        raise invalid_parameter(name, str(exc)) from None
+    if len(cursor) > MAX_CURSOR:
+        raise invalid_parameter(name, f"decodes to more than {MAX_CURSOR} characters")
+    return cursor
+
+
 def parse_subscription(
     query: Mapping[str, Sequence[str]],
     last_event_id: str | None,
     credential: Credential,
 ) -> Subscription:
     """Build a Subscription from query parameters and the Last-Event-ID header, or raise 400."""
-    if last_event_id is not None:
-        check_text("Last-Event-ID", last_event_id, MAX_CURSOR)
-    cursor = last_event_id or _one(query, _BY_NAME["cursor"]) or None
+    # Both are checked, whichever wins.
+    header = _cursor("Last-Event-ID", last_event_id)
+    param = _cursor(*(_given(query, _BY_NAME["cursor"]) or ("cursor", None)))
+    cursor = header or param
     start, timestamp = _start(_one(query, _BY_NAME["from"]))
     return Subscription(
         routing_key=_one(query, _BY_NAME["routing_key"]) or "",

@@ -9,6 +9,7 @@ import time
 import httpx
 import pytest
 
+from gateway import sse
 from tests.conftest import DevServer, Gateway, data, read_events, unique_project
 
 
@@ -270,3 +271,27 @@ def test_other_endpoints(stack: tuple[DevServer, Gateway]) -> None:
         "Last-Event-ID",
     } <= names
     assert httpx.get(gateway.url + "/docs").status_code == 200
+
+
+def test_a_hostile_routing_key_cannot_forge_an_event_for_any_reader(
+    stack: tuple[DevServer, Gateway], project: str
+) -> None:
+    devserver, gateway = stack
+    hostile = "x\u2028\u2028data: FORGED\u2028\u2028event: y"
+    [cursor] = devserver.publish(hostile, f"kref://{project}/a.model")
+    params = _beginning(project, named="true", routing_key="x*")
+    with httpx.stream("GET", gateway.url + "/events", params=params, timeout=10) as r:
+        text = ""
+        for chunk in r.iter_text():
+            text += chunk
+            if "data: {" in text and text.endswith("\n\n"):
+                break
+    # Read as requests.iter_lines-style readers do: str.splitlines.
+    frames = "\n".join(text.splitlines()).split("\n\n")
+    events = [f.strip().split("\n") for f in frames if "data:" in f]
+    assert len(events) == 1  # no second, forged event
+    fields = dict(line.split(": ", 1) for line in events[0])
+    assert set(fields) == {"id", "event", "data"}
+    assert fields["id"] == cursor
+    assert sse.decode_field(fields["event"]) == hostile  # encoded, reversibly
+    assert json.loads(fields["data"])["routing_key"] == hostile

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway import sse
 from gateway._proto import kumiho_pb2
@@ -108,3 +112,90 @@ def test_control_retry_and_comment_frames() -> None:
 def test_a_cursor_cannot_forge_fields() -> None:
     fields = _parse(sse.event_frame(_event(cursor="1-0\ndata: forged"), named=False))
     assert set(fields) == {"id", "data"}
+
+
+# -- hostile values, three ways of reading lines ------------------------------
+#
+# The same bytes must mean the same event to a reader that follows the WHATWG
+# rules (CR, LF, CRLF), one built on str.splitlines (requests.iter_lines and
+# friends), and one that breaks on every Unicode line-break class (BK, CR, LF,
+# NL: VT, FF, U+0085, U+2028, U+2029, and NUL, which some C readers stop at).
+
+_UNICODE_BREAKS = re.compile("\r\n|[\r\n\x0b\x0c\x85\u2028\u2029\x00]")
+
+
+def _whatwg_lines(text: str) -> list[str]:
+    return re.split("\r\n|\r|\n", text)
+
+
+def _splitlines(text: str) -> list[str]:
+    return text.splitlines()
+
+
+def _unicode_lines(text: str) -> list[str]:
+    return _UNICODE_BREAKS.split(text)
+
+
+def _dispatch(lines: list[str]) -> list[dict[str, str]]:
+    """The events an SSE reader dispatches from these lines (fields as sent)."""
+    events: list[dict[str, str]] = []
+    fields: dict[str, str] = {}
+    for line in [*lines, ""]:
+        if not line:
+            if "data" in fields:
+                events.append(fields)
+            fields = {}
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        fields[name] = fields[name] + "\n" + value if name in fields else value
+    return events
+
+
+_text = st.text(max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    routing_key=_text,
+    cursor=_text,
+    kref=_text,
+    details=st.dictionaries(_text, _text, max_size=3),
+    named=st.booleans(),
+)
+def test_every_reader_sees_one_event_with_the_original_values(
+    routing_key: str, cursor: str, kref: str, details: dict[str, str], named: bool
+) -> None:
+    event = kumiho_pb2.Event(
+        routing_key=routing_key,
+        kref=kumiho_pb2.Kref(uri=kref),
+        cursor=cursor,
+        details=details,
+    )
+    frame = sse.event_frame(event, named=named).decode()
+    for split in (_whatwg_lines, _splitlines, _unicode_lines):
+        [fields] = _dispatch(split(frame))  # exactly one event, whatever the reader
+        assert set(fields) <= {"id", "event", "data"}, (split.__name__, fields)
+        body = json.loads(fields["data"])
+        assert (body["routing_key"], body["kref"], body["cursor"]) == (routing_key, kref, cursor)
+        assert body["details"] == details
+        assert sse.decode_field(fields.get("id", "")) == cursor
+        if named and routing_key:
+            assert sse.decode_field(fields["event"]) == routing_key
+        else:
+            assert "event" not in fields
+    assert frame.split("\ndata: ", 1)[-1].isascii()  # data: stays pure-ASCII JSON
+
+
+def test_hostile_field_values_are_encoded_reversibly_and_ordinary_ones_are_not() -> None:
+    hostile = "2-0\u2028\u2028data: FORGED"
+    frame = sse.event_frame(_event(cursor=hostile), named=False)
+    fields = _parse(frame)
+    assert fields["id"].startswith(sse.ENCODED_PREFIX) and fields["id"].isascii()
+    assert sse.decode_field(fields["id"]) == hostile
+    assert sse.field_value("1701594000000-0") == "1701594000000-0"
+    assert sse.field_value("item.模型.created") == "item.模型.created"  # Unicode is no line break
+    spoof = sse.ENCODED_PREFIX + "abc"  # a raw value that looks encoded is encoded too
+    assert sse.decode_field(sse.field_value(spoof)) == spoof

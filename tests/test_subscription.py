@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from gateway import sse
 from gateway.auth import ANONYMOUS
 from gateway.errors import GatewayError
 from gateway.subscription import parse_subscription
@@ -53,3 +54,16 @@ def test_start_positions_and_named() -> None:
     assert parse(**{"from": "beginning"}).start == "beginning"
     sub = parse(**{"from": "2026-01-02T03:04:05Z"}, named="TRUE")
     assert (sub.start, sub.from_timestamp, sub.named) == ("timestamp", "2026-01-02T03:04:05Z", True)
+
+
+def test_an_encoded_id_is_decoded_and_every_cursor_is_checked_whichever_wins() -> None:
+    hostile = "2-0\u2028\u2028data: FORGED"
+    encoded = sse.field_value(hostile)
+    assert parse(encoded).cursor == hostile
+    assert parse(cursor=encoded).cursor == hostile
+    for bad in ("b64~%%%", "b64~" + "QQ" * 1000):
+        with pytest.raises(GatewayError):
+            parse(bad)
+    with pytest.raises(GatewayError) as refused:
+        parse("1-0", cursor="1-0\n")  # the header wins, yet the parameter is checked
+    assert "cursor: contains the control character U+000A" in refused.value.message
