@@ -147,3 +147,31 @@ def test_tick_policies_with_an_injected_clock() -> None:
         assert pump._frames[-1].startswith(b"retry: ")
 
     asyncio.run(asyncio.wait_for(scenario(), 5))
+
+
+def test_closing_an_upstream_source_during_its_backoff_stops_it() -> None:
+    from gateway.auth import ANONYMOUS
+    from gateway.source import UpstreamSource
+    from gateway.subscription import Subscription
+    from gateway.upstream import Upstream
+    from tests.conftest import free_port
+
+    async def scenario() -> None:
+        # Nothing listens there: every call fails and the source backs off 30 s.
+        settings = Settings(upstream=f"127.0.0.1:{free_port()}", backoff_initial=30, backoff_max=30)
+        metrics = Metrics()
+        upstream = Upstream(settings)
+        await upstream.start()
+        sub = Subscription("", "", None, "latest", None, False, ANONYMOUS)
+        source = UpstreamSource(upstream, sub, settings, metrics)
+        pump = _pump(source)
+        run = asyncio.create_task(source.run(pump))
+        failures = metrics.upstream_failures.labels("UNAVAILABLE")
+        while failures._value.get() < 1:  # noqa: ASYNC110 - a poll, bounded by the 15 s deadline
+            await asyncio.sleep(0.01)
+        source.close()  # in the middle of its 30 s backoff
+        await asyncio.wait_for(run, 2)  # it ends now, without another call
+        assert failures._value.get() == 1
+        await upstream.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 15))
