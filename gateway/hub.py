@@ -34,7 +34,16 @@ from dataclasses import replace
 from gateway.cursor import ResumeFilter
 from gateway.metrics import Metrics
 from gateway.settings import Settings
-from gateway.source import Failure, Item, Reset, SharedEvent, Sink, Source, UpstreamSource
+from gateway.source import (
+    Failure,
+    Item,
+    Reset,
+    SharedEvent,
+    Sink,
+    Source,
+    UpstreamSource,
+    wake,
+)
 from gateway.subscription import Subscription
 from gateway.upstream import Upstream
 
@@ -370,7 +379,7 @@ class HubSource:
                 self._hub.metrics.frames_delivered.inc()
             if not sink.put(item):
                 self._live = False  # full: what follows waits in the backlog
-                _wake(self._wakeup)
+                wake(self._wakeup)
             if isinstance(item, Failure):
                 self.end()
             return
@@ -385,7 +394,7 @@ class HubSource:
     def end(self) -> None:
         """No more items come: the stream ends once what is queued is written."""
         self._ended = True
-        _wake(self._wakeup)
+        wake(self._wakeup)
         if self._catch_up is not None:
             self._catch_up.close()
 
@@ -393,8 +402,3 @@ class HubSource:
         self.end()
         if self._channel is not None:
             self._channel.detach(self)
-
-
-def _wake(waiter: asyncio.Future[None] | None) -> None:
-    if waiter is not None and not waiter.done():
-        waiter.set_result(None)

@@ -66,5 +66,5 @@ class Lifecycle:
 
 
 def streams_phrase(count: int) -> str:
-    """ "1 stream", "2 streams": log lines read as sentences."""
+    """Say "1 stream" or "N streams", so log lines read as sentences."""
     return f"{count} stream" if count == 1 else f"{count} streams"

@@ -32,7 +32,7 @@ from gateway.cursor import ResumeFilter
 from gateway.lifecycle import Lifecycle
 from gateway.metrics import Metrics
 from gateway.settings import Settings
-from gateway.source import Item, Reset, SharedEvent, Source
+from gateway.source import Item, Reset, SharedEvent, Source, wake
 from gateway.ticker import Ticker
 
 log = logging.getLogger("gateway.pump")
@@ -44,11 +44,6 @@ _BURST = 5  # writes closer than this many flush intervals apart count as a burs
 def jittered_retry_ms(base_ms: int) -> int:
     """The ``retry:`` value for one connection: base plus up to 50% jitter."""
     return base_ms + random.randrange(base_ms // 2 + 1)
-
-
-def _wake(waiter: asyncio.Future[None] | None) -> None:
-    if waiter is not None and not waiter.done():
-        waiter.set_result(None)
 
 
 class Pump:
@@ -97,7 +92,7 @@ class Pump:
         if frame is not None:
             self._frames.append(frame)
             self._size += len(frame)
-            _wake(self._wakeup)
+            wake(self._wakeup)
         events, size = self._settings.buffer_events, self._settings.buffer_bytes
         if len(self._frames) >= 2 * events or self._size >= 2 * size:
             # Twice the bound: a source that cannot wait (a shared stream) kept
@@ -175,8 +170,8 @@ class Pump:
             self._reader.cancel()
         self._source.close()
         self._frames.append(sse.retry_frame(jittered_retry_ms(self._settings.retry_ms)))
-        _wake(self._wakeup)
-        _wake(self._room)  # a source waiting for room stops now, not after the grace
+        wake(self._wakeup)
+        wake(self._room)  # a source waiting for room stops now, not after the grace
 
     async def _run_source(self) -> None:
         try:
@@ -184,7 +179,7 @@ class Pump:
         finally:
             if self._cause == "upstream_error":
                 self._finished = True  # after gateway.error: no retry: line, the client stops
-                _wake(self._wakeup)
+                wake(self._wakeup)
             else:
                 # The source ended (its shared feed closed, or it failed): the
                 # client gets a retry: line and resumes by id.
@@ -208,7 +203,7 @@ class Pump:
             and now - self._last_write >= self._heartbeat_after
         ):
             self._frames.append(sse.HEARTBEAT)
-            _wake(self._wakeup)
+            wake(self._wakeup)
 
     async def frames(self) -> AsyncGenerator[bytes, None]:
         """The response body: a ``retry:`` line, then frames in batches, until the stream ends.
@@ -267,7 +262,7 @@ class Pump:
                 events = self._events
                 self._frames.clear()
                 self._size = self._events = 0
-                _wake(self._room)
+                wake(self._room)
         finally:
             # Synchronous on purpose: this may run inside a cancelled task.
             if lifetime is not None:
