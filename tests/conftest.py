@@ -24,6 +24,12 @@ import pytest
 from httpx_sse import ServerSentEvent, connect_sse
 
 from gateway.devserver.control import DevServerClient
+from gateway.lifecycle import Lifecycle
+from gateway.metrics import Metrics
+from gateway.pump import Pump
+from gateway.settings import Settings
+from gateway.source import Source
+from gateway.ticker import Ticker
 
 STARTUP_DEADLINE = 30.0
 
@@ -384,3 +390,17 @@ def page_server(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], PageServe
     yield make
     for server in servers:
         server.close()
+
+
+def make_pump(source: Source, **overrides: Any) -> Pump:
+    """A Pump over ``source`` for tests without a server (no heartbeats, no batching)."""
+    settings = Settings(**{"heartbeat": 60, "flush_interval": 0, **overrides})
+    return Pump(
+        source,
+        named=False,
+        cursor=None,
+        settings=settings,
+        metrics=Metrics(),
+        lifecycle=Lifecycle(),
+        ticker=Ticker(15),
+    )

@@ -13,15 +13,13 @@ import pytest
 from gateway._proto import kumiho_pb2
 from gateway.auth import ANONYMOUS
 from gateway.hub import Channel, Hub, HubSource
-from gateway.lifecycle import Lifecycle
 from gateway.metrics import Metrics
 from gateway.pump import Pump
 from gateway.settings import Settings
 from gateway.source import Item, Sink
 from gateway.subscription import Subscription
-from gateway.ticker import Ticker
 from gateway.upstream import Upstream
-from tests.conftest import FAST, DevServer, Gateway, Reader, read_events, wait_until
+from tests.conftest import FAST, DevServer, Gateway, Reader, make_pump, read_events, wait_until
 
 KREF = "kref://hub/shots/sq010.comp"
 
@@ -295,15 +293,7 @@ async def _hub_with_subscriber() -> tuple[Hub, Channel, _Feed, Pump, AsyncIterat
     subscriber = HubSource(hub, Subscription("", "", None, "latest", None, False, ANONYMOUS))
     subscriber._channel = channel
     channel.attach(subscriber)
-    pump = Pump(
-        subscriber,
-        named=False,
-        cursor=None,
-        settings=settings,
-        metrics=metrics,
-        lifecycle=Lifecycle(),
-        ticker=Ticker(15),
-    )
+    pump = make_pump(subscriber)
     frames = pump.frames()
     assert (await anext(frames)).startswith(b"retry: ")
     return hub, channel, feed, pump, frames

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
-from gateway.lifecycle import Lifecycle
 from gateway.metrics import Metrics
-from gateway.pump import Pump
 from gateway.settings import Settings
 from gateway.source import Reset, Sink
 from gateway.sse import HEARTBEAT
-from gateway.ticker import Ticker
+from tests.conftest import make_pump
 
 
 class _Burst:
@@ -46,26 +43,13 @@ class _Burst:
             self._done.set_result(None)
 
 
-def _pump(source: Any, **overrides: Any) -> Pump:
-    settings = Settings(**{"heartbeat": 60, "flush_interval": 0, **overrides})
-    return Pump(
-        source,
-        named=False,
-        cursor=None,
-        settings=settings,
-        metrics=Metrics(),
-        lifecycle=Lifecycle(),
-        ticker=Ticker(15),
-    )
-
-
 def test_a_buffer_emptied_before_the_room_wait_is_not_a_slow_consumer() -> None:
     async def scenario() -> None:
         # No burst gathering: the writer flushes the moment it wakes, which is
         # before the source's room-waiting task first runs (asyncio runs them in order).
         grace = 0.5
         source = _Burst(150)  # past the bound, under twice the bound
-        pump = _pump(source, buffer_events=100, slow_consumer_grace=grace)
+        pump = make_pump(source, buffer_events=100, slow_consumer_grace=grace)
         frames = pump.frames()
         assert (await anext(frames)).startswith(b"retry: ")
         # The writer is idle (it awaits frames in this very task) when the burst comes.
@@ -114,7 +98,7 @@ class _Filler:
 def test_a_source_waiting_for_room_stops_when_the_stream_ends() -> None:
     async def scenario() -> None:
         source = _Filler()
-        pump = _pump(source, buffer_events=4, slow_consumer_grace=60)
+        pump = make_pump(source, buffer_events=4, slow_consumer_grace=60)
         frames = pump.frames()
         await anext(frames)  # the retry: line; the reader task now runs the source
         await source.waiting.wait()
@@ -129,7 +113,7 @@ def test_a_source_waiting_for_room_stops_when_the_stream_ends() -> None:
 def test_tick_policies_with_an_injected_clock() -> None:
     async def scenario() -> None:
         source = _Filler()
-        pump = _pump(source, heartbeat=4, send_timeout=30, buffer_events=10**6)
+        pump = make_pump(source, heartbeat=4, send_timeout=30, buffer_events=10**6)
         pump._heartbeat_after = 4 - 1  # as with a ticker period of 1 s
         pump._last_write = 100.0
         pump.tick(102.0)
@@ -164,7 +148,7 @@ def test_closing_an_upstream_source_during_its_backoff_stops_it() -> None:
         await upstream.start()
         sub = Subscription("", "", None, "latest", None, False, ANONYMOUS)
         source = UpstreamSource(upstream, sub, settings, metrics)
-        pump = _pump(source)
+        pump = make_pump(source)
         run = asyncio.create_task(source.run(pump))
         failures = metrics.upstream_failures.labels("UNAVAILABLE")
         while failures._value.get() < 1:  # noqa: ASYNC110 - a poll, bounded by the 15 s deadline
