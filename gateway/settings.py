@@ -122,8 +122,8 @@ class Settings(BaseSettings):
         5.0,
         gt=0,
         validation_alias=_env("open_timeout", "KUMIHO_GATEWAY_OPEN_TIMEOUT"),
-        description="how long (s) a new /events request waits for the upstream's answer "
-        "before streaming anyway (heartbeats, retries)",
+        description="how long (s) a new /events request waits for the upstream to judge its "
+        "credential (GetEventCapabilities) before streaming anyway (heartbeats, retries)",
     )
     flush_interval: float = Field(
         0.002,
