@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from gateway.devserver.filters import kref_matcher, routing_key_matcher
+from gateway.devserver.filters import compile_pattern, kref_matcher, routing_key_matcher
 
 
 @pytest.mark.parametrize(
@@ -27,6 +29,9 @@ from gateway.devserver.filters import kref_matcher, routing_key_matcher
         ("revision.tagged", "revision.tagged", True),
         ("revision.tagged", "revision.untagged", False),
         ("revision.tag?ed", "revision.tagged", False),  # '?' is literal
+        ("**.**", "a.b", True),  # consecutive multi-wildcards are one
+        ("item.#.**.created", "item.created", True),
+        ("item.#.#.created", "item.a.b.created", True),
     ],
 )
 def test_routing_key_filters(pattern: str, key: str, matches: bool) -> None:
@@ -46,7 +51,29 @@ def test_routing_key_filters(pattern: str, key: str, matches: bool) -> None:
         ("kref://proj/*/hero.model", "kref://proj/a/b/hero.model", False),
         ("kref://proj/chars/hero.model?r=3", "kref://proj/chars/hero.model?r=3", True),
         ("kref://狐/**", "kref://狐/空間/item.model", True),
+        ("kref://p/**/**", "kref://p/a/b.model", True),
+        ("kref://p/**/**", "kref://q/a/b.model", False),
     ],
 )
 def test_kref_filters(pattern: str, kref: str, matches: bool) -> None:
     assert kref_matcher(pattern)(kref) is matches
+
+
+def test_a_multi_wildcard_inside_a_segment_is_refused() -> None:
+    with pytest.raises(ValueError, match="whole segment"):
+        routing_key_matcher("item.hero**")
+
+
+_PIECES = st.sampled_from(["#", "**", "*", "a", "", "b*", "x.y", "/", "?"])
+
+
+@given(st.lists(_PIECES, max_size=6), st.sampled_from([".", "/"]), st.text("ab./*#?", max_size=10))
+def test_any_pattern_compiles_or_is_refused_with_value_error(
+    pieces: list[str], sep: str, value: str
+) -> None:
+    # The reference upstream must answer INVALID_ARGUMENT, never crash (UNKNOWN).
+    try:
+        match = compile_pattern(sep.join(pieces), sep)
+    except ValueError:
+        return
+    assert match(value) in (True, False)

@@ -91,7 +91,13 @@ def test_retention_by_age(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("cursor", "kind"), [("nonsense", "invalid"), ("9999999999999-0", "unknown")]
+    ("cursor", "kind"),
+    [
+        ("nonsense", "invalid"),
+        ("9999999999999-0", "unknown"),
+        ("1-9223372036854775808", "invalid"),  # past SQLite's integers: refused, not a crash
+        ("99999999999999999999-0", "invalid"),
+    ],
 )
 def test_bad_cursors(tmp_path: Path, cursor: str, kind: str) -> None:
     store = EventStore(tmp_path / "log.sqlite3")

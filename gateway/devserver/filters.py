@@ -6,6 +6,7 @@ matches any run of characters but the separator (``*.model``). ``#`` or
 ``**`` matches any number of segments, zero included. An empty pattern and
 ``*`` alone match everything. Krefs match with or without their ``?r=...``
 query, so ``kref://proj/**/*.model`` also selects that model's revisions.
+A ``**`` inside a segment (``hero**``) is ambiguous and refused (ValueError).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from functools import lru_cache
 Matcher = Callable[[str], bool]
 
 _MATCH_ALL = frozenset({"", "*", "#", "**"})
+_MULTI = frozenset({"#", "**"})
 
 
 def _match_all(_: str) -> bool:
@@ -25,15 +27,23 @@ def _match_all(_: str) -> bool:
 
 @lru_cache(maxsize=256)
 def compile_pattern(pattern: str, sep: str) -> Matcher:
-    """A predicate that tells whether a value matches ``pattern``."""
+    """A predicate that tells whether a value matches ``pattern``; ValueError if it is invalid."""
     if pattern in _MATCH_ALL:
         return _match_all
     s = re.escape(sep)
-    parts = pattern.split(sep)
+    parts: list[str] = []
+    for part in pattern.split(sep):
+        if "**" in part and part != "**":
+            raise ValueError(f"'**' must be a whole segment, not part of {part!r}")
+        # "**.**" is "**": consecutive multi-wildcards match what one matches.
+        if not (part in _MULTI and parts and parts[-1] in _MULTI):
+            parts.append(part)
+    if parts in (["#"], ["**"]):
+        return _match_all
     regex = ""
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
-        if part in ("#", "**"):
+        if part in _MULTI:
             if last:
                 # Trailing multi-wildcard: "a.#" matches "a" and "a.b.c".
                 regex = regex[: -len(s)] + f"(?:{s}.*)?" if regex else ".*"

@@ -181,11 +181,14 @@ class KumihoEvents(kumiho_pb2_grpc.KumihoServiceServicer):
         if self.faults.refuse:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "refusing streams (fault injected)")
         try:
+            routing_ok = routing_key_matcher(request.routing_key_filter)
+            kref_ok = kref_matcher(request.kref_filter)
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid filter: {exc}")
+        try:
             key = self._start_key(tenant, request)
         except CursorError as exc:
             await context.abort(_CURSOR_STATUS[exc.kind], str(exc))
-        routing_ok = routing_key_matcher(request.routing_key_filter)
-        kref_ok = kref_matcher(request.kref_filter)
         with_cursor = self.tier.supports_cursor
         self.open_streams += 1
         self.streams_started += 1

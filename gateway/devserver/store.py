@@ -21,6 +21,8 @@ from gateway.cursor import CursorKey, cursor_key, format_cursor
 
 BEFORE_ALL: CursorKey = (-1, -1)
 
+_MAX_KEY_PART = 2**63 - 1  # SQLite integers are signed 64-bit
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     ms INTEGER NOT NULL,
@@ -222,6 +224,8 @@ class EventStore:
         key = cursor_key(cursor)
         if key is None:
             raise CursorError("invalid", f"malformed cursor {cursor!r}: expected <ms>-<seq>")
+        if max(key) > _MAX_KEY_PART:
+            raise CursorError("invalid", f"cursor {cursor} is out of range (64-bit parts)")
         if key < self.pruned_through(tenant):
             raise CursorError("expired", f"cursor {cursor} is older than the retention window")
         if key > self._last:
