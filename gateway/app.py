@@ -11,14 +11,16 @@ from __future__ import annotations
 import contextlib
 import importlib.resources
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import grpc
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp
 
 from gateway import __version__, sse
@@ -36,10 +38,25 @@ from gateway.ticker import Ticker
 from gateway.upstream import Upstream
 
 
-def _error_response(error: GatewayError) -> JSONResponse:
-    return JSONResponse(
-        error.envelope(), status_code=error.status, headers={"Cache-Control": "no-store"}
-    )
+def _error_response(error: GatewayError, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    response = JSONResponse(error.envelope(), status_code=error.status, headers=headers)
+    response.headers["Cache-Control"] = "no-store"
+    if error.status == 401:
+        response.headers["WWW-Authenticate"] = "Bearer"  # RFC 9110: a 401 names its scheme
+    return response
+
+
+# Starlette's own refusals (no route, wrong method) in the gateway's envelope.
+_HTTP_ERRORS = {
+    404: ("not_found", "there is nothing at {path}"),
+    405: ("method_not_allowed", "{path} does not answer {method}"),
+}
+
+
+def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    code, message = _HTTP_ERRORS.get(exc.status_code, ("http_error", "{detail}"))
+    text = message.format(path=request.url.path, method=request.method, detail=exc.detail)
+    return _error_response(GatewayError(exc.status_code, code, text), exc.headers)
 
 
 def _query(request: Request) -> dict[str, list[str]]:
@@ -105,6 +122,10 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ASGIAp
     async def _gateway_error(_: Request, exc: GatewayError) -> JSONResponse:
         return _error_response(exc)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _starlette_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _http_error(request, exc)
+
     @app.get(
         "/events",
         summary="Stream Kumiho events as Server-Sent Events",
@@ -125,6 +146,11 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ASGIAp
         )
         if lifecycle.draining:
             return _draining_answer()
+        if request.method == "HEAD":
+            # What a GET would answer, without opening an upstream stream for it.
+            head = Response(headers=HEADERS, media_type=MEDIA_TYPE)
+            del head.headers["content-length"]
+            return head
         source: Source = (
             hub.source(subscription)
             if hub is not None
@@ -181,6 +207,10 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ASGIAp
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
+    # HEAD answers as GET does, without the body (RFC 9110); kept out of the OpenAPI.
+    for route in list(app.routes):
+        if isinstance(route, APIRoute) and route.methods == {"GET"}:
+            app.add_api_route(route.path, route.endpoint, methods=["HEAD"], include_in_schema=False)
     static = importlib.resources.files("gateway.static")
     app.mount("/", StaticFiles(directory=str(static), html=True), name="dashboard")
     return StreamHandoff(app)

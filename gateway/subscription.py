@@ -167,14 +167,30 @@ def _cursor(name: str, value: str | None) -> str | None:
     return cursor
 
 
+def _header_text(name: str, value: str | None) -> str | None:
+    """A header as the client meant it: ASGI decodes headers as Latin-1, browsers send UTF-8."""
+    if value is None or value.isascii():
+        return value
+    raw = value.encode("latin-1")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise invalid_parameter(
+            name, f"is not UTF-8 (byte 0x{raw[exc.start]:02X} at position {exc.start})"
+        ) from None
+
+
 def parse_subscription(
     query: Mapping[str, Sequence[str]],
     last_event_id: str | None,
     credential: Credential,
 ) -> Subscription:
-    """Build a Subscription from query parameters and the Last-Event-ID header, or raise 400."""
+    """Build a Subscription from query parameters and the Last-Event-ID header, or raise 400.
+
+    ``last_event_id`` is the header as ASGI gives it (Latin-1 decoded).
+    """
     # Both are checked, whichever wins.
-    header = _cursor("Last-Event-ID", last_event_id)
+    header = _cursor("Last-Event-ID", _header_text("Last-Event-ID", last_event_id))
     param = _cursor(*(_given(query, _BY_NAME["cursor"]) or ("cursor", None)))
     cursor = header or param
     start, timestamp = _start(_one(query, _BY_NAME["from"]))

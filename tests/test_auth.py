@@ -88,6 +88,8 @@ def test_refusals_come_before_the_stream(
     assert r.headers["content-type"] == "application/json"
     assert r.json()["error"]["code"] == code
     assert r.json()["error"]["message"]
+    # A 401 names the scheme it wants (RFC 9110); other refusals do not ask for one.
+    assert r.headers.get("www-authenticate") == ("Bearer" if status == 401 else None)
 
 
 def test_revoked_token_ends_the_stream_with_gateway_error(

@@ -203,6 +203,58 @@ def test_bad_input_is_a_400_with_the_envelope(
     assert needle in error["message"]
 
 
+@pytest.mark.parametrize(
+    ("raw", "needle"),
+    [
+        # UTF-8 "€" then U+0085: read as Latin-1 the "€" alone would look like U+0082.
+        ("€\u0085".encode(), "U+0085"),
+        (b"1-\xff", "not UTF-8 (byte 0xFF"),
+    ],
+)
+def test_a_non_ascii_last_event_id_is_named_as_sent(
+    stack: tuple[DevServer, Gateway], raw: bytes, needle: str
+) -> None:
+    _, gateway = stack
+    r = httpx.get(gateway.url + "/events", headers={"Last-Event-ID": raw}, timeout=10)
+    assert r.status_code == 400
+    message = r.json()["error"]["message"]
+    assert message.startswith("Last-Event-ID: ") and needle in message
+    assert "U+0082" not in message
+
+
+def test_every_error_answer_uses_the_envelope(stack: tuple[DevServer, Gateway]) -> None:
+    _, gateway = stack
+    for method, path, status, code in [
+        ("GET", "/no/such/page", 404, "not_found"),
+        ("POST", "/events", 405, "method_not_allowed"),
+        ("DELETE", "/healthz", 405, "method_not_allowed"),
+        ("PUT", "/", 405, "method_not_allowed"),
+    ]:
+        r = httpx.request(method, gateway.url + path, timeout=10)
+        assert r.status_code == status, (method, path)
+        assert r.headers["content-type"] == "application/json"
+        error = r.json()["error"]
+        assert error["code"] == code and path in error["message"] and error["retryable"] is False
+        assert "detail" not in r.json()
+
+
+def test_head_answers_as_get_without_a_body(stack: tuple[DevServer, Gateway]) -> None:
+    devserver, gateway = stack
+    opened = devserver.client().stats().streams_started
+    for path in ["/healthz", "/metrics", "/"]:
+        r = httpx.head(gateway.url + path, timeout=10)
+        get = httpx.get(gateway.url + path, timeout=10)
+        assert r.status_code == 200 and r.content == b"", path
+        assert r.headers["content-type"] == get.headers["content-type"], path
+    r = httpx.head(gateway.url + "/events?routing_key=a.*", timeout=10)
+    assert r.status_code == 200 and r.content == b""
+    assert r.headers["content-type"] == "text/event-stream; charset=utf-8"
+    assert r.headers["cache-control"] == "no-store"
+    # The same checks as GET, and no upstream stream opened for a HEAD.
+    assert httpx.head(gateway.url + "/events?named=maybe", timeout=10).status_code == 400
+    assert devserver.client().stats().streams_started == opened
+
+
 def test_repeated_parameter_is_a_400(stack: tuple[DevServer, Gateway]) -> None:
     _, gateway = stack
     r = httpx.get(gateway.url + "/events?kref=a&kref=b", timeout=10)
