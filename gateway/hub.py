@@ -28,7 +28,7 @@ import asyncio
 import collections
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from gateway.cursor import ResumeFilter
@@ -40,7 +40,7 @@ from gateway.source import (
     Reset,
     SharedEvent,
     Sink,
-    Source,
+    Status,
     UpstreamSource,
     wake,
 )
@@ -56,7 +56,7 @@ MINTED_PREFIX = "gw:"
 class Channel:
     """One shared upstream stream, its ring of recent events, and its subscribers."""
 
-    def __init__(self, key: ChannelKey, feed: Source, hub: Hub) -> None:
+    def __init__(self, key: ChannelKey, feed: UpstreamSource, hub: Hub) -> None:
         self.key = key
         self._feed = feed
         self._hub = hub
@@ -73,10 +73,12 @@ class Channel:
         self._task: asyncio.Task[None] | None = None
         self._linger: asyncio.TimerHandle | None = None
         self.closed = False
+        self.status = feed.status  # the upstream's state, told to each new subscriber first
 
     async def start(self) -> None:
         """Open the shared upstream stream; 401/403 and the like propagate to the first caller."""
         await self._feed.open()
+        self.status = self._feed.status
         self._task = asyncio.create_task(self._feed.run(self))
         self._task.add_done_callback(self._feed_ended)
         self._hub.metrics.upstream_shared_streams.inc()
@@ -103,6 +105,10 @@ class Channel:
             shared = item
         elif isinstance(item, Failure):
             shared = item
+        elif isinstance(item, Status):
+            if item.same_state(self.status):
+                return True  # the feed's opening announcement: subscribers have it already
+            self.status = shared = item
         elif self._filter.accept(item.cursor):
             assert not isinstance(item, SharedEvent), "a channel's feed sends Kumiho events"
             shared = SharedEvent(item, item.cursor or self._mint())
@@ -301,7 +307,7 @@ class HubSource:
         metrics = self._hub.metrics
         channel = self._channel = await self._hub.channel(sub)
         if sub.cursor is None and sub.start == "latest":
-            channel.attach(self)
+            self._join(channel, [])
             return
         if sub.cursor is not None:
             replay = channel.after(sub.cursor)
@@ -309,19 +315,23 @@ class HubSource:
                 # Replay and joining happen with no await in between: no live
                 # event can fall between them, and none comes twice.
                 metrics.ring_hits.inc()
-                self._backlog.extend(replay)
-                channel.attach(self)
+                self._join(channel, replay)
                 return
             metrics.ring_misses.inc()
             if sub.cursor.startswith(MINTED_PREFIX):
                 # The hub's own id, no longer in this ring: Kumiho cannot resume it.
-                self._backlog.append(Reset("cursor_unknown", sub.cursor, "latest"))
-                channel.attach(self)
+                self._join(channel, [Reset("cursor_unknown", sub.cursor, "latest")])
                 return
         # Older than the ring, or from the beginning / a time: a stream of its own first.
         channel.hold(self)
         self._catch_up = UpstreamSource(self._hub.upstream, sub, self._hub.settings, metrics)
         await self._catch_up.open()
+
+    def _join(self, channel: Channel, first: Sequence[Item]) -> None:
+        """Subscribe to the feed: the upstream's state, then ``first``, then live items."""
+        self._backlog.append(channel.status)
+        self._backlog.extend(first)
+        channel.attach(self)
 
     async def run(self, sink: Sink) -> None:
         if self._catch_up is not None:
@@ -364,6 +374,8 @@ class HubSource:
         rest = channel.after(cursor)
         if rest is None or channel.closed:
             return False
+        if channel.status.upstream != "live":  # the catch-up stream had it live
+            self._backlog.append(channel.status)
         self._backlog.extend(rest)
         channel.attach(self)
         return True

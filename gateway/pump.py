@@ -32,7 +32,7 @@ from gateway.cursor import ResumeFilter
 from gateway.lifecycle import Lifecycle
 from gateway.metrics import Metrics
 from gateway.settings import Settings
-from gateway.source import Item, Reset, SharedEvent, Source, wake
+from gateway.source import Item, Reset, SharedEvent, Source, Status, wake
 from gateway.ticker import Ticker
 
 log = logging.getLogger("gateway.pump")
@@ -145,6 +145,16 @@ class Pump:
                     "reason": item.reason,
                     "requested_cursor": item.requested_cursor,
                     "resumed_from": item.resumed_from,
+                },
+            )
+        if isinstance(item, Status):
+            return sse.control_frame(
+                "gateway.status",
+                {
+                    "upstream": item.upstream,
+                    "code": item.code,
+                    "retry_in_ms": item.retry_in_ms,
+                    "since": item.since,
                 },
             )
         self._cause = "upstream_error"

@@ -16,6 +16,7 @@ starts, ``open()`` raises it instead, so the route can answer 401/403).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import random
@@ -45,7 +46,11 @@ _SETTLE = 0.25
 # everything since this long before the client's 200: the gateway's and the
 # upstream's clocks may differ, and a few early events beat a silent gap.
 _CLOCK_MARGIN = timedelta(seconds=1)
+# Events without a cursor remembered after the last cursor, to drop their repeats.
+_MAX_SINCE_CURSOR = 10_000
 _CREDENTIAL_REFUSED = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
+# Transient statuses that mean "not reachable"; any other is the upstream failing.
+_UNREACHABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 
 # Statuses that mean "this resume point cannot be resumed" (KUMIHO.md).
 _CURSOR_REJECTED = {
@@ -62,6 +67,28 @@ class Reset:
     reason: str
     requested_cursor: str
     resumed_from: Literal["earliest", "latest"]
+
+
+UpstreamState = Literal["live", "unavailable", "failing"]
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """The upstream's state as a stream sees it (CONTRACT.md: ``gateway.status``)."""
+
+    upstream: UpstreamState
+    code: str | None  # the gRPC status name that caused a state other than live
+    retry_in_ms: int | None  # when the next attempt is due
+    since: str  # ISO 8601, UTC
+
+    @classmethod
+    def now(cls, upstream: UpstreamState, code: str | None, retry_in: float | None) -> Status:
+        since = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        retry_ms = None if retry_in is None else round(retry_in * 1000)
+        return cls(upstream, code, retry_ms, since)
+
+    def same_state(self, other: Status) -> bool:
+        return (self.upstream, self.code) == (other.upstream, other.code)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +121,7 @@ class SharedEvent:
         return self._plain
 
 
-Item = kumiho_pb2.Event | SharedEvent | Reset | Failure
+Item = kumiho_pb2.Event | SharedEvent | Reset | Failure | Status
 
 
 class Sink(Protocol):
@@ -163,6 +190,10 @@ def terminal_error(code: grpc.StatusCode, details: str) -> GatewayError | None:
     return GatewayError(status, error_code, f"the upstream {what}: {details}")
 
 
+def _state_of(code: grpc.StatusCode) -> UpstreamState:
+    return "unavailable" if code in _UNREACHABLE else "failing"
+
+
 class _Rejected(Exception):
     def __init__(self, code: grpc.StatusCode, details: str) -> None:
         super().__init__(f"{code.name}: {details}")
@@ -185,12 +216,19 @@ class UpstreamSource:
         self._start = subscription.start
         self._live_since: str | None = None  # when a "latest" client stream began
         self._attempts = 0  # upstream calls made
-        self._cursorless = False  # the upstream sends events without cursors
+        # Events without a cursor cannot be resumed by one. Those delivered after
+        # the last cursor (their bytes) are dropped when a resume from that cursor
+        # sends them again; with no cursor to resume from, a break is a reset.
+        self._since_cursor: list[bytes] = []
+        self._replayed: collections.deque[bytes] = collections.deque()
+        self._unresumable = False
         self._pending: list[Item] = []
         self._call: EventCall | None = None
         self._replay = True  # whether the upstream can start from the beginning
         self._closed = False
         self._wake: asyncio.Future[None] | None = None  # ends a backoff sleep early on close
+        self.status = Status.now("live", None, None)  # announced first by run()
+        self._first_retry: float | None = None  # open() failed: wait this long first
 
     # -- requests -------------------------------------------------------------
 
@@ -294,16 +332,20 @@ class UpstreamSource:
                     raise item.error from None
                 if item is None:
                     log.info("upstream unavailable at open (%s); streaming anyway", exc)
+                    self._first_retry = self._backoff.delay()
+                    self.status = Status.now(_state_of(exc.code), exc.code.name, self._first_retry)
                     return
                 self._pending.append(item)
 
     # -- streaming ------------------------------------------------------------
 
     async def run(self, sink: Sink) -> None:
-        pending, self._pending = self._pending, []
+        pending, self._pending = [self.status, *self._pending], []
         for item in pending:
             if not sink.put(item) and not await sink.room():
                 return
+        if self._first_retry is not None:
+            await self._sleep(self._first_retry, self.status.code)
         while not self._closed:
             if self._call is None:
                 try:
@@ -312,6 +354,7 @@ class UpstreamSource:
                     if await self._refused(exc, sink):
                         return
                     continue
+                self._announce(Status.now("live", None, None), sink)
             call = self._call
             assert call is not None
             delivered = ended_cleanly = False
@@ -322,8 +365,10 @@ class UpstreamSource:
                     event = cast(kumiho_pb2.Event, read)
                     if event.cursor:
                         self._resume = event.cursor
-                    else:
-                        self._cursorless = True
+                        self._since_cursor.clear()
+                        self._replayed.clear()
+                    elif self._seen_before(event):
+                        continue
                     if not delivered:
                         delivered = True
                         self._backoff.reset()
@@ -337,25 +382,58 @@ class UpstreamSource:
             finally:
                 call.cancel()  # no-op when finished; stops the RPC if we are being closed
                 self._call = None
-            if self._cursorless and delivered:
-                # Without cursors nothing can be resumed: say so.
-                sink.put(Reset("stream_interrupted", "", "latest"))
+            self._interrupted(sink)
             if ended_cleanly:
                 # A clean end (status OK) is retried through the backoff too: an
                 # upstream that ends every stream at once must not get a hot loop.
-                await self._sleep_before_retry("the upstream ended the stream")
+                await self._sleep(self._backoff.delay(), "the upstream ended the stream")
+
+    def _seen_before(self, event: kumiho_pb2.Event) -> bool:
+        """For an event without a cursor: True when it repeats one delivered before a break."""
+        if self._resume is None:
+            self._unresumable = True  # nothing to resume from (a tier without cursors)
+            return False
+        payload = event.SerializeToString(deterministic=True)
+        if self._replayed:
+            if self._replayed[0] == payload:
+                self._replayed.popleft()
+                return True
+            self._replayed.clear()  # the upstream does not send them again: this one is new
+        if len(self._since_cursor) < _MAX_SINCE_CURSOR:
+            self._since_cursor.append(payload)
+        else:
+            self._unresumable = True
+        return False
+
+    def _interrupted(self, sink: Sink) -> None:
+        """After a stream ended: arrange an exact resume, or say where it resumes."""
+        if self._unresumable:
+            # Nothing to resume from: say so, and go on from the latest event.
+            sink.put(Reset("stream_interrupted", "", "latest"))
+            self._unresumable = False
+            self._resume, self._start, self._live_since = None, "latest", None
+            self._since_cursor.clear()
+        self._replayed = collections.deque(self._since_cursor)
 
     async def _refused(self, exc: _Rejected, sink: Sink) -> bool:
         """Deliver what a refused call means; True when the stream must end."""
         item = self._classify(exc)
         if item is None:
-            await self._sleep_before_retry(exc)
+            delay = self._backoff.delay()
+            self._announce(Status.now(_state_of(exc.code), exc.code.name, delay), sink)
+            await self._sleep(delay, exc)
             return False
         sink.put(item)
         return isinstance(item, Failure)
 
-    async def _sleep_before_retry(self, why: object) -> None:
-        delay = self._backoff.delay()
+    def _announce(self, status: Status, sink: Sink) -> None:
+        """Tell the client when the upstream's state changes (never a repeat of the same)."""
+        if not status.same_state(self.status):
+            self.status = status
+            sink.put(status)
+
+    async def _sleep(self, delay: float, why: object) -> None:
+        """The backoff wait before resubscribing; close() ends it early."""
         log.info("upstream stream: %s; resubscribing in %.2fs", why, delay)
         self._wake = asyncio.get_running_loop().create_future()
         with contextlib.suppress(TimeoutError):

@@ -125,6 +125,14 @@ function startPosition() {
     : form.elements.from.value;
 }
 
+/** "upstream unavailable (UNAVAILABLE) since 12:00:01, retrying in 2.5 s" */
+function upstreamText(status) {
+  const since = new Date(status.since).toLocaleTimeString();
+  const code = status.code ? ` (${status.code})` : "";
+  const retry = status.retry_in_ms == null ? "" : `, retrying in ${(status.retry_in_ms / 1000).toFixed(1)} s`;
+  return `upstream ${status.upstream}${code} since ${since}${retry}`;
+}
+
 function start() {
   feed?.close();
   const from = startPosition();
@@ -138,10 +146,14 @@ function start() {
       show(eventRow(event));
     },
     onReset: (reset) => show(gapRow(reset)),
+    onStatus: (status) => {
+      $("upstream").textContent = status.upstream === "live" ? "" : upstreamText(status);
+    },
     onStateChange: (state, reconnects) => {
       $("state").textContent = state;
       $("state").dataset.state = state;
       $("reconnects").textContent = String(reconnects);
+      if (state === "reconnecting") $("upstream").textContent = "";
     },
     onError: (error) => {
       $("state").textContent = `stopped: ${error.message}`;

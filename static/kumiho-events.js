@@ -5,10 +5,11 @@
 //   feed.close();
 //
 // A thin layer over EventSource: it parses each event, reports gaps
-// (gateway.reset) and terminal errors (gateway.error), tracks the connection
-// state, and keeps the last cursor in localStorage so a reloaded page
-// continues where it left off (sent as ?cursor=, since a first EventSource
-// request cannot carry a Last-Event-ID header). No dependencies.
+// (gateway.reset), the upstream's state (gateway.status) and terminal errors
+// (gateway.error), tracks the connection state, and keeps the last cursor in
+// localStorage so a reloaded page continues where it left off (sent as
+// ?cursor=, since a first EventSource request cannot carry a Last-Event-ID
+// header). No dependencies.
 
 /**
  * One Kumiho event, as the gateway's data: line carries it.
@@ -31,14 +32,28 @@
  */
 
 /**
- * A terminal error (the stream ends; the feed stops).
+ * The upstream's state, as the gateway reports it at the start of every stream and on each change.
+ * @typedef {Object} KumihoStatus
+ * @property {"live"|"unavailable"|"failing"} upstream
+ * @property {string|null} code         the gRPC status name behind a state other than live
+ * @property {number|null} retry_in_ms  when the gateway tries again
+ * @property {string} since             ISO 8601
+ */
+
+/**
+ * An error: the stream ends. Retryable ones (a gateway at its limits) reconnect by themselves;
+ * any other stops the feed.
  * @typedef {Object} KumihoError
  * @property {string} code
  * @property {string} message
  * @property {boolean} retryable
  */
 
-/** @typedef {"connecting"|"live"|"reconnecting"|"stopped"} ConnectionState */
+/**
+ * "live" only while the gateway is connected and says its upstream is live;
+ * "upstream-down": connected, but the upstream is unavailable or failing (see status()).
+ * @typedef {"connecting"|"live"|"upstream-down"|"reconnecting"|"stopped"} ConnectionState
+ */
 
 /**
  * @typedef {Object} SubscribeOptions
@@ -52,6 +67,7 @@
  * @property {string|null} [storageKey="kumiho-events:cursor"]  localStorage key of the last cursor; null: do not persist
  * @property {(event: KumihoEvent) => void} [onEvent]
  * @property {(reset: KumihoReset) => void} [onReset]
+ * @property {(status: KumihoStatus) => void} [onStatus]
  * @property {(state: ConnectionState, reconnects: number) => void} [onStateChange]
  * @property {(error: KumihoError) => void} [onError]
  */
@@ -62,6 +78,7 @@
  * @property {() => ConnectionState} state
  * @property {() => string} cursor       the last cursor seen ("" if none)
  * @property {() => number} reconnects   how many times the connection was lost and retried
+ * @property {() => KumihoStatus|null} status  the upstream's last reported state
  * @property {() => void} forget         drop the stored cursor (start afresh next time)
  */
 
@@ -77,6 +94,8 @@ export function subscribe(options = {}) {
   /** @type {ConnectionState} */
   let state = "connecting";
   let reconnects = 0;
+  /** @type {KumihoStatus|null} */
+  let status = null;
 
   const url = new URL(options.url || "/events", location.href);
   if (options.routingKey) url.searchParams.set("routing_key", options.routingKey);
@@ -94,7 +113,7 @@ export function subscribe(options = {}) {
     options.onStateChange?.(state, reconnects);
   }
 
-  source.onopen = () => setState("live");
+  // Not "live" on open: every stream starts with gateway.status, which says whether it is.
   source.onerror = () => {
     if (source.readyState === EventSource.CLOSED) {
       setState("stopped"); // a non-200 answer: retrying cannot help
@@ -113,9 +132,16 @@ export function subscribe(options = {}) {
   source.addEventListener("gateway.reset", (message) => {
     options.onReset?.(/** @type {KumihoReset} */ (JSON.parse(/** @type {MessageEvent} */ (message).data)));
   });
+  source.addEventListener("gateway.status", (message) => {
+    status = /** @type {KumihoStatus} */ (JSON.parse(/** @type {MessageEvent} */ (message).data));
+    options.onStatus?.(status);
+    setState(status.upstream === "live" ? "live" : "upstream-down");
+  });
   source.addEventListener("gateway.error", (message) => {
+    const error = /** @type {KumihoError} */ (JSON.parse(/** @type {MessageEvent} */ (message).data));
+    options.onError?.(error);
+    if (error.retryable) return; // the stream ends and EventSource comes back after retry:
     source.close();
-    options.onError?.(/** @type {KumihoError} */ (JSON.parse(/** @type {MessageEvent} */ (message).data)));
     setState("stopped");
   });
 
@@ -127,6 +153,7 @@ export function subscribe(options = {}) {
     state: () => state,
     cursor: () => cursor,
     reconnects: () => reconnects,
+    status: () => status,
     forget() {
       if (storageKey) removeStorage(storageKey);
     },

@@ -32,6 +32,7 @@ from gateway.source import Source
 from gateway.ticker import Ticker
 
 STARTUP_DEADLINE = 30.0
+STATUS = "gateway.status"  # the upstream-state events, kept apart from the events tests count
 
 
 def free_port() -> int:
@@ -255,8 +256,12 @@ def read_events(
     params: dict[str, str] | None = None,
     timeout: float = 15.0,
     stop: Callable[[ServerSentEvent], bool] | None = None,
+    statuses: list[dict[str, Any]] | None = None,
 ) -> list[ServerSentEvent]:
-    """Connect to /events and collect ``count`` dispatched events (control events included)."""
+    """Connect to /events and collect ``count`` dispatched events.
+
+    Control events are included, but ``gateway.status`` goes to ``statuses`` (if given).
+    """
     events: list[ServerSentEvent] = []
     with (
         httpx.Client(timeout=httpx.Timeout(timeout)) as client,
@@ -269,6 +274,10 @@ def read_events(
         for sse in source.iter_sse():
             if not sse.data:
                 continue  # a retry:-only block: browsers dispatch nothing for it
+            if sse.event == STATUS:
+                if statuses is not None:
+                    statuses.append(json.loads(sse.data))
+                continue
             events.append(sse)
             if len(events) >= count or (stop and stop(sse)) or time.monotonic() > deadline:
                 break
@@ -284,6 +293,7 @@ class Reader(threading.Thread):
         super().__init__(daemon=True)
         self.url, self.params, self.headers = url, params, dict(headers or {})
         self.events: list[ServerSentEvent] = []
+        self.statuses: list[dict[str, Any]] = []  # gateway.status data, apart from events
         self.connected = threading.Event()
         self.stop = threading.Event()
         self.error: BaseException | None = None
@@ -300,7 +310,9 @@ class Reader(threading.Thread):
                 self.status = source.response.status_code
                 self.connected.set()
                 for sse in source.iter_sse():
-                    if sse.data:
+                    if sse.event == STATUS:
+                        self.statuses.append(json.loads(sse.data))
+                    elif sse.data:
                         self.events.append(sse)
                     if self.stop.is_set():
                         return

@@ -11,7 +11,15 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import FAST, DevServer, Gateway, PageServer, unique_project, wait_until
+from tests.conftest import (
+    FAST,
+    DevServer,
+    Gateway,
+    PageServer,
+    free_port,
+    unique_project,
+    wait_until,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 # Not tracked (.gitignore): a test run leaves the tree clean. docs/dashboard.png
@@ -141,6 +149,32 @@ def test_page_reconnects_after_a_gateway_restart_without_gap_or_duplicate(
     assert _row_cursors(page) == first + second + third
     assert page.locator("#reconnects").inner_text() == "1"
     assert page.locator("#state").inner_text() == "live"
+
+
+def test_the_badge_is_never_live_while_the_upstream_is_down(
+    page: Any, make_gateway: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    port = free_port()
+    gateway = make_gateway(f"127.0.0.1:{port}", *FAST)
+    # Every state the badge takes, from the first paint on.
+    page.add_init_script(
+        """document.addEventListener('DOMContentLoaded', () => {
+            window.badgeStates = [];
+            const badge = document.querySelector('#state');
+            new MutationObserver(() => window.badgeStates.push(badge.dataset.state))
+                .observe(badge, {attributes: true, attributeFilter: ['data-state']});
+        });"""
+    )
+    page.goto(gateway.url + "/")
+    page.wait_for_function("document.querySelector('#state').dataset.state === 'upstream-down'")
+    assert "upstream unavailable (UNAVAILABLE)" in page.locator("#upstream").inner_text()
+    devserver = DevServer(tmp_path / "late.sqlite3", port=port).start()
+    try:
+        page.wait_for_function("document.querySelector('#state').dataset.state === 'live'")
+        assert page.evaluate("window.badgeStates") == ["upstream-down", "live"]
+        assert page.locator("#upstream").inner_text() == ""
+    finally:
+        devserver.stop(signal.SIGKILL)
 
 
 def test_a_400_stops_eventsource_for_good(

@@ -161,6 +161,7 @@ class Browser(threading.Thread):
     def _read(self, response: http.client.HTTPResponse) -> None:
         data: list[str] = []
         event_id: str | None = None
+        event = ""
         while not self.stop.is_set():
             raw = response.readline()
             if not raw:
@@ -169,12 +170,12 @@ class Browser(threading.Thread):
             if not line:  # dispatch
                 if event_id is not None:
                     self.last_id = event_id
-                if data:
+                if data and event in ("", "message"):  # as onmessage: no control events
                     n = int(json.loads("\n".join(data))["details"]["n"])
                     self.received.append((self.last_id, n, time.monotonic()))
                     if len(self.received) >= self.expected:
                         return
-                data, event_id = [], None
+                data, event_id, event = [], None, ""
             elif line.startswith(":"):
                 continue
             else:
@@ -184,6 +185,8 @@ class Browser(threading.Thread):
                     data.append(value)
                 elif name == "id":
                     event_id = value
+                elif name == "event":
+                    event = value
                 elif name == "retry" and value.isdigit():
                     self.retry_ms = int(value)
 

@@ -10,12 +10,15 @@ import httpx
 import pytest
 
 from gateway import sse
-from tests.conftest import DevServer, Gateway, data, read_events, unique_project
+from tests.conftest import STATUS, DevServer, Gateway, data, read_events, unique_project
 
 
 @pytest.fixture
 def project(stack: tuple[DevServer, Gateway]) -> str:
     return unique_project()
+
+
+EVENT_DATA = b'data: {"routing_key"'  # the data line of an event, not of a control event
 
 
 def _beginning(project: str, **extra: str) -> dict[str, str]:
@@ -97,9 +100,9 @@ def test_hard_payloads_stay_one_event_and_round_trip(
         deadline = time.monotonic() + 10
         for chunk in r.iter_bytes():
             raw += chunk
-            if raw.count(b"\ndata: ") >= 2 or time.monotonic() > deadline:
+            if raw.count(EVENT_DATA) >= 2 or time.monotonic() > deadline:
                 break
-    line = next(ln for ln in raw.split(b"\n") if ln.startswith(b"data: "))
+    line = next(ln for ln in raw.split(b"\n") if ln.startswith(EVENT_DATA))
     text = line.decode()
     assert not any(c in text for c in "\r\u2028\u2029\u0085")
     assert json.loads(text.removeprefix("data: "))["details"] == HARD_VALUES
@@ -336,14 +339,44 @@ def test_a_hostile_routing_key_cannot_forge_an_event_for_any_reader(
         text = ""
         for chunk in r.iter_text():
             text += chunk
-            if "data: {" in text and text.endswith("\n\n"):
+            if EVENT_DATA.decode() in text and text.endswith("\n\n"):
                 break
     # Read as requests.iter_lines-style readers do: str.splitlines.
     frames = "\n".join(text.splitlines()).split("\n\n")
-    events = [f.strip().split("\n") for f in frames if "data:" in f]
+    events = [f.strip().split("\n") for f in frames if "data:" in f and STATUS not in f]
     assert len(events) == 1  # no second, forged event
     fields = dict(line.split(": ", 1) for line in events[0])
     assert set(fields) == {"id", "event", "data"}
     assert fields["id"] == cursor
     assert sse.decode_field(fields["event"]) == hostile  # encoded, reversibly
     assert json.loads(fields["data"])["routing_key"] == hostile
+
+
+def test_a_filter_the_upstream_rejects_is_a_400_before_any_byte(
+    stack: tuple[DevServer, Gateway],
+) -> None:
+    _, gateway = stack
+    r = httpx.get(gateway.url + "/events", params={"routing_key": "item.hero**"}, timeout=10)
+    assert r.status_code == 400
+    error = r.json()["error"]
+    assert error["code"] == "invalid_parameter" and "whole segment" in error["message"]
+
+
+def test_patterns_and_cursors_that_once_crashed_the_reference_upstream(
+    stack: tuple[DevServer, Gateway], project: str
+) -> None:
+    devserver, gateway = stack
+    [cursor] = devserver.publish("revision.created", f"kref://{project}/a/b.model")
+    [event] = read_events(gateway.url, 1, params=_beginning(project, routing_key="**.**"))
+    assert event.id == cursor
+    [event] = read_events(
+        gateway.url, 1, params={"from": "beginning", "kref": f"kref://{project}/**/**"}
+    )
+    assert event.id == cursor
+    reset, *_ = read_events(
+        gateway.url,
+        1,
+        params={"cursor": "1-9223372036854775808", "kref": f"kref://{project}/**"},
+    )
+    assert reset.event == "gateway.reset"
+    assert json.loads(reset.data)["reason"] == "cursor_invalid"

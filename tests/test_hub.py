@@ -16,7 +16,7 @@ from gateway.hub import Channel, Hub, HubSource
 from gateway.metrics import Metrics
 from gateway.pump import Pump
 from gateway.settings import Settings
-from gateway.source import Item, Sink
+from gateway.source import Item, Sink, Status
 from gateway.subscription import Subscription
 from gateway.upstream import Upstream
 from tests.conftest import FAST, DevServer, Gateway, Reader, make_pump, read_events, wait_until
@@ -247,6 +247,7 @@ class _Feed:
         self.sink: Sink | None = None
         self.ready = asyncio.Event()
         self.die = asyncio.Event()
+        self.status = Status.now("live", None, None)
 
     async def open(self) -> None:
         pass
@@ -329,3 +330,28 @@ def test_a_dead_shared_feed_closes_its_channel_and_sends_clients_away() -> None:
         assert hub.metrics.upstream_shared_streams._value.get() == 0
 
     asyncio.run(asyncio.wait_for(scenario(), 10))
+
+
+def test_a_late_joiner_never_gets_an_event_from_before_it_connected(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *FAST)
+    early = Reader(gateway.url)
+    started([early], gateway)
+    devserver.publish("revision.created", KREF, {"n": "0"})
+    devserver.publish("revision.created", KREF, {"n": "1"}, without_cursor=True)
+    early.wait_for(2)
+    late = Reader(gateway.url)
+    late.start()
+    wait_until(lambda: gateway.metric("kumiho_gateway_streams_open") == 2, 15, "the late stream")
+    # The shared stream breaks and resumes from "0": the upstream sends "1" again.
+    devserver.stop(signal.SIGKILL)
+    devserver.start()
+    devserver.publish("revision.created", KREF, {"n": "2"})
+    early.wait_for(3)
+    late.wait_for(1)
+    for reader in (early, late):
+        reader.stop.set()
+    assert [e.data.count('"n":"1"') for e in early.events] == [0, 1, 0]
+    assert len(late.events) == 1 and '"n":"2"' in late.events[0].data

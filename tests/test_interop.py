@@ -50,12 +50,12 @@ Record = list[tuple[str, Any]]
 def spec_parse(text: str) -> Record:
     """The HTML standard's event-stream interpretation, for raw bytes (curl's output)."""
     events: Record = []
-    last_id, data, has_data = "", [], False
+    last_id, data, has_data, event = "", [], False, ""
     for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
         if line == "":
-            if has_data:
+            if has_data and event in ("", "message"):  # what onmessage would see
                 events.append((last_id, json.loads("\n".join(data))))
-            data, has_data = [], False
+            data, has_data, event = [], False, ""
             continue
         if line.startswith(":"):
             continue
@@ -66,6 +66,8 @@ def spec_parse(text: str) -> Record:
             has_data = True
         elif name == "id" and "\0" not in value:
             last_id = value
+        elif name == "event":
+            event = value
     return events
 
 
@@ -83,7 +85,7 @@ def read_httpx_sse(url: str, n: int) -> Record:
     out: Record = []
     with httpx.Client(timeout=30) as client, connect_sse(client, "GET", url) as source:
         for sse in source.iter_sse():
-            if sse.data:
+            if sse.data and sse.event == "message":  # named control events are not messages
                 out.append((sse.id, json.loads(sse.data)))
                 if len(out) == n:
                     break
@@ -94,7 +96,7 @@ def read_sseclient(url: str, n: int) -> Record:
     pairs: list[tuple[str | None, str]] = []
     with httpx.stream("GET", url, timeout=30) as response:
         for event in sseclient.SSEClient(response.iter_bytes()).events():
-            if event.data:
+            if event.data and event.event == "message":
                 pairs.append((event.id, event.data))
                 if len(pairs) == n:
                     break
@@ -154,7 +156,7 @@ window.read = (url, n) => new Promise((resolve, reject) => {
         signal: ctrl.signal,
         openWhenHidden: true,
         onmessage(msg) {
-            if (!msg.data) return;
+            if (!msg.data || (msg.event && msg.event !== 'message')) return;
             out.push([msg.id, msg.data]);
             if (out.length === n) { ctrl.abort(); resolve(out); }
         },

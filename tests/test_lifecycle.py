@@ -175,7 +175,8 @@ def test_max_stream_lifetime_closes_between_frames(
     assert 0.85 <= elapsed < 3
     assert body.endswith("\n\n") and last_field(body).startswith("retry: ")
     frames = [f for f in body.split("\n\n") if f]
-    assert all(f.startswith(("retry: ", "id: ", ":")) for f in frames)  # whole frames only
+    # Whole frames only: the retry: line, the upstream's state, events, heartbeats.
+    assert all(f.startswith(("retry: ", "event: gateway.status\n", "id: ", ":")) for f in frames)
     assert sum(f.startswith("id: ") for f in frames) > 5
     assert gateway.metric("kumiho_gateway_stream_closes_total", '{cause="lifetime"}') == 1
 

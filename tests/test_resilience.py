@@ -6,8 +6,10 @@ import json
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
+import pytest
 from httpx_sse import ServerSentEvent
 
 from tests.conftest import (
@@ -27,7 +29,7 @@ pytestmark = BOTH_MODES
 
 
 def numbers(events: list[ServerSentEvent]) -> list[int]:
-    return [int(d["details"]["n"]) for d in data(events) if d.get("details", {}).get("n")]
+    return [int(d["details"]["n"]) for d in data(events) if "n" in d.get("details", {})]
 
 
 def test_broken_upstream_streams_lose_and_repeat_nothing(
@@ -72,30 +74,65 @@ def test_devserver_restart_mid_stream(
     assert all(e.event == "message" for e in events)
 
 
-def test_upstream_down_at_connect_then_up(
-    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway], tmp_path
-) -> None:  # type: ignore[no-untyped-def]
+def test_a_stream_opened_during_an_outage_loses_nothing_after_recovery(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway], tmp_path: Path
+) -> None:
     port = free_port()
     gateway = make_gateway(f"127.0.0.1:{port}", *FAST)
     assert httpx.get(gateway.url + "/readyz", timeout=10).status_code == 503
     with httpx.stream("GET", gateway.url + "/events", timeout=10) as r:
         assert r.status_code == 200  # never an error that would stop EventSource for good
-        lines = r.iter_lines()
+        lines = (line for line in r.iter_lines() if line)
         assert next(lines).startswith("retry: ")
-        assert next(line for line in lines if line).startswith(":")  # heartbeats meanwhile
-    reader = Reader(gateway.url)
+        assert next(lines) == "event: gateway.status"  # told at once, never silence
+        status = json.loads(next(lines).removeprefix("data: "))
+        assert status["upstream"] == "unavailable" and status["code"] == "UNAVAILABLE"
+        assert status["retry_in_ms"] > 0 and status["since"].endswith("Z")
+        assert next(lines).startswith(":")  # heartbeats meanwhile
+    reader = Reader(gateway.url, params={"routing_key": "fresh.*"})
     reader.start()
     assert reader.connected.wait(10) and reader.status == 200
+    wait_until(lambda: bool(reader.statuses), 10, "the unavailable status")
     devserver = DevServer(tmp_path / "late.sqlite3", port=port).start()
     try:
-        wait_until(lambda: devserver.open_streams() == 1, 15, "the gateway to resubscribe")
-        cursors = devserver.publish("revision.created", KREF, count=3)
-        events = reader.wait_for(3)
+        # At once: before or while the gateway resubscribes, never lost.
+        cursors = devserver.publish("fresh.created", KREF, count=5)
+        events = reader.wait_for(5)
+        wait_until(lambda: reader.statuses[-1]["upstream"] == "live", 10, "the live status")
         reader.stop.set()
         assert [e.id for e in events] == cursors
+        assert [s["upstream"] for s in reader.statuses] == ["unavailable", "live"]
+        assert reader.statuses[-1]["code"] is None and reader.statuses[-1]["retry_in_ms"] is None
         assert httpx.get(gateway.url + "/readyz", timeout=10).status_code == 200
     finally:
         devserver.stop(signal.SIGKILL)
+
+
+@pytest.mark.parametrize(
+    ("code", "state"), [("UNAVAILABLE", "unavailable"), ("INTERNAL", "failing")]
+)
+def test_a_stream_opened_while_the_upstream_refuses_loses_nothing(
+    make_devserver: Callable[..., DevServer],
+    make_gateway: Callable[..., Gateway],
+    code: str,
+    state: str,
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *FAST)
+    with devserver.client() as c:
+        c.set_faults(refuse=True, refuse_code=code)
+        reader = Reader(gateway.url, params={"routing_key": "fresh.*"})
+        reader.start()
+        assert reader.connected.wait(10) and reader.status == 200
+        wait_until(lambda: bool(reader.statuses), 10, "the first status")
+        during = devserver.publish("fresh.created", KREF, count=2)  # after the 200
+        c.set_faults()
+        after = devserver.publish("fresh.created", KREF, count=5)  # within ms of the recovery
+    events = reader.wait_for(7)
+    wait_until(lambda: reader.statuses[-1]["upstream"] == "live", 10, "the live status")
+    reader.stop.set()
+    assert [e.id for e in events] == during + after
+    assert [(s["upstream"], s["code"]) for s in reader.statuses] == [(state, code), ("live", None)]
 
 
 def test_expired_cursor_gives_a_reset_before_the_next_event(
@@ -223,3 +260,24 @@ def test_an_upstream_that_sends_headers_late_answers_at_once(
         cursors = devserver.publish(key.replace("*", "created"), KREF, count=2)
         assert [e.id for e in reader.wait_for(2)] == cursors
         reader.stop.set()
+
+
+def test_mixed_cursor_and_cursorless_events_resume_exactly(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    # Every upstream stream breaks after 3 events; each resume from the last
+    # cursor sends the cursorless events after it again, which must not repeat.
+    devserver = make_devserver("--break-after", "3")
+    gateway = make_gateway(devserver.address, *FAST)
+    reader = Reader(gateway.url)
+    reader.start()
+    assert reader.connected.wait(10) and reader.status == 200
+    shape = "cxxcxxcxc"  # c: an event with a cursor, x: one without
+    for n, kind in enumerate(shape):
+        devserver.publish("revision.created", KREF, {"n": str(n)}, without_cursor=kind == "x")
+    events = reader.wait_for(len(shape))
+    with devserver.client() as c:
+        assert c.stats().streams_started >= 4  # the fault really broke the stream
+    reader.stop.set()
+    assert all(e.event == "message" for e in events), [e.event for e in events]
+    assert numbers(events) == list(range(len(shape)))

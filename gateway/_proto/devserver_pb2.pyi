@@ -114,6 +114,7 @@ class Faults(_message.Message):
     DELAY_MS_FIELD_NUMBER: _builtins.int
     END_AFTER_FIELD_NUMBER: _builtins.int
     LATE_HEADERS_FIELD_NUMBER: _builtins.int
+    REFUSE_CODE_FIELD_NUMBER: _builtins.int
     break_after: _builtins.int
     """abort every stream with UNAVAILABLE after this many events (0 = never)"""
     refuse: _builtins.bool
@@ -124,6 +125,8 @@ class Faults(_message.Message):
     """end every stream cleanly (status OK) after this many events; 0 = at once"""
     late_headers: _builtins.bool
     """send a stream's headers only with its first event"""
+    refuse_code: _builtins.str
+    """the gRPC status name refuse answers with ("" = UNAVAILABLE)"""
     def __init__(
         self,
         *,
@@ -132,10 +135,11 @@ class Faults(_message.Message):
         delay_ms: _builtins.int = ...,
         end_after: _builtins.int | None = ...,
         late_headers: _builtins.bool = ...,
+        refuse_code: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_end_after", b"_end_after", "end_after", b"end_after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_end_after", b"_end_after", "break_after", b"break_after", "delay_ms", b"delay_ms", "end_after", b"end_after", "late_headers", b"late_headers", "refuse", b"refuse"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_end_after", b"_end_after", "break_after", b"break_after", "delay_ms", b"delay_ms", "end_after", b"end_after", "late_headers", b"late_headers", "refuse", b"refuse", "refuse_code", b"refuse_code"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__end_after: _TypeAlias = _typing.Literal["end_after"]  # noqa: Y015
     _WhichOneofArgType__end_after: _TypeAlias = _typing.Literal["_end_after", b"_end_after"]  # noqa: Y015

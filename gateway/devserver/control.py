@@ -68,6 +68,7 @@ class DevServerClient:
         delay_ms: int = 0,
         end_after: int | None = None,
         late_headers: bool = False,
+        refuse_code: str = "",
     ) -> None:
         """Replace the devserver's faults (see proto/devserver.proto)."""
         self._stub.SetFaults(
@@ -77,6 +78,7 @@ class DevServerClient:
                 delay_ms=delay_ms,
                 end_after=end_after,
                 late_headers=late_headers,
+                refuse_code=refuse_code,
             ),
             timeout=self._timeout,
         )

@@ -97,6 +97,7 @@ class Faults:
     delay_ms: int = 0  # pause before each event
     end_after: int | None = None  # end each stream cleanly (status OK) after this many events
     late_headers: bool = False  # headers only with the first event, as many gRPC servers do
+    refuse_code: str = "UNAVAILABLE"  # the status refuse answers with
 
 
 class EventLog:
@@ -179,7 +180,8 @@ class KumihoEvents(kumiho_pb2_grpc.KumihoServiceServicer):
         tenant, token = await self._authorize(context)
         self.recent.append((request.SerializeToString(), tenant))
         if self.faults.refuse:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "refusing streams (fault injected)")
+            code = grpc.StatusCode[self.faults.refuse_code]
+            await context.abort(code, "refusing streams (fault injected)")
         try:
             routing_ok = routing_key_matcher(request.routing_key_filter)
             kref_ok = kref_matcher(request.kref_filter)
@@ -267,12 +269,15 @@ class DevControl(devserver_pb2_grpc.DevServerServicer):
     async def SetFaults(
         self, request: devserver_pb2.Faults, context: Context
     ) -> devserver_pb2.Faults:
+        if request.refuse_code and request.refuse_code not in grpc.StatusCode.__members__:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "refuse_code: no such status")
         self.events.faults = Faults(
             request.break_after,
             request.refuse,
             request.delay_ms,
             request.end_after if request.HasField("end_after") else None,
             request.late_headers,
+            request.refuse_code or "UNAVAILABLE",
         )
         return request
 
