@@ -16,6 +16,10 @@ from urllib.parse import unquote_plus
 SECRET_PARAMS = frozenset({"access_token"})
 # A name=value pair in a URL or a line; the name may be percent-encoded.
 _PAIR = re.compile(r"(?P<lead>^|[?&;\s])(?P<name>[^=&;\s?\"]+)=(?P<value>[^&;\s\"#]*)")
+# Where a credential's value ends: where the app's query parser ends it (only
+# at "&"), or where the URL ends in a line. Not at ";", '"' or "#": a token
+# may hold them, and the app reads them as part of it.
+_SECRET_END = re.compile(r"[&\s]|$")
 
 
 def _decoded(name: str) -> str:
@@ -29,17 +33,24 @@ def _decoded(name: str) -> str:
     return name.strip().lower()
 
 
-def _mask(match: re.Match[str]) -> str:
-    if _decoded(match["name"]) in SECRET_PARAMS:
-        return f"{match['lead']}{match['name']}=***"
-    return match[0]
-
-
 def redact(text: str) -> str:
     """``access_token=secret`` (however its name is spelled) becomes ``access_token=***``."""
     if "=" not in text:
         return text
-    return _PAIR.sub(_mask, text)
+    parts: list[str] = []
+    done = 0  # text[:done] is in parts, masked where it held a credential
+    for match in _PAIR.finditer(text):
+        if match.start() < done or _decoded(match["name"]) not in SECRET_PARAMS:
+            continue  # inside a value already masked, or not a credential
+        start = match.start("value")
+        end = _SECRET_END.search(text, start)
+        assert end is not None  # "$" always matches
+        parts += [text[done:start], "***"]
+        done = end.start()
+    if not parts:
+        return text
+    parts.append(text[done:])
+    return "".join(parts)
 
 
 def _scrubbed(value: Any) -> Any:

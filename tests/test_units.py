@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from gateway.auth import ANONYMOUS, authenticate
@@ -91,6 +93,30 @@ def test_redaction() -> None:
     for name in ("access%5Ftoken", "%61ccess_token", "ACCESS%5ftoken", "access%255Ftoken"):
         assert redact(f"GET /events?{name}=SECRET&x=1") == f"GET /events?{name}=***&x=1"
     assert redact("kref=kref://p/a=b&named=true") == "kref=kref://p/a=b&named=true"
+    # The app ends a value only at "&": ";", '"', "#" and "=" are part of the token.
+    assert (
+        redact('GET /events?access_token=a;b"c#d=e/f&named=true')
+        == "GET /events?access_token=***&named=true"
+    )
+    assert redact("/events?x=1;access_token=ab;c=d&k=v") == "/events?x=1;access_token=***&k=v"
+    assert (
+        redact('"GET /events?access_token=abc HTTP/1.1" 200')
+        == '"GET /events?access_token=*** HTTP/1.1" 200'
+    )
+
+
+# A token as the app accepts it (visible ASCII), sent raw in a query: all but "&".
+_RAW_TOKENS = st.text(
+    st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters="&"), min_size=1
+)
+
+
+@given(
+    token=_RAW_TOKENS, name=st.sampled_from(["access_token", "%61ccess%5ftoken", "ACCESS_TOKEN"])
+)
+def test_no_character_of_a_raw_token_survives_redaction(token: str, name: str) -> None:
+    line = f"/events?from=beginning&{name}={token}&named=true"
+    assert redact(line) == f"/events?from=beginning&{name}=***&named=true"
 
 
 def test_every_logger_redacts_once_installed(caplog: pytest.LogCaptureFixture) -> None:
