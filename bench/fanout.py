@@ -7,6 +7,12 @@ connected minus RSS before, over M).
 
     python bench/fanout.py [--clients 1,100,1000] [--rate 20] [--seconds 10]
                            [--no-hub | --compare]
+                           [--response lean|sse-starlette|compare [--passes 2]]
+
+``--response sse-starlette`` answers /events with sse-starlette's full
+EventSourceResponse (``sse_starlette_gateway.py``) instead of the gateway's lean
+response; ``compare`` alternates the two, ``--passes`` times each, in one run,
+prints every row and the ratios, and fails unless every client got every event.
 
 Everything runs on 127.0.0.1; each round is bounded by its duration plus a deadline.
 """
@@ -20,7 +26,8 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import psutil
 from stack import raise_fd_limit, start_stack, stop_stack
@@ -28,6 +35,12 @@ from stack import raise_fd_limit, start_stack, stop_stack
 from gateway.devserver.control import DevServerClient
 
 SENT = b'"sent":"'
+# How the gateway is started for each --response: the package, or the package
+# with sse-starlette's EventSourceResponse patched in.
+LAUNCHERS = {
+    "lean": ("-m", "gateway"),
+    "sse-starlette": (str(Path(__file__).with_name("sse_starlette_gateway.py")),),
+}
 
 
 class Client:
@@ -128,31 +141,43 @@ def client_loop() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-def print_table(rows: list[dict[str, float]], args: argparse.Namespace, no_hub: bool) -> None:
+def print_table(
+    rows: list[dict[str, float]],
+    args: argparse.Namespace,
+    no_hub: bool,
+    labels: Sequence[str] = (),
+) -> None:
+    """One line per row; ``labels`` (one per row) add a first column, the response."""
     print(
         f"fanout: {args.rate:g} events/s for {args.seconds:g}s, hub {'off' if no_hub else 'on'}, "
         f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}"
     )
-    header = ("clients", "delivered/expected", "deliveries/s", "CPU us/delivery",
+    width = max((len(x) for x in labels), default=0)
+    first = ("response".ljust(width),) if labels else ()
+    header = (*first, "clients", "delivered/expected", "deliveries/s", "CPU us/delivery",
               "p50 ms", "p99 ms", "upstream streams", "RSS KiB/stream")  # fmt: skip
     print(" | ".join(header))
-    print("-" * 118)
-    for r in rows:
+    print("-" * len(" | ".join(header)))
+    for i, r in enumerate(rows):
         cells = (
             f"{r['clients']:.0f}", f"{r['delivered']:.0f}/{r['expected']:.0f}",
             f"{r['deliveries/s']:.0f}", f"{r['cpu_us']:.1f}", f"{r['p50_ms']:.1f}",
             f"{r['p99_ms']:.1f}", f"{r['upstream']:.0f}", f"{r['rss_kib']:.1f}",
         )  # fmt: skip
-        print(" | ".join(c.rjust(len(h)) for c, h in zip(cells, header, strict=True)))
+        line = [c.rjust(len(h)) for c, h in zip(cells, header[len(first) :], strict=True)]
+        if labels:
+            line.insert(0, labels[i].ljust(width))
+        print(" | ".join(line))
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}" if b else "-"
 
 
 def print_ratios(hub: list[dict[str, float]], no_hub: list[dict[str, float]]) -> None:
     print("hub / no-hub, same run")
     header = ("clients", "upstream streams", "CPU us/delivery", "p99 ms", "RSS KiB/stream")
     print(" | ".join(header))
-
-    def ratio(a: float, b: float) -> str:
-        return f"{a / b:.2f}" if b else "-"
 
     for h, n in zip(hub, no_hub, strict=True):
         cells = (
@@ -163,8 +188,59 @@ def print_ratios(hub: list[dict[str, float]], no_hub: list[dict[str, float]]) ->
         print(" | ".join(c.rjust(len(x)) for c, x in zip(cells, header, strict=True)))
 
 
-def run_rounds(args: argparse.Namespace, no_hub: bool) -> list[dict[str, float]]:
-    stack = start_stack(no_hub)
+def print_response_ratios(
+    lean: list[list[dict[str, float]]], full: list[list[dict[str, float]]]
+) -> None:
+    """sse-starlette / lean for each pass (each pair ran back to back), then of the medians."""
+    print("sse-starlette / lean, same run")
+    header = ("  pass", "clients", "CPU us/delivery", "p50 ms", "p99 ms", "RSS KiB/stream")
+    print(" | ".join(header))
+    keys = ("cpu_us", "p50_ms", "p99_ms", "rss_kib")
+
+    def line(name: str, clients: float, a: dict[str, float], b: dict[str, float]) -> None:
+        cells = (name, f"{clients:.0f}", *(ratio(b[k], a[k]) for k in keys))
+        print(" | ".join(c.rjust(len(h)) for c, h in zip(cells, header, strict=True)))
+
+    for n, (lean_rows, full_rows) in enumerate(zip(lean, full, strict=True), 1):
+        for a, b in zip(lean_rows, full_rows, strict=True):
+            line(str(n), a["clients"], a, b)
+    if len(lean) > 1:
+        for j, row in enumerate(lean[0]):
+            a = {k: statistics.median(rows[j][k] for rows in lean) for k in keys}
+            b = {k: statistics.median(rows[j][k] for rows in full) for k in keys}
+            line("median", row["clients"], a, b)
+
+
+def compare_responses(args: argparse.Namespace) -> None:
+    """lean, sse-starlette, lean, sse-starlette, ...: one table, the ratios, a delivery check."""
+    runs: dict[str, list[list[dict[str, float]]]] = {"lean": [], "sse-starlette": []}
+    rows: list[dict[str, float]] = []
+    labels: list[str] = []
+    for n in range(1, args.passes + 1):
+        for response, passes in runs.items():
+            passes.append(run_rounds(args, args.no_hub, response, show=False))
+            rows += passes[-1]
+            labels += [f"{response} #{n}"] * len(passes[-1])
+    print_table(rows, args, args.no_hub, labels)
+    print()
+    print_response_ratios(runs["lean"], runs["sse-starlette"])
+    check_delivered(rows, labels)
+
+
+def check_delivered(rows: list[dict[str, float]], labels: Sequence[str]) -> None:
+    """Exit 1 unless every client received every event (a variant must be correct)."""
+    short = [f"{name} at {r['clients']:.0f} clients: {r['delivered']:.0f}/{r['expected']:.0f}"
+             for name, r in zip(labels, rows, strict=True)
+             if r["delivered"] != r["expected"]]  # fmt: skip
+    if short:
+        raise SystemExit("not every event was delivered: " + "; ".join(short))
+    print("every client received every event, in every round")
+
+
+def run_rounds(
+    args: argparse.Namespace, no_hub: bool, response: str = "lean", show: bool = True
+) -> list[dict[str, float]]:
+    stack = start_stack(no_hub, launcher=LAUNCHERS[response])
     try:
         rows = []
         for m in (int(x) for x in args.clients.split(",")):
@@ -173,7 +249,8 @@ def run_rounds(args: argparse.Namespace, no_hub: bool) -> list[dict[str, float]]
             time.sleep(1)  # let the previous round's connections close (not a synchronisation)
     finally:
         stop_stack(stack)
-    print_table(rows, args, no_hub)
+    if show:
+        print_table(rows, args, no_hub)
     return rows
 
 
@@ -186,12 +263,28 @@ def main() -> None:
     parser.add_argument(
         "--compare", action="store_true", help="hub, then --no-hub, in one run, and the ratios"
     )
+    parser.add_argument(
+        "--response",
+        choices=(*LAUNCHERS, "compare"),
+        default="lean",
+        help="what answers /events: the gateway's lean response, sse-starlette's "
+        "EventSourceResponse, or both alternately in one run (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--passes", type=int, default=2, help="with --response compare: runs of each (default: 2)"
+    )
     args = parser.parse_args()
     raise_fd_limit()
+    if args.compare and args.response != "lean":
+        parser.error("--compare (hub vs no-hub) runs the lean response only")
     if args.compare:
         print_ratios(run_rounds(args, False), run_rounds(args, True))
+    elif args.response == "compare":
+        compare_responses(args)
     else:
-        run_rounds(args, args.no_hub)
+        rows = run_rounds(args, args.no_hub, args.response)
+        if args.response != "lean":
+            check_delivered(rows, [args.response] * len(rows))
 
 
 if __name__ == "__main__":

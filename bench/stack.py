@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,8 +48,14 @@ class Stack:
     gw: psutil.Process
 
 
-def start_stack(no_hub: bool, *gateway_args: str) -> Stack:
-    """A devserver and a gateway (with a raised open-file limit) on free ports."""
+def start_stack(
+    no_hub: bool, *gateway_args: str, launcher: Sequence[str] = ("-m", "gateway")
+) -> Stack:
+    """A devserver and a gateway (with a raised open-file limit) on free ports.
+
+    ``launcher`` runs the gateway's command line: the package, or a bench module
+    that patches it first (``sse_starlette_gateway.py``).
+    """
     tmp = Path(tempfile.mkdtemp(prefix="kumiho-bench-"))
     dev_port, gw_port = free_port(), free_port()
     dev_addr = f"127.0.0.1:{dev_port}"
@@ -59,7 +66,7 @@ def start_stack(no_hub: bool, *gateway_args: str) -> Stack:
     )  # fmt: skip
     hub = ["--no-hub"] if no_hub else []
     gateway = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--upstream", dev_addr,
+        [sys.executable, *launcher, "serve", "--upstream", dev_addr,
          "--port", str(gw_port), "--log-level", "warning", *hub, *gateway_args],
         preexec_fn=raise_fd_limit,
     )  # fmt: skip
