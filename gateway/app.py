@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.resources
+import logging
 import os
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -36,6 +37,8 @@ from gateway.source import Source, UpstreamSource, terminal_error
 from gateway.subscription import access_token_param, openapi_parameters, parse_subscription
 from gateway.ticker import Ticker
 from gateway.upstream import Upstream
+
+log = logging.getLogger("gateway.app")
 
 
 def _error_response(error: GatewayError, headers: Mapping[str, str] | None = None) -> JSONResponse:
@@ -103,10 +106,14 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ASGIAp
             max_age=600,
         )
 
-    def _draining_answer() -> Response:
-        # Shutting down: send the client elsewhere, never a non-200 (EventSource would stop).
-        retry = sse.retry_frame(jittered_retry_ms(settings.retry_ms))
-        return Response(retry, headers=HEADERS, media_type=MEDIA_TYPE)
+    def _retry_answer(error: GatewayError | None = None) -> Response:
+        """Come back later: a retry: line (and why), never a non-200 (EventSource would stop)."""
+        retry_ms = jittered_retry_ms(settings.retry_ms)
+        body = sse.retry_frame(retry_ms)
+        if error is not None:
+            error.retry_after_ms = retry_ms
+            body += sse.control_frame("gateway.error", error.envelope()["error"])
+        return Response(body, headers=HEADERS, media_type=MEDIA_TYPE)
 
     def credential(request: Request, query: dict[str, list[str]]) -> Credential:
         return authenticate(
@@ -145,7 +152,7 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ASGIAp
             query, request.headers.get("last-event-id"), credential(request, query)
         )
         if lifecycle.draining:
-            return _draining_answer()
+            return _retry_answer()
         if request.method == "HEAD":
             # What a GET would answer, without opening an upstream stream for it.
             head = Response(headers=HEADERS, media_type=MEDIA_TYPE)
@@ -158,12 +165,18 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ASGIAp
         )
         try:
             await source.open()
+        except GatewayError as exc:
+            source.close()
+            if exc.retryable:  # at a cap: a retry: line and why, then the client comes back
+                log.info("stream refused for now: %s", exc.message)
+                return _retry_answer(exc)
+            raise
         except BaseException:
             source.close()
             raise
         if lifecycle.draining:  # the drain began while the upstream answered
             source.close()
-            return _draining_answer()
+            return _retry_answer()
         pump = Pump(
             source,
             named=subscription.named,

@@ -8,16 +8,35 @@ from typing import Any
 class GatewayError(Exception):
     """A refusal with an HTTP status, a machine-readable code and a sentence for people."""
 
-    def __init__(self, status: int, code: str, message: str, *, retryable: bool = False) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        retryable: bool = False,
+        retry_after_ms: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.retryable = retryable
+        self.retry_after_ms = retry_after_ms
 
     def envelope(self) -> dict[str, Any]:
-        """``{"error": {"code", "message", "retryable"}}`` as CONTRACT.md specifies."""
-        return {"error": {"code": self.code, "message": self.message, "retryable": self.retryable}}
+        """``{"error": {"code", "message", "retryable"}}`` as CONTRACT.md specifies.
+
+        ``retry_after_ms`` joins them when a retry time is known.
+        """
+        error: dict[str, Any] = {
+            "code": self.code,
+            "message": self.message,
+            "retryable": self.retryable,
+        }
+        if self.retry_after_ms is not None:
+            error["retry_after_ms"] = self.retry_after_ms
+        return {"error": error}
 
 
 def invalid_parameter(name: str, problem: str) -> GatewayError:

@@ -50,6 +50,12 @@ class Metrics:
             ["code"],
             registry=r,
         )
+        self.upstream_stream_limit = Counter(
+            "kumiho_gateway_upstream_stream_limit_refusals",
+            "Requests told to retry later because an upstream stream cap was reached, by cap",
+            ["scope"],
+            registry=r,
+        )
         self.resets = Counter(
             "kumiho_gateway_resets", "gateway.reset events sent, by reason", ["reason"], registry=r
         )

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from types import FrameType
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway import logs
 from gateway.app import create_app
@@ -33,6 +34,59 @@ log = logging.getLogger("gateway.server")
 # Share of the grace period spent draining streams; uvicorn gets the rest to
 # close connections and run the lifespan's shutdown.
 _DRAIN_SHARE = 0.75
+
+
+_REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+
+
+class HeaderDeadlineProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP/1.1 protocol, with a deadline for each request's headers.
+
+    uvicorn bounds the idle time between requests but not a request that
+    arrives a byte at a time: a few hundred such connections (slowloris)
+    would hold every socket. The deadline runs from the connection's start,
+    or from the first byte of a later request, to the end of its headers.
+    """
+
+    header_timeout = 10.0  # set per server by protocol_with_header_timeout()
+    _header_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._start_header_deadline()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._start_header_deadline()
+
+    def on_headers_complete(self) -> None:
+        self._stop_header_deadline()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_header_deadline()
+        super().connection_lost(exc)
+
+    def _start_header_deadline(self) -> None:
+        if self._header_deadline is None:
+            self._header_deadline = self.loop.call_later(self.header_timeout, self._too_slow)
+
+    def _stop_header_deadline(self) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+            self._header_deadline = None
+
+    def _too_slow(self) -> None:
+        self._header_deadline = None
+        log.info("closing a connection whose headers took over %.0fs", self.header_timeout)
+        if self.cycle is None or self.cycle.response_complete:  # no response under way
+            self.transport.write(_REQUEST_TIMEOUT)
+        self.transport.close()
+
+
+def protocol_with_header_timeout(seconds: float) -> type[HeaderDeadlineProtocol]:
+    """The protocol class uvicorn should use, with this server's header deadline."""
+    return type("HeaderDeadlineProtocol", (HeaderDeadlineProtocol,), {"header_timeout": seconds})
 
 
 class GatewayServer(uvicorn.Server):
@@ -84,6 +138,7 @@ async def serve(
         loop="none",
         timeout_graceful_shutdown=max(1, round(settings.shutdown_grace * (1 - _DRAIN_SHARE))),
         server_header=False,
+        http=protocol_with_header_timeout(settings.header_timeout),
     )
     logs.install(settings.log_level)
     # Everything built so far (modules, the app) lives as long as the process;

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 AuthMode = Literal["none", "passthrough", "service"]
@@ -196,6 +196,30 @@ class Settings(BaseSettings):
         validation_alias=_env("hub_linger", "KUMIHO_GATEWAY_HUB_LINGER"),
         description="seconds a shared upstream stream stays open after its last client leaves",
     )
+    max_upstream_streams: int = Field(
+        4096,
+        ge=0,
+        validation_alias=_env("max_upstream_streams", "KUMIHO_GATEWAY_MAX_UPSTREAM_STREAMS"),
+        description="upstream streams one process may hold at once (a shared one counts "
+        "once); a request past it is told to retry later; 0 = no limit",
+    )
+    max_upstream_streams_per_credential: int = Field(
+        1024,
+        ge=0,
+        validation_alias=_env(
+            "max_upstream_streams_per_credential",
+            "KUMIHO_GATEWAY_MAX_UPSTREAM_STREAMS_PER_CREDENTIAL",
+        ),
+        description="the same cap for each credential, so one tenant cannot take every "
+        "place; 0 = no limit",
+    )
+    header_timeout: float = Field(
+        10.0,
+        gt=0,
+        validation_alias=_env("header_timeout", "KUMIHO_GATEWAY_HEADER_TIMEOUT"),
+        description="seconds a connection may take to send a request's headers before it "
+        "is closed (slow-header attacks)",
+    )
     capabilities_ttl: float = Field(
         60.0,
         ge=0,
@@ -224,6 +248,15 @@ class Settings(BaseSettings):
             ):
                 raise ValueError(f"{origin!r} is not an origin like https://app.example[:port]")
         return origins
+
+    @model_validator(mode="after")
+    def _check_service_keys(self) -> Settings:
+        if self.auth == "service" and not self.api_keys:
+            raise ValueError(
+                "--auth service needs --api-keys (KUMIHO_GATEWAY_API_KEYS): without a gateway "
+                "key no client could connect"
+            )
+        return self
 
     def upstream_metadata_token(self) -> str | None:
         """The token sent upstream in ``service`` mode."""

@@ -30,6 +30,7 @@ from gateway import sse
 from gateway._proto import kumiho_pb2
 from gateway.errors import GatewayError
 from gateway.metrics import Metrics
+from gateway.quota import QuotaExceeded
 from gateway.settings import Settings
 from gateway.subscription import Subscription
 from gateway.upstream import EventCall, Upstream
@@ -226,6 +227,7 @@ class UpstreamSource:
         self._call: EventCall | None = None
         self._replay = True  # whether the upstream can start from the beginning
         self._closed = False
+        self._holds_quota = False  # a place under the upstream stream caps, from open()
         self._wake: asyncio.Future[None] | None = None  # ends a backoff sleep early on close
         self.status = Status.now("live", None, None)  # announced first by run()
         self._first_retry: float | None = None  # open() failed: wait this long first
@@ -311,6 +313,13 @@ class UpstreamSource:
             self._pending.append(self._reset("cursor_unsupported"))
 
     async def open(self) -> None:
+        identity = self._sub.credential.identity
+        try:
+            self._upstream.quota.acquire(identity)
+        except QuotaExceeded as exc:
+            self._metrics.upstream_stream_limit.labels(exc.scope).inc()
+            raise GatewayError(503, "too_many_streams", str(exc), retryable=True) from None
+        self._holds_quota = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._open_timeout
         if not self._resume and self._start == "latest":
@@ -442,6 +451,9 @@ class UpstreamSource:
 
     def close(self) -> None:
         self._closed = True
+        if self._holds_quota:
+            self._holds_quota = False
+            self._upstream.quota.release(self._sub.credential.identity)
         if self._wake is not None and not self._wake.done():
             self._wake.set_result(None)
         if self._call is not None:

@@ -19,6 +19,7 @@ import grpc
 
 from gateway._proto import kumiho_pb2, kumiho_pb2_grpc
 from gateway.auth import Credential
+from gateway.quota import StreamQuota
 from gateway.settings import Settings
 
 # The SDK's channel options: ping every 30 s, 10 s to answer, even when idle.
@@ -94,6 +95,10 @@ class Upstream:
         self._capabilities: dict[str, tuple[float, kumiho_pb2.EventCapabilities]] = {}
         self._channel: grpc.aio.Channel | None = None
         self._stub: kumiho_pb2_grpc.KumihoServiceAsyncStub | None = None
+        # Shared by every source of this process: the caps on streams held upstream.
+        self.quota = StreamQuota(
+            settings.max_upstream_streams, settings.max_upstream_streams_per_credential
+        )
 
     async def start(self) -> None:
         root = await asyncio.to_thread(Path(self._ca_file).read_bytes) if self._ca_file else None
