@@ -190,10 +190,11 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ASGIAp
 
     @app.get("/capabilities", summary="The upstream's EventCapabilities")
     async def capabilities(request: Request) -> dict[str, Any]:
+        who = credential(request, _query(request))
         try:
-            caps = await upstream.capabilities(credential(request, _query(request)))
+            caps = await upstream.capabilities(who)
         except grpc.aio.AioRpcError as exc:
-            error = terminal_error(exc.code(), exc.details() or "") or GatewayError(
+            error = terminal_error(exc.code(), exc.details() or "", who) or GatewayError(
                 503,
                 "upstream_unavailable",
                 f"the upstream did not answer: {exc.code().name}",

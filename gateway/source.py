@@ -28,6 +28,7 @@ import grpc
 
 from gateway import sse
 from gateway._proto import kumiho_pb2
+from gateway.auth import Credential
 from gateway.errors import GatewayError
 from gateway.metrics import Metrics
 from gateway.quota import QuotaExceeded
@@ -183,11 +184,19 @@ _TERMINAL = {
 }
 
 
-def terminal_error(code: grpc.StatusCode, details: str) -> GatewayError | None:
-    """The GatewayError for a status retrying cannot fix, or None for a transient one."""
+def terminal_error(
+    code: grpc.StatusCode, details: str, credential: Credential
+) -> GatewayError | None:
+    """The GatewayError for a status retrying cannot fix, or None for a transient one.
+
+    An upstream that quotes the credential in its details never gets it into the answer.
+    """
     if code not in _TERMINAL:
         return None
     status, error_code, what = _TERMINAL[code]
+    token = credential.upstream_token
+    if token:
+        details = details.replace(token, "***")
     return GatewayError(status, error_code, f"the upstream {what}: {details}")
 
 
@@ -286,7 +295,7 @@ class UpstreamSource:
         self._metrics.upstream_failures.labels(exc.code.name).inc()
         if self._resume and exc.code in _CURSOR_REJECTED:
             return self._reset(_CURSOR_REJECTED[exc.code])
-        error = terminal_error(exc.code, exc.details)
+        error = terminal_error(exc.code, exc.details, self._sub.credential)
         return Failure(error) if error else None
 
     async def _check_capabilities(self, wait: float) -> None:
@@ -300,7 +309,7 @@ class UpstreamSource:
         except grpc.aio.AioRpcError as exc:
             if exc.code() in _CREDENTIAL_REFUSED:
                 self._metrics.upstream_failures.labels(exc.code().name).inc()
-                error = terminal_error(exc.code(), exc.details() or "")
+                error = terminal_error(exc.code(), exc.details() or "", self._sub.credential)
                 assert error is not None
                 raise error from None
             log.info("GetEventCapabilities failed (%s); assuming cursors work", exc.code().name)

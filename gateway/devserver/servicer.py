@@ -75,10 +75,14 @@ class Access:
         scheme, _, token = metadata.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise AccessError(grpc.StatusCode.UNAUTHENTICATED, "missing bearer token")
+        # The messages quote the token, as careless servers do: the gateway must
+        # keep it out of its answers and logs all the same.
         if token not in self.tokens or token in self.revoked:
-            raise AccessError(grpc.StatusCode.UNAUTHENTICATED, "invalid or revoked token")
+            raise AccessError(grpc.StatusCode.UNAUTHENTICATED, f"invalid or revoked token {token}")
         if token in self.denied:
-            raise AccessError(grpc.StatusCode.PERMISSION_DENIED, "token may not read events")
+            raise AccessError(
+                grpc.StatusCode.PERMISSION_DENIED, f"token {token} may not read events"
+            )
         return self.tokens[token], token
 
 
