@@ -383,8 +383,9 @@ class UpstreamSource:
                     event = cast(kumiho_pb2.Event, read)
                     if event.cursor:
                         self._resume = event.cursor
-                        self._since_cursor.clear()
-                        self._replayed.clear()
+                        if self._since_cursor:  # (the hot path: almost always empty)
+                            self._since_cursor.clear()
+                            self._replayed.clear()
                     elif self._seen_before(event):
                         continue
                     if not delivered:
