@@ -11,10 +11,19 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 RUN useradd --create-home --uid 10001 gateway && mkdir /data && chown gateway /data
 WORKDIR /app
-COPY pyproject.toml README.md ./
+
+# The dependencies (and the build backend) in a layer of their own, read from
+# pyproject.toml alone: a change to the code or the README reuses this layer.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb')); print('\n'.join(p['build-system']['requires'] + p['project']['dependencies']))" > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+
+# Then the gateway itself, with nothing left to download.
+COPY README.md ./
 COPY gateway ./gateway
 COPY static ./static
-RUN pip install . && rm -rf /app/gateway /app/static
+RUN pip install --no-deps --no-build-isolation . && rm -rf /app/gateway /app/static /app/build /app/*.egg-info
 
 USER gateway
 EXPOSE 8000
