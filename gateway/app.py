@@ -21,6 +21,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp
 
@@ -88,7 +89,7 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ASGIAp
                 hub.close()
             await upstream.close()
 
-    app = FastAPI(
+    app = FastAPIOffline(
         title="kumiho-sse-gateway",
         version=__version__,
         summary="Kumiho's gRPC EventStream as Server-Sent Events",
@@ -188,7 +189,15 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ASGIAp
         )
         return EventStreamResponse(pump)
 
-    @app.get("/capabilities", summary="The upstream's EventCapabilities")
+    @app.get(
+        "/capabilities",
+        summary="The upstream's EventCapabilities",
+        responses={
+            401: {"description": "a credential is required, or the upstream refused it"},
+            403: {"description": "the upstream denied access"},
+            503: {"description": "the upstream did not answer (upstream_unavailable)"},
+        },
+    )
     async def capabilities(request: Request) -> dict[str, Any]:
         who = credential(request, _query(request))
         try:
@@ -207,7 +216,11 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ASGIAp
     async def healthz() -> dict[str, str | int]:
         return {"status": "ok", "pid": os.getpid()}
 
-    @app.get("/readyz", summary="200 when the upstream is reachable, 503 otherwise")
+    @app.get(
+        "/readyz",
+        summary="200 when the upstream is reachable, 503 otherwise",
+        responses={503: {"description": "the upstream is unreachable, or the gateway drains"}},
+    )
     async def readyz() -> JSONResponse:
         if lifecycle.draining:
             return JSONResponse({"status": "draining"}, status_code=503)

@@ -8,18 +8,22 @@ import contextlib
 import os
 import socket
 import sys
+import tempfile
 import typing
-from collections.abc import Coroutine, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import AliasChoices, SecretStr, ValidationError
 
 from gateway import __version__, server
 from gateway.devserver.control import DevServerClient
-from gateway.devserver.server import DevServerConfig, running_devserver
+from gateway.devserver.server import AddressInUse, DevServerConfig, running_devserver
 from gateway.devserver.servicer import TIERS
 from gateway.settings import Settings
+
+T = TypeVar("T")
 
 DEFAULT_DB = Path(
     os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache",
@@ -42,8 +46,8 @@ def _add_settings_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = (
             continue
         flag = "--" + name.replace("_", "-")
         envs = ", ".join(env_names(name))
-        default = field.default if field.default is not None else "unset"
-        if isinstance(default, SecretStr) or name in ("auth_token", "api_keys"):
+        default = field.get_default(call_default_factory=True)
+        if default in (None, []) or isinstance(default, SecretStr) or name == "auth_token":
             default = "unset"
         help_text = f"{field.description} (env: {envs}; default: {default})".replace("%", "%%")
         kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text}
@@ -123,7 +127,7 @@ def _cmd_devserver(ns: argparse.Namespace) -> None:
     config.db.parent.mkdir(parents=True, exist_ok=True)
 
     async def main() -> None:
-        async with running_devserver(config) as running:
+        async with _started(running_devserver(config)) as running:
             print(
                 f"kumiho devserver listening on {config.host}:{running.port} "
                 f"(tier {config.tier}, db {config.db})",
@@ -134,31 +138,47 @@ def _cmd_devserver(ns: argparse.Namespace) -> None:
     _run(main())
 
 
+@contextlib.asynccontextmanager
+async def _started(devserver: AbstractAsyncContextManager[T]) -> AsyncIterator[T]:
+    """A devserver that could not bind says so in one line, naming the address."""
+    try:
+        async with devserver as running:
+            yield running
+    except AddressInUse as exc:
+        raise SystemExit(f"kumiho-sse-gateway: {exc}") from None
+
+
 def _cmd_demo(ns: argparse.Namespace) -> None:
-    db = Path(ns.db)
-    db.parent.mkdir(parents=True, exist_ok=True)
-    config = DevServerConfig(port=0, db=db, activity=ns.activity)
+    # A store of its own: never the devserver's default, and by default fresh
+    # each run, so from=beginning shows this demo's activity and nothing else.
+    with contextlib.ExitStack() as cleanup:
+        if ns.db:
+            db = Path(ns.db)
+            db.parent.mkdir(parents=True, exist_ok=True)
+        else:
+            db = Path(cleanup.enter_context(tempfile.TemporaryDirectory())) / "demo.sqlite3"
+        _run(_demo(ns, DevServerConfig(port=0, db=db, activity=ns.activity)))
 
-    async def main() -> None:
-        async with running_devserver(config) as running:
-            settings = _settings(
-                argparse.Namespace(),
-                upstream=f"127.0.0.1:{running.port}",
-                host=ns.host,
-                port=ns.port,
-            )
-            url = f"http://{'localhost' if ns.host == '127.0.0.1' else ns.host}:{ns.port}/"
-            await server.serve(
-                settings,
-                announce=(
-                    f"kumiho-sse-gateway demo: reference upstream on 127.0.0.1:{running.port} "
-                    f"({ns.activity:g} events/s)\n"
-                    f"  dashboard  {url}\n"
-                    f"  stream     curl -N {url}events"
-                ),
-            )
 
-    _run(main())
+async def _demo(ns: argparse.Namespace, config: DevServerConfig) -> None:
+    async with _started(running_devserver(config)) as running:
+        settings = _settings(
+            argparse.Namespace(),
+            upstream=f"127.0.0.1:{running.port}",
+            host=ns.host,
+            port=ns.port,
+            cors_origins=ns.cors_origins,
+        )
+        url = f"http://{'localhost' if ns.host in ('127.0.0.1', '0.0.0.0') else ns.host}:{ns.port}/"
+        await server.serve(
+            settings,
+            announce=(
+                f"kumiho-sse-gateway demo: reference upstream on 127.0.0.1:{running.port} "
+                f"({ns.activity:g} events/s, db {config.db})\n"
+                f"  dashboard  {url}\n"
+                f"  stream     curl -N {url}events"
+            ),
+        )
 
 
 def _cmd_publish(ns: argparse.Namespace) -> None:
@@ -202,10 +222,25 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="run the reference upstream with studio activity and the gateway in front of it",
     )
+    # The same environment as serve: the Docker image sets KUMIHO_GATEWAY_HOST=0.0.0.0.
     demo.add_argument(
-        "--host", default="127.0.0.1", help="HTTP listen address (default: %(default)s)"
+        "--host",
+        default=os.environ.get("KUMIHO_GATEWAY_HOST", "127.0.0.1"),
+        help="HTTP listen address (env: KUMIHO_GATEWAY_HOST; default: %(default)s)",
     )
-    demo.add_argument("--port", type=int, default=8000, help="HTTP port (default: %(default)s)")
+    demo.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("KUMIHO_GATEWAY_PORT", "8000")),
+        help="HTTP port (env: KUMIHO_GATEWAY_PORT; default: %(default)s)",
+    )
+    demo.add_argument(
+        "--cors-origins",
+        default=os.environ.get("KUMIHO_GATEWAY_CORS_ORIGINS", ""),
+        metavar="ORIGIN[,ORIGIN...]",
+        help="origins whose pages may read the stream, e.g. a frontend dev server on "
+        "http://localhost:5173 (env: KUMIHO_GATEWAY_CORS_ORIGINS; default: none)",
+    )
     demo.add_argument(
         "--activity",
         type=float,
@@ -213,7 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RATE",
         help="events per second (default: %(default)s)",
     )
-    demo.add_argument("--db", default=str(DEFAULT_DB), help="event log (default: %(default)s)")
+    demo.add_argument(
+        "--db",
+        default="",
+        help="SQLite event log to keep across runs (default: a fresh one for each run, "
+        "removed at exit)",
+    )
     demo.set_defaults(func=_cmd_demo)
 
     dev = commands.add_parser(
@@ -225,7 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--port", type=int, default=8080, help="gRPC port, 0 = any (default: %(default)s)"
     )
     dev.add_argument(
-        "--db", default=str(DEFAULT_DB), help="SQLite event log (default: %(default)s)"
+        "--db",
+        default=str(DEFAULT_DB),
+        help="SQLite event log (default: %(default)s; the demo never uses it)",
     )
     dev.add_argument(
         "--tier",

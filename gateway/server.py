@@ -166,7 +166,13 @@ def listening_socket(settings: Settings) -> socket.socket:
         port=settings.port,
         log_level=settings.log_level,  # bind_socket logs "Uvicorn running on ..."
     )
-    sock = config.bind_socket()
+    try:
+        sock = config.bind_socket()
+    except SystemExit:  # uvicorn logged the OS error without the address: name it
+        raise SystemExit(
+            f"kumiho-sse-gateway: cannot listen on {settings.host}:{settings.port} "
+            "(address already in use, or not available)"
+        ) from None
     if hasattr(socket, "TCP_USER_TIMEOUT"):
         timeout_ms = int(settings.send_timeout * 2 * 1000)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, timeout_ms)

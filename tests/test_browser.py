@@ -177,6 +177,19 @@ def test_the_badge_is_never_live_while_the_upstream_is_down(
         devserver.stop(signal.SIGKILL)
 
 
+def test_the_api_docs_render_with_nothing_from_another_host(
+    page: Any, make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    gateway = make_gateway(make_devserver().address, *FAST)
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    page.goto(gateway.url + "/docs")
+    page.wait_for_selector(".swagger-ui .information-container .title", timeout=15_000)
+    assert "kumiho-sse-gateway" in page.locator(".swagger-ui .title").first.inner_text()
+    page.wait_for_selector("text=/events", timeout=10_000)  # the operations rendered
+    assert requested and all(url.startswith(gateway.url) for url in requested), requested
+
+
 def test_a_400_stops_eventsource_for_good(
     page: Any, make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
 ) -> None:

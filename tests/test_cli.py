@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -40,6 +41,22 @@ def test_serve_help_lists_every_flag_with_its_environment_variable() -> None:
             assert env in flat, f"{env} missing from serve --help"
     assert "KUMIHO_SERVER_ENDPOINT" in flat and "KUMIHO_AUTH_TOKEN" in flat
     assert "--hub, --no-hub" in flat and "--use-tls, --no-use-tls" in flat
+    assert "Undefined" not in out  # every default printable (lists too)
+
+
+def test_a_busy_address_is_refused_and_named(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        for command in (
+            ["devserver", "--port", str(port), "--db", str(tmp_path / "d.sqlite3")],
+            ["serve", "--upstream", "127.0.0.1:1", "--port", str(port)],
+            ["demo", "--port", str(port)],
+        ):
+            run = subprocess.run([*CLI, *command], capture_output=True, text=True, timeout=30)
+            assert run.returncode != 0, command
+            assert f"cannot listen on 127.0.0.1:{port}" in run.stderr, (command, run.stderr)
 
 
 def test_readme_documents_every_setting() -> None:
@@ -87,9 +104,11 @@ def test_publish_prints_cursors_that_the_gateway_serves(
 
 def test_demo_streams_studio_activity_within_two_seconds(tmp_path: Path) -> None:
     port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cache = tmp_path / "cache"  # where a devserver keeps its default store
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "XDG_CACHE_HOME": str(cache)}
+    frontend = "http://localhost:5173"
     proc = subprocess.Popen(
-        [*CLI, "demo", "--port", str(port), "--db", str(tmp_path / "demo.sqlite3")],
+        [*CLI, "demo", "--port", str(port), "--cors-origins", frontend],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -97,10 +116,23 @@ def test_demo_streams_studio_activity_within_two_seconds(tmp_path: Path) -> None
     )
     try:
         assert proc.stdout is not None
-        banner = "".join(proc.stdout.readline() for _ in range(3))
+        banner = ""
+        while "curl -N" not in banner:
+            line = proc.stdout.readline()
+            assert line, banner
+            banner += line
         assert f"http://localhost:{port}/" in banner
+        # A store of its own, fresh for this run: never the devserver's default.
+        db = Path(re.search(r"db (\S+)\)", banner).group(1))  # type: ignore[union-attr]
+        assert not db.is_relative_to(cache)
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda: _ok(url + "/healthz"), 30, "the demo gateway")
+        # --cors-origins: a frontend dev server on another origin may read the stream.
+        preflight = httpx.options(
+            url + "/events",
+            headers={"Origin": frontend, "Access-Control-Request-Method": "GET"},
+        )
+        assert preflight.headers.get("access-control-allow-origin") == frontend
         started = time.monotonic()
         curl = subprocess.run(
             ["curl", "-sN", "--max-time", "2", url + "/events"], capture_output=True, text=True
@@ -123,6 +155,8 @@ def test_demo_streams_studio_activity_within_two_seconds(tmp_path: Path) -> None
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    assert not db.exists()  # removed at exit
+    assert not (cache / "kumiho-sse-gateway" / "devserver.sqlite3").exists()
 
 
 def _ok(url: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 
@@ -325,7 +326,15 @@ def test_other_endpoints(stack: tuple[DevServer, Gateway]) -> None:
         "named",
         "Last-Event-ID",
     } <= names
-    assert httpx.get(gateway.url + "/docs").status_code == 200
+    for path in ("/capabilities", "/readyz"):
+        assert "503" in openapi["paths"][path]["get"]["responses"], path
+    docs = httpx.get(gateway.url + "/docs")
+    assert docs.status_code == 200
+    # Swagger UI from the package: every asset on this host, none from a CDN.
+    assets = re.findall(r'(?:src|href)="([^"]+)"', docs.text)
+    assert assets and all(a.startswith("/") and not a.startswith("//") for a in assets), assets
+    for asset in assets:
+        assert httpx.get(gateway.url + asset).status_code == 200, asset
 
 
 def test_a_hostile_routing_key_cannot_forge_an_event_for_any_reader(

@@ -30,6 +30,9 @@ log = logging.getLogger("gateway.devserver")
 # Accept the keepalive pings Kumiho's SDKs (and the gateway) send: every 30 s,
 # even on an idle channel. gRPC's defaults would answer them with GOAWAY.
 SERVER_OPTIONS = [
+    # gRPC binds with SO_REUSEPORT by default: a second devserver on a busy port
+    # would start without a word and take half the traffic. Refuse instead.
+    ("grpc.so_reuseport", 0),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.http2.max_ping_strikes", 0),
@@ -68,6 +71,14 @@ class DevServerConfig:
         )
 
 
+class AddressInUse(OSError):
+    """The devserver's address is taken (or cannot be bound)."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(f"cannot listen on {address}: address already in use (or not available)")
+        self.address = address
+
+
 @dataclass
 class RunningDevServer:
     """A started devserver: its port and its services."""
@@ -94,7 +105,12 @@ async def running_devserver(config: DevServerConfig) -> AsyncIterator[RunningDev
     server = grpc.aio.server(options=SERVER_OPTIONS)
     kumiho_pb2_grpc.add_KumihoServiceServicer_to_server(events, server)
     devserver_pb2_grpc.add_DevServerServicer_to_server(DevControl(events), server)
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    address = f"{config.host}:{config.port}"
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError:  # grpc says only "Failed to bind"
+        store.close()
+        raise AddressInUse(address) from None
     await server.start()
     activity = (
         asyncio.create_task(_generate(events.log, config.activity, config.activity_tenant))
