@@ -23,7 +23,7 @@ from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Scope
 
 from gateway import __version__, sse
 from gateway.auth import Credential, authenticate
@@ -61,6 +61,25 @@ def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     code, message = _HTTP_ERRORS.get(exc.status_code, ("http_error", "{detail}"))
     text = message.format(path=request.url.path, method=request.method, detail=exc.detail)
     return _error_response(GatewayError(exc.status_code, code, text), exc.headers)
+
+
+class _Dashboard(StaticFiles):
+    """The dashboard's files, mounted under every route.
+
+    Another method than GET on a path with neither a file nor a route is a
+    404 (there is nothing there), not StaticFiles' 405 for every path.
+    """
+
+    api_paths: frozenset[str] = frozenset()
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        if (
+            scope["method"] not in ("GET", "HEAD")
+            and f"/{path}" not in self.api_paths
+            and self.lookup_path(path)[1] is None
+        ):
+            raise StarletteHTTPException(404)
+        return await super().get_response(path, scope)
 
 
 def _query(request: Request) -> dict[str, list[str]]:
@@ -239,5 +258,7 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ASGIAp
         if isinstance(route, APIRoute) and route.methods == {"GET"}:
             app.add_api_route(route.path, route.endpoint, methods=["HEAD"], include_in_schema=False)
     static = importlib.resources.files("gateway.static")
-    app.mount("/", StaticFiles(directory=str(static), html=True), name="dashboard")
+    dashboard = _Dashboard(directory=str(static), html=True)
+    dashboard.api_paths = frozenset(r.path for r in app.routes if isinstance(r, APIRoute))
+    app.mount("/", dashboard, name="dashboard")
     return StreamHandoff(app)

@@ -153,7 +153,7 @@ class Pump:
                 {
                     "upstream": item.upstream,
                     "code": item.code,
-                    "retry_in_ms": item.retry_in_ms,
+                    "retry_in_ms": item.retry_in_ms(),
                     "since": item.since,
                 },
             )

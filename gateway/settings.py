@@ -210,8 +210,8 @@ class Settings(BaseSettings):
             "max_upstream_streams_per_credential",
             "KUMIHO_GATEWAY_MAX_UPSTREAM_STREAMS_PER_CREDENTIAL",
         ),
-        description="the same cap for each credential, so one tenant cannot take every "
-        "place; 0 = no limit",
+        description="the same cap for each client token in --auth passthrough, so one "
+        "tenant cannot take every place; 0 = no limit",
     )
     header_timeout: float = Field(
         10.0,

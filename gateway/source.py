@@ -18,8 +18,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import hashlib
 import logging
 import random
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal, Protocol, cast
@@ -29,6 +31,7 @@ import grpc
 from gateway import sse
 from gateway._proto import kumiho_pb2
 from gateway.auth import Credential
+from gateway.cursor import ResumeFilter
 from gateway.errors import GatewayError
 from gateway.metrics import Metrics
 from gateway.quota import QuotaExceeded
@@ -49,7 +52,7 @@ _SETTLE = 0.25
 # upstream's clocks may differ, and a few early events beat a silent gap.
 _CLOCK_MARGIN = timedelta(seconds=1)
 # Events without a cursor remembered after the last cursor, to drop their repeats.
-_MAX_SINCE_CURSOR = 10_000
+_MAX_SINCE_CURSOR = 4096
 _CREDENTIAL_REFUSED = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
 # Transient statuses that mean "not reachable"; any other is the upstream failing.
 _UNREACHABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
@@ -80,14 +83,20 @@ class Status:
 
     upstream: UpstreamState
     code: str | None  # the gRPC status name that caused a state other than live
-    retry_in_ms: int | None  # when the next attempt is due
+    retry_at: float | None  # time.monotonic() of the next attempt
     since: str  # ISO 8601, UTC
 
     @classmethod
     def now(cls, upstream: UpstreamState, code: str | None, retry_in: float | None) -> Status:
         since = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        retry_ms = None if retry_in is None else round(retry_in * 1000)
-        return cls(upstream, code, retry_ms, since)
+        retry_at = None if retry_in is None else time.monotonic() + retry_in
+        return cls(upstream, code, retry_at, since)
+
+    def retry_in_ms(self) -> int | None:
+        """Until the next attempt, as of now (a hub's later joiner gets the true wait)."""
+        if self.retry_at is None:
+            return None
+        return max(0, round((self.retry_at - time.monotonic()) * 1000))
 
     def same_state(self, other: Status) -> bool:
         return (self.upstream, self.code) == (other.upstream, other.code)
@@ -229,9 +238,10 @@ class UpstreamSource:
         # Events without a cursor cannot be resumed by one. Those delivered after
         # the last cursor (their bytes) are dropped when a resume from that cursor
         # sends them again; with no cursor to resume from, a break is a reset.
-        self._since_cursor: list[bytes] = []
+        self._since_cursor: list[bytes] = []  # digests
         self._replayed: collections.deque[bytes] = collections.deque()
         self._unresumable = False
+        self._seen = ResumeFilter(subscription.cursor)  # upstream delivery is at-least-once
         self._pending: list[Item] = []
         self._call: EventCall | None = None
         self._replay = True  # whether the upstream can start from the beginning
@@ -263,6 +273,7 @@ class UpstreamSource:
     def _reset(self, reason: str) -> Reset:
         """Give up the current resume point: restart from the earliest event available."""
         reset = Reset(reason, self._resume or "", "earliest" if self._replay else "latest")
+        self._seen.forget()
         self._resume = None
         self._start = "beginning" if self._replay else "latest"
         self._live_since = None
@@ -270,8 +281,12 @@ class UpstreamSource:
 
     # -- connecting -----------------------------------------------------------
 
-    async def _connect(self, wait: float | None) -> None:
-        """Start a call and wait (up to ``wait`` seconds) until it is open or has failed."""
+    async def _connect(self, wait: float) -> bool:
+        """Start a call and wait (up to ``wait`` seconds) until it is open or has failed.
+
+        True when the upstream answered (its headers came); False when it is
+        still silent, which many servers are until their first event.
+        """
         request = self._request()
         self._attempts += 1
         call = self._upstream.event_stream(request, self._sub.credential)
@@ -282,13 +297,21 @@ class UpstreamSource:
         try:
             await asyncio.wait_for(asyncio.shield(call.initial_metadata()), wait)
         except TimeoutError:
-            return  # no answer yet: stream anyway, reads will tell
+            return False  # no answer yet: stream anyway, reads will tell
         if call.done():
             code = await call.code()
             if code != grpc.StatusCode.OK:
                 self._call = None
                 raise _Rejected(code, await call.details() or "")
         self._metrics.upstream_connects.inc()
+        return True
+
+    def _live_after(self, answered: bool) -> Status:
+        """The state after a call that was not refused: live, unless nothing says so yet."""
+        if answered or self._upstream.connected():
+            return Status.now("live", None, None)
+        # Silent, and not even connected: live only once an event comes through.
+        return Status.now("unavailable", None, None)
 
     def _classify(self, exc: _Rejected) -> Item | None:
         """Reset or Failure for a refused call; None when retrying may fix it."""
@@ -342,7 +365,7 @@ class UpstreamSource:
             # once; an accepted stream may stay silent until its first event.
             settle = min(_SETTLE, max(0.0, deadline - loop.time()))
             try:
-                await self._connect(settle)
+                self.status = self._live_after(await self._connect(settle))
                 return
             except _Rejected as exc:
                 item = self._classify(exc)
@@ -367,12 +390,12 @@ class UpstreamSource:
         while not self._closed:
             if self._call is None:
                 try:
-                    await self._connect(None)
+                    answered = await self._connect(_SETTLE)
                 except _Rejected as exc:
                     if await self._refused(exc, sink):
                         return
                     continue
-                self._announce(Status.now("live", None, None), sink)
+                self._announce(self._live_after(answered), sink)
             call = self._call
             assert call is not None
             delivered = ended_cleanly = False
@@ -382,16 +405,21 @@ class UpstreamSource:
                 while (read := await call.read()) is not _EOF:
                     event = cast(kumiho_pb2.Event, read)
                     if event.cursor:
+                        if not self._seen.accept(event.cursor):
+                            continue  # a repeat: it must not reset what follows it
                         self._resume = event.cursor
-                        if self._since_cursor:  # (the hot path: almost always empty)
+                        if self._since_cursor or self._unresumable:  # (rarely: mixed streams)
                             self._since_cursor.clear()
                             self._replayed.clear()
+                            self._unresumable = False
                     elif self._seen_before(event):
                         continue
                     if not delivered:
                         delivered = True
                         self._backoff.reset()
                         self._live_since = None
+                        if self.status.upstream != "live":  # events flow: it is live
+                            self._announce(Status.now("live", None, None), sink)
                     if not sink.put(event) and not await sink.room():
                         return
                 ended_cleanly = True
@@ -412,14 +440,15 @@ class UpstreamSource:
         if self._resume is None:
             self._unresumable = True  # nothing to resume from (a tier without cursors)
             return False
-        payload = event.SerializeToString(deterministic=True)
+        payload = hashlib.blake2b(event.SerializeToString(deterministic=True), digest_size=16)
+        digest = payload.digest()
         if self._replayed:
-            if self._replayed[0] == payload:
+            if self._replayed[0] == digest:
                 self._replayed.popleft()
                 return True
             self._replayed.clear()  # the upstream does not send them again: this one is new
         if len(self._since_cursor) < _MAX_SINCE_CURSOR:
-            self._since_cursor.append(payload)
+            self._since_cursor.append(digest)
         else:
             self._unresumable = True
         return False

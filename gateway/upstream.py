@@ -96,8 +96,11 @@ class Upstream:
         self._channel: grpc.aio.Channel | None = None
         self._stub: kumiho_pb2_grpc.KumihoServiceAsyncStub | None = None
         # Shared by every source of this process: the caps on streams held upstream.
+        # Per credential only where clients bring their own (passthrough); in the
+        # other modes every request has one identity and the total is the cap.
+        per_credential = settings.max_upstream_streams_per_credential
         self.quota = StreamQuota(
-            settings.max_upstream_streams, settings.max_upstream_streams_per_credential
+            settings.max_upstream_streams, per_credential if settings.auth == "passthrough" else 0
         )
 
     async def start(self) -> None:
@@ -150,6 +153,13 @@ class Upstream:
             self._capabilities.clear()
         self._capabilities[credential.identity] = (now, caps)
         return caps
+
+    def connected(self) -> bool:
+        """Whether the channel is connected now (no wait, no new attempt)."""
+        return (
+            self._channel is not None
+            and self._channel.get_state() == grpc.ChannelConnectivity.READY
+        )
 
     async def ready(self, wait: float = 1.0) -> bool:
         """Whether the channel is (or becomes, within ``wait`` seconds) connected."""

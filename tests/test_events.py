@@ -230,6 +230,8 @@ def test_every_error_answer_uses_the_envelope(stack: tuple[DevServer, Gateway]) 
     _, gateway = stack
     for method, path, status, code in [
         ("GET", "/no/such/page", 404, "not_found"),
+        ("POST", "/no/such/page", 404, "not_found"),
+        ("POST", "/app.js", 405, "method_not_allowed"),
         ("POST", "/events", 405, "method_not_allowed"),
         ("DELETE", "/healthz", 405, "method_not_allowed"),
         ("PUT", "/", 405, "method_not_allowed"),

@@ -355,3 +355,26 @@ def test_a_late_joiner_never_gets_an_event_from_before_it_connected(
         reader.stop.set()
     assert [e.data.count('"n":"1"') for e in early.events] == [0, 1, 0]
     assert len(late.events) == 1 and '"n":"2"' in late.events[0].data
+
+
+def test_a_late_joiner_is_told_the_true_time_to_the_next_retry(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver("--refuse")
+    gateway = make_gateway(
+        devserver.address, "--backoff-initial", "6", "--backoff-max", "6", "--heartbeat", "0.5"
+    )
+    first = Reader(gateway.url)
+    first.start()
+    wait_until(lambda: bool(first.statuses), 10, "the first status")
+    time.sleep(1.5)  # not synchronisation: the time that passes is what is measured
+    late = Reader(gateway.url)
+    late.start()
+    wait_until(lambda: bool(late.statuses), 10, "the late status")
+    for reader in (first, late):
+        reader.stop.set()
+    [early], [later] = first.statuses, late.statuses
+    assert early["upstream"] == later["upstream"] == "unavailable"
+    assert later["since"] == early["since"]  # the same outage, shared
+    assert early["retry_in_ms"] > 2900  # the backoff's jitter: between 3 and 6 s
+    assert later["retry_in_ms"] <= early["retry_in_ms"] - 1400  # counted down, not stale

@@ -94,6 +94,18 @@ def test_the_cap_per_credential_leaves_other_tenants_alone(
         assert gateway.metric(REFUSALS, '{scope="credential"}') == 1
 
 
+def test_without_client_credentials_only_the_total_cap_applies(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    # --auth none: every client is "anonymous"; a per-credential cap would be a
+    # second, smaller total. It counts only where clients bring their own tokens.
+    gateway = make_gateway(
+        make_devserver().address, *FAST, "--no-hub", "--max-upstream-streams-per-credential", "1"
+    )
+    with _held(gateway, {}, {}), _held(gateway, {}, {}):
+        assert gateway.metric(REFUSALS, '{scope="credential"}') == 0
+
+
 def test_a_connection_that_sends_its_headers_slowly_is_closed(
     make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
 ) -> None:

@@ -272,7 +272,8 @@ def test_mixed_cursor_and_cursorless_events_resume_exactly(
     reader = Reader(gateway.url)
     reader.start()
     assert reader.connected.wait(10) and reader.status == 200
-    shape = "cxxcxxcxc"  # c: an event with a cursor, x: one without
+    # c: an event with a cursor, x: one without (the first comes before any cursor)
+    shape = "xcxxcxxcxc"
     for n, kind in enumerate(shape):
         devserver.publish("revision.created", KREF, {"n": str(n)}, without_cursor=kind == "x")
     events = reader.wait_for(len(shape))
@@ -281,3 +282,22 @@ def test_mixed_cursor_and_cursorless_events_resume_exactly(
     reader.stop.set()
     assert all(e.event == "message" for e in events), [e.event for e in events]
     assert numbers(events) == list(range(len(shape)))
+
+
+def test_the_status_turns_live_after_an_outage_even_when_the_upstream_is_silent(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    # An upstream that sends a stream's headers only with its first event: after
+    # it comes back, no event may come for hours, yet the client must hear "live".
+    devserver = make_devserver("--late-headers")
+    gateway = make_gateway(devserver.address, *FAST)
+    reader = Reader(gateway.url)
+    reader.start()
+    assert reader.connected.wait(10) and reader.status == 200
+    wait_until(lambda: bool(reader.statuses), 10, "the first status")
+    devserver.stop(signal.SIGKILL)
+    wait_until(lambda: reader.statuses[-1]["upstream"] != "live", 10, "the outage")
+    devserver.start()
+    wait_until(lambda: reader.statuses[-1]["upstream"] == "live", 15, "live, with no event")
+    reader.stop.set()
+    assert [s["upstream"] for s in reader.statuses] == ["live", "unavailable", "live"]
