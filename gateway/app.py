@@ -92,6 +92,7 @@ def create_app(
         finally:
             if sampler is not None:
                 sampler.cancel()
+                metrics.sample()  # what the last streams counted
             if hub is not None:
                 hub.close()
             await upstream.close()

@@ -167,8 +167,10 @@ def test_a_killed_worker_is_replaced_and_its_clients_lose_nothing(
 
     cursors = devserver.publish("revision.created", KREF, {"when": "before"}, count=10)
     wait_until(everyone_has(10), 15, "the events before")
-    delivered = gateway.metric("kumiho_gateway_events_delivered_total")
-    assert delivered == 60
+    wait_until(
+        lambda: gateway.metric("kumiho_gateway_events_delivered_total") == 60, 5, "60 counted"
+    )
+    delivered = 60
     held = {pid: client_connections(pid, gateway.port) for pid in workers}
     victim = max(held, key=lambda pid: held[pid])
     assert held[victim] > 0, held
