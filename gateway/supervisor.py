@@ -221,7 +221,17 @@ class _Pool:
             for place in self._places:
                 due_now = place.restart_at is not None and place.restart_at <= now
                 if self._stop_signal is None and due_now:
-                    self._start(place, restarted=True)
+                    self._restart(place)
+
+    def _restart(self, place: _Place) -> None:
+        try:
+            self._start(place, restarted=True)
+        except OSError as exc:  # no memory or processes left for it, for now
+            delay = place.backoff.delay(0)
+            place.restart_at = time.monotonic() + delay
+            log.error(
+                "worker %d could not be started (%s); trying in %.1fs", place.index, exc, delay
+            )
 
 
 def metrics_directory() -> str:
