@@ -97,8 +97,11 @@ def _worker(settings: Settings, sockets: list[socket.socket], spec: supervisor.W
     """One worker process of ``serve --workers N`` (module level: it is pickled)."""
     supervisor.exit_with_parent(spec.parent)
     metrics = Metrics(spec.metrics_dir, restarted=spec.restarted)
-    with contextlib.suppress(KeyboardInterrupt):
-        _run(server.serve(settings, sockets=sockets, metrics=metrics))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            _run(server.serve(settings, sockets=sockets, metrics=metrics))
+    finally:
+        supervisor.worker_exited(spec)
 
 
 def _devserver_config(ns: argparse.Namespace) -> DevServerConfig:

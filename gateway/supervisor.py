@@ -15,8 +15,8 @@ each imports everything afresh) and supervises them:
   would fail again: as gunicorn does, the parent then stops the pool and
   exits with status 3.
 - Metrics: the parent makes a fresh ``PROMETHEUS_MULTIPROC_DIR`` before the
-  first worker starts and removes it at exit, and removes a dead worker's
-  live gauges (see ``metrics.py``).
+  first worker starts and removes it at exit (its workers do, if it was
+  killed outright), and removes a dead worker's live gauges (see ``metrics.py``).
 """
 
 from __future__ import annotations
@@ -272,6 +272,16 @@ def serve_workers(settings: Settings, run: Run) -> int:
             os.environ.pop(MULTIPROC_DIR_ENV, None)
         else:
             os.environ[MULTIPROC_DIR_ENV] = previous
+
+
+def worker_exited(spec: WorkerSpec) -> None:
+    """In a worker, as it ends: the parent cleans up after a pool, unless it died first.
+
+    A parent killed outright (SIGKILL) leaves the metrics directory behind;
+    its workers drain and exit (``exit_with_parent``), and they remove it.
+    """
+    if os.getppid() != spec.parent:
+        shutil.rmtree(spec.metrics_dir, ignore_errors=True)
 
 
 def exit_with_parent(parent: int, poll: float = 1.0) -> None:

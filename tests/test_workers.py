@@ -232,6 +232,22 @@ def test_sigterm_while_a_worker_waits_to_restart_stops_the_pool(
     assert not workers[1].is_running(), "the other worker drained and exited"
 
 
+def test_a_parent_killed_outright_leaves_no_workers_and_no_metrics_directory(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *FAST, "--workers", "2")
+    wait_until(lambda: len(worker_pids(gateway)) == 2, 15, "two workers")
+    workers = [psutil.Process(pid) for pid in worker_pids(gateway)]
+    metrics_dir = Path(workers[0].environ()["PROMETHEUS_MULTIPROC_DIR"])
+    assert metrics_dir.is_dir()
+    assert gateway.proc is not None
+    gateway.proc.kill()
+    gateway.proc.wait(5)
+    wait_until(lambda: not any(w.is_running() for w in workers), 15, "the workers to exit")
+    assert not metrics_dir.exists(), "the orphaned workers remove it"
+
+
 def test_a_worker_that_cannot_start_stops_the_pool(tmp_path: Path) -> None:
     started = time.monotonic()
     result = subprocess.run(
