@@ -8,6 +8,7 @@ stack (see ``response.py``).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.resources
 import logging
@@ -86,13 +87,16 @@ def _query(request: Request) -> dict[str, list[str]]:
     return {key: request.query_params.getlist(key) for key in request.query_params}
 
 
-def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ASGIApp:
+def create_app(
+    settings: Settings, lifecycle: Lifecycle | None = None, metrics: Metrics | None = None
+) -> ASGIApp:
     """The gateway as an ASGI app; the upstream channel opens in its lifespan.
 
-    ``lifecycle`` is shared with the server that drains it on SIGTERM.
+    ``lifecycle`` is shared with the server that drains it on SIGTERM;
+    ``metrics`` is a worker's (see ``metrics.py``), a process's own by default.
     """
     upstream = Upstream(settings)
-    metrics = Metrics()
+    metrics = metrics if metrics is not None else Metrics()
     lifecycle = lifecycle or Lifecycle()
     # Four visits per heartbeat (or per send timeout, if shorter) keep both on time.
     ticker = Ticker(min(settings.heartbeat, settings.send_timeout) / 4)
@@ -101,9 +105,14 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ASGIAp
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await upstream.start()
+        # A worker of a pool writes its process metrics for the others' scrapes.
+        sampler = asyncio.ensure_future(metrics.sample_forever()) if metrics.directory else None
         try:
             yield
         finally:
+            if sampler is not None:
+                sampler.cancel()
+                metrics.sample()  # what the last streams counted
             if hub is not None:
                 hub.close()
             await upstream.close()

@@ -17,10 +17,11 @@ from typing import Any, TypeVar
 
 from pydantic import AliasChoices, SecretStr, ValidationError
 
-from gateway import __version__, server
+from gateway import __version__, server, supervisor
 from gateway.devserver.control import DevServerClient
 from gateway.devserver.server import AddressInUse, DevServerConfig, running_devserver
 from gateway.devserver.servicer import TIERS
+from gateway.metrics import Metrics
 from gateway.settings import Settings
 
 T = TypeVar("T")
@@ -89,16 +90,22 @@ def _run(main: Coroutine[Any, Any, None]) -> None:
 def _cmd_serve(ns: argparse.Namespace) -> None:
     settings = _settings(ns)
     if settings.workers > 1:
-        server.serve_workers(settings, _worker)
+        status = supervisor.serve_workers(settings, _worker)
+        if status:
+            raise SystemExit(status)
     else:
         _run(server.serve(settings))
 
 
-def _worker(settings: Settings, sockets: list[socket.socket], parent: int) -> None:
+def _worker(settings: Settings, sockets: list[socket.socket], spec: supervisor.WorkerSpec) -> None:
     """One worker process of ``serve --workers N`` (module level: it is pickled)."""
-    server.exit_with_parent(parent)
-    with contextlib.suppress(KeyboardInterrupt):
-        _run(server.serve(settings, sockets=sockets))
+    supervisor.exit_with_parent(spec.parent)
+    metrics = Metrics(spec.metrics_dir, restarted=spec.restarted)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            _run(server.serve(settings, sockets=sockets, metrics=metrics))
+    finally:
+        supervisor.worker_exited(spec)
 
 
 def _devserver_config(ns: argparse.Namespace) -> DevServerConfig:

@@ -1,13 +1,32 @@
 """Prometheus metrics for one gateway process (``GET /metrics``).
 
-Each app gets its own registry, so several apps in one process (tests) never
-collide; the process collector adds ``process_open_fds`` and
-``process_resident_memory_bytes``.
+In a single process each app gets its own registry, so several apps in one
+process (tests) never collide; the process collector adds
+``process_open_fds`` and ``process_resident_memory_bytes``.
+
+Under ``serve --workers N`` each worker's numbers go to memory-mapped files
+in the pool's ``PROMETHEUS_MULTIPROC_DIR`` (prometheus-client's multiprocess
+mode; the parent sets the variable before a worker imports the library), and
+whichever worker answers a scrape reads every worker's files, so every scrape
+says the same:
+
+- counters and the histogram are summed over every worker that ever ran in
+  the pool, the dead ones included, so they never go backwards when a worker
+  is replaced (the counters bumped per frame reach the files every second and
+  before the worker answers a scrape);
+- gauges of things open (streams, upstream calls, hub subscribers) are summed
+  over the live workers (``livesum``: the parent removes a dead worker's file);
+- what belongs to one process (``process_*``, ``kumiho_gateway_asyncio_tasks``)
+  is one series per live worker, labelled ``pid`` (``liveall``); each worker
+  writes its own every second and before it answers a scrape.
+
+Only one ``Metrics`` may live in a worker: two would share its files.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
 from prometheus_client import (
@@ -17,27 +36,51 @@ from prometheus_client import (
     Histogram,
     ProcessCollector,
     generate_latest,
+    values,
 )
+from prometheus_client.multiprocess import MultiProcessCollector
 
-__all__ = ["CONTENT_TYPE", "Metrics"]
+__all__ = ["CONTENT_TYPE", "MULTIPROC_DIR_ENV", "SAMPLE_PERIOD", "Metrics"]
+
+# Read by prometheus-client when it is imported: set, its values are mmap'd files there.
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Seconds between a worker's writes of its own process metrics.
+SAMPLE_PERIOD = 1.0
 
 
 class Metrics:
-    """Every number the gateway exports."""
+    """Every number the gateway exports.
 
-    def __init__(self) -> None:
+    ``directory`` is the pool's ``PROMETHEUS_MULTIPROC_DIR`` in a worker of
+    ``serve --workers N`` (None in a single process); ``restarted`` says the
+    worker replaced one that died.
+    """
+
+    def __init__(self, directory: str | None = None, *, restarted: bool = False) -> None:
+        self.directory = directory
         self.registry = CollectorRegistry()
-        ProcessCollector(registry=self.registry)
         r = self.registry
-        self.streams_open = Gauge("kumiho_gateway_streams_open", "Open /events streams", registry=r)
-        self.events_delivered = Counter(
+        if directory is None:
+            ProcessCollector(registry=r)
+        else:
+            _check_multiprocess(directory)
+        self.streams_open = Gauge(
+            "kumiho_gateway_streams_open",
+            "Open /events streams",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.events_delivered: Counter | Tally = Counter(
             "kumiho_gateway_events_delivered", "Event frames written to clients", registry=r
         )
-        self.bytes_written = Counter(
+        self.bytes_written: Counter | Tally = Counter(
             "kumiho_gateway_bytes_written", "Bytes of SSE written to clients", registry=r
         )
         self.upstream_streams_open = Gauge(
-            "kumiho_gateway_upstream_streams_open", "Open upstream EventStream calls", registry=r
+            "kumiho_gateway_upstream_streams_open",
+            "Open upstream EventStream calls",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.upstream_connects = Counter(
             "kumiho_gateway_upstream_connects",
@@ -80,11 +123,13 @@ class Metrics:
             "kumiho_gateway_hub_upstream_streams",
             "Shared upstream streams open in the hub",
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.hub_subscribers = Gauge(
             "kumiho_gateway_hub_subscribers",
             "Clients attached to shared streams (divide by hub_upstream_streams for the fan-out)",
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.ring_hits = Counter(
             "kumiho_gateway_hub_ring_hits",
@@ -100,22 +145,113 @@ class Metrics:
             "kumiho_gateway_hub_catch_up_streams",
             "Dedicated catch-up streams open",
             registry=r,
+            multiprocess_mode="livesum",
         )
-        self.frames_encoded = Counter(
+        self.frames_encoded: Counter | Tally = Counter(
             "kumiho_gateway_hub_frames_encoded", "Events encoded by the hub (once each)", registry=r
         )
-        self.frames_delivered = Counter(
+        self.frames_delivered: Counter | Tally = Counter(
             "kumiho_gateway_hub_frames_delivered",
             "Shared frames handed to subscribers",
             registry=r,
         )
-        tasks = Gauge(
-            "kumiho_gateway_asyncio_tasks", "asyncio tasks alive in the event loop", registry=r
+        if directory is None:
+            tasks = Gauge(
+                "kumiho_gateway_asyncio_tasks", "asyncio tasks alive in the event loop", registry=r
+            )
+            tasks.set_function(_task_count)
+            self._exported = r
+            return
+        # A worker of a pool: the counters bumped once per frame gather in the
+        # process and reach the file at each sample(), a write to it costing
+        # about four times an in-memory increment.
+        self.events_delivered = events = Tally(self.events_delivered)
+        self.bytes_written = written = Tally(self.bytes_written)
+        self.frames_encoded = encoded = Tally(self.frames_encoded)
+        self.frames_delivered = delivered = Tally(self.frames_delivered)
+        self._tallies = (events, written, encoded, delivered)
+        # What a worker adds, and the registry that reads every worker's files.
+        self._process = ProcessCollector(registry=None)
+        self._per_process: dict[str, Gauge] = {}
+        self._tasks = Gauge(
+            "kumiho_gateway_asyncio_tasks",
+            "asyncio tasks alive in the event loop",
+            registry=r,
+            multiprocess_mode="liveall",
         )
-        tasks.set_function(_task_count)
+        Gauge(
+            "kumiho_gateway_workers",
+            "Worker processes serving (serve --workers N)",
+            registry=r,
+            multiprocess_mode="livesum",
+        ).set(1)
+        restarts = Counter(
+            "kumiho_gateway_worker_restarts",
+            "Workers started in place of one that died",
+            registry=r,
+        )
+        if restarted:
+            restarts.inc()
+        self._exported = CollectorRegistry()
+        MultiProcessCollector(self._exported, path=directory)  # type: ignore[no-untyped-call]
+        self.sample()
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.directory is not None:
+            self.sample()  # this worker's numbers as of now; the others' at most a period old
+        return generate_latest(self._exported)
+
+    def sample(self) -> None:
+        """In a worker: write what the counters gathered, and this process's own numbers
+        (memory, fds, CPU, tasks), to its files."""
+        if self.directory is None:
+            return
+        for tally in self._tallies:
+            tally.flush()
+        for family in self._process.collect():
+            for sample in family.samples:
+                gauge = self._per_process.get(sample.name)
+                if gauge is None:
+                    gauge = self._per_process[sample.name] = Gauge(
+                        sample.name,
+                        family.documentation,
+                        registry=None,
+                        multiprocess_mode="liveall",
+                    )
+                gauge.set(sample.value)
+        self._tasks.set(_task_count())
+
+    async def sample_forever(self, period: float = SAMPLE_PERIOD) -> None:
+        """In a worker: ``sample()`` every ``period`` seconds, so any worker's scrape is fresh."""
+        while True:
+            self.sample()
+            await asyncio.sleep(period)
+
+
+class Tally:
+    """Increments of a counter, gathered in memory until ``flush()`` adds them to it."""
+
+    __slots__ = ("_counter", "_pending")
+
+    def __init__(self, counter: Counter) -> None:
+        self._counter = counter
+        self._pending = 0.0
+
+    def inc(self, amount: float = 1) -> None:
+        self._pending += amount
+
+    def flush(self) -> None:
+        if self._pending:
+            pending, self._pending = self._pending, 0.0
+            self._counter.inc(pending)
+
+
+def _check_multiprocess(directory: str) -> None:
+    """Multiprocess mode is chosen when prometheus-client is imported: check that it was."""
+    if not getattr(values.ValueClass, "_multiprocess", False):
+        raise RuntimeError(f"{MULTIPROC_DIR_ENV} must be set before prometheus_client is imported")
+    if os.environ.get(MULTIPROC_DIR_ENV) != directory:
+        raise RuntimeError(f"{MULTIPROC_DIR_ENV} is not {directory}")
 
 
 def _task_count() -> float:

@@ -12,13 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import multiprocessing
-import os
-import signal
 import socket
-import threading
-import time
-from collections.abc import Callable
 from types import FrameType
 
 import uvicorn
@@ -27,6 +21,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from gateway import logs
 from gateway.app import create_app
 from gateway.lifecycle import Lifecycle, streams_phrase
+from gateway.metrics import Metrics
 from gateway.settings import Settings
 
 log = logging.getLogger("gateway.server")
@@ -125,13 +120,20 @@ class GatewayServer(uvicorn.Server):
 
 
 async def serve(
-    settings: Settings, announce: str = "", sockets: list[socket.socket] | None = None
+    settings: Settings,
+    announce: str = "",
+    sockets: list[socket.socket] | None = None,
+    metrics: Metrics | None = None,
 ) -> None:
-    """Serve the gateway until a signal drains and stops it (on ``sockets`` when given)."""
+    """Serve the gateway until a signal drains and stops it.
+
+    On ``sockets`` when given (a worker's share of the pool's), with
+    ``metrics`` when given (a worker's, see ``metrics.py``).
+    """
     lifecycle = Lifecycle()
     sockets = sockets or [listening_socket(settings)]
     config = uvicorn.Config(
-        create_app(settings, lifecycle),
+        create_app(settings, lifecycle, metrics),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
@@ -177,46 +179,3 @@ def listening_socket(settings: Settings) -> socket.socket:
         timeout_ms = int(settings.send_timeout * 2 * 1000)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, timeout_ms)
     return sock
-
-
-def serve_workers(
-    settings: Settings, run: Callable[[Settings, list[socket.socket], int], None]
-) -> None:
-    """Run ``settings.workers`` processes on one listening socket; each has its own hub.
-
-    The parent binds the socket, starts the workers and forwards SIGTERM/SIGINT
-    to them, so each drains its own streams; it returns when all have exited.
-    """
-    sock = listening_socket(settings)
-    context = multiprocessing.get_context("spawn")
-    workers = [
-        context.Process(
-            target=run, args=(settings, [sock], os.getpid()), name=f"gateway-worker-{i}"
-        )
-        for i in range(settings.workers)
-    ]
-    for worker in workers:
-        worker.start()
-    log.info("%d workers serving on %s:%d", len(workers), settings.host, settings.port)
-
-    def forward(sig: int, frame: FrameType | None) -> None:
-        for worker in workers:
-            if worker.pid and worker.is_alive():
-                os.kill(worker.pid, sig)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, forward)
-    for worker in workers:
-        worker.join()
-    sock.close()
-
-
-def exit_with_parent(parent: int, poll: float = 1.0) -> None:
-    """In a worker: drain and exit if ``parent`` dies (even by SIGKILL), never orphaned."""
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(poll)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()

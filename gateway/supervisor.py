@@ -1,0 +1,295 @@
+"""``serve --workers N``: N worker processes on one listening socket, kept at N.
+
+The parent binds the socket, starts the workers (multiprocessing "spawn", so
+each imports everything afresh) and supervises them:
+
+- SIGTERM/SIGINT are forwarded to every worker, so each drains its own
+  streams; the parent returns once all have exited. A second signal is
+  forwarded too, and the workers exit at once.
+- A worker that exits while the parent was not told to stop (a crash, the
+  OOM killer, a stray SIGKILL) is logged and replaced after a backoff (0.5 s,
+  doubling to 30 s; back to 0.5 s once a worker has stayed up a minute). The
+  replacement accepts on the same socket; the dead worker's clients reconnect
+  with their Last-Event-ID and resume on any worker.
+- A worker that cannot start (uvicorn's startup failure, exit status 3)
+  would fail again: as gunicorn does, the parent then stops the pool and
+  exits with status 3.
+- Metrics: the parent makes a fresh ``PROMETHEUS_MULTIPROC_DIR`` before the
+  first worker starts and removes it at exit (its workers do, if it was
+  killed outright), and removes a dead worker's live gauges (see ``metrics.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
+from types import FrameType
+
+from prometheus_client.multiprocess import mark_process_dead
+
+from gateway import logs
+from gateway.metrics import MULTIPROC_DIR_ENV
+from gateway.server import listening_socket
+from gateway.settings import Settings
+
+log = logging.getLogger("gateway.supervisor")
+
+# uvicorn's exit status when the app cannot start (its lifespan failed).
+STARTUP_FAILURE = 3
+
+RESTART_INITIAL = 0.5  # seconds before the first restart of a worker
+RESTART_MAX = 30.0  # cap of the doubling
+RESTART_RESET = 60.0  # a worker that stayed up this long restarts after RESTART_INITIAL again
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker is told (pickled to it)."""
+
+    index: int  # its place in the pool, 0 to N - 1; a replacement takes the same
+    parent: int  # the parent's pid: the worker drains and exits when the parent is gone
+    metrics_dir: str  # the pool's PROMETHEUS_MULTIPROC_DIR
+    restarted: bool  # it replaces a worker that died
+
+
+Run = Callable[[Settings, list[socket.socket], WorkerSpec], None]
+
+
+class RestartBackoff:
+    """Delays before restarting one place of the pool: doubling to a cap, reset by a long life."""
+
+    def __init__(
+        self,
+        initial: float = RESTART_INITIAL,
+        cap: float = RESTART_MAX,
+        reset_after: float = RESTART_RESET,
+    ) -> None:
+        self.initial, self.cap, self.reset_after = initial, cap, reset_after
+        self._next = initial
+
+    def delay(self, uptime: float) -> float:
+        """Seconds to wait before the next start, after a worker that ran ``uptime`` seconds."""
+        if uptime >= self.reset_after:
+            self._next = self.initial
+        delay = self._next
+        self._next = min(self._next * 2, self.cap)
+        return delay
+
+
+@dataclass
+class _Place:
+    """One of the pool's N places: its worker, or when the next one starts."""
+
+    index: int
+    backoff: RestartBackoff
+    process: BaseProcess | None = None
+    started: float = 0.0
+    restart_at: float | None = None
+
+
+def exit_description(code: int | None) -> str:
+    """How a process ended, as a phrase: "was killed by SIGKILL", "exited with status 1"."""
+    if code is not None and code < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-code).name}"
+        return f"was killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+class _Pool:
+    def __init__(self, settings: Settings, run: Run, sock: socket.socket, metrics_dir: str):
+        self._settings, self._run, self._sock, self._metrics_dir = settings, run, sock, metrics_dir
+        self._context = multiprocessing.get_context("spawn")
+        self._places = [_Place(i, RestartBackoff()) for i in range(settings.workers)]
+        self._stop_signal: int | None = None  # set: no more restarts
+        self._received: int | None = None  # the signal that came, if any
+        self.status = 0
+        # A signal wakes the main loop through this pipe, even while it waits on no worker.
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_write, False)
+
+    def close(self) -> None:
+        os.close(self._wake_read)
+        os.close(self._wake_write)
+
+    def on_signal(self, sig: int, frame: FrameType | None) -> None:
+        """SIGTERM/SIGINT: stop restarting, forward it to every worker."""
+        self._received = sig
+        self._stop(sig)
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_write, b"\0")
+
+    def _stop(self, sig: int) -> None:
+        self._stop_signal = sig
+        for place in self._places:
+            self._signal(place, sig)
+
+    @staticmethod
+    def _signal(place: _Place, sig: int) -> None:
+        process = place.process
+        if process is not None and process.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, sig)
+
+    def _start(self, place: _Place, restarted: bool) -> None:
+        spec = WorkerSpec(place.index, os.getpid(), self._metrics_dir, restarted)
+        process = self._context.Process(
+            target=self._run,
+            args=(self._settings, [self._sock], spec),
+            name=f"gateway-worker-{place.index}",
+        )
+        process.start()
+        place.process, place.started, place.restart_at = process, time.monotonic(), None
+        if self._stop_signal is not None:  # the signal came while it started
+            self._signal(place, self._stop_signal)
+        if restarted:
+            log.info("worker %d restarted: pid %s", place.index, process.pid)
+
+    def _exited(self, place: _Place) -> None:
+        process = place.process
+        assert process is not None and process.pid is not None
+        process.join()
+        place.process = None
+        mark_process_dead(process.pid, self._metrics_dir)  # type: ignore[no-untyped-call]
+        uptime = time.monotonic() - place.started
+        how = exit_description(process.exitcode)
+        if self._stop_signal is not None:
+            log.info("worker %d (pid %d) %s", place.index, process.pid, how)
+        elif process.exitcode == STARTUP_FAILURE:
+            log.error(
+                "worker %d (pid %d) could not start (%s): stopping the gateway",
+                place.index,
+                process.pid,
+                how,
+            )
+            self.status = STARTUP_FAILURE
+            self._stop(signal.SIGTERM)
+        else:
+            delay = place.backoff.delay(uptime)
+            place.restart_at = time.monotonic() + delay
+            log.error(
+                "worker %d (pid %d) %s after %.1fs; restarting it in %.1fs",
+                place.index,
+                process.pid,
+                how,
+                uptime,
+                delay,
+            )
+
+    def run(self) -> int:
+        """Start the pool, keep it at N until a signal, wait for every worker; the exit status."""
+        for place in self._places:
+            self._start(place, restarted=False)
+        log.info(
+            "%d workers serving on %s:%d",
+            len(self._places),
+            self._settings.host,
+            self._settings.port,
+        )
+        announced = False
+        while True:
+            live = {p.process.sentinel: p for p in self._places if p.process is not None}
+            if self._received is not None and not announced:
+                announced = True
+                log.info("signal %d: stopping %d workers", self._received, len(live))
+            if self._stop_signal is not None:
+                for place in self._places:
+                    place.restart_at = None
+                if not live:
+                    return self.status
+            due = [p.restart_at for p in self._places if p.restart_at is not None]
+            timeout = max(0.0, min(due) - time.monotonic()) if due else None
+            ready = multiprocessing.connection.wait([*live, self._wake_read], timeout)
+            if self._wake_read in ready:
+                os.read(self._wake_read, 64)
+            for sentinel in ready:
+                if sentinel in live:
+                    self._exited(live[sentinel])
+            now = time.monotonic()
+            for place in self._places:
+                due_now = place.restart_at is not None and place.restart_at <= now
+                if self._stop_signal is None and due_now:
+                    self._restart(place)
+
+    def _restart(self, place: _Place) -> None:
+        try:
+            self._start(place, restarted=True)
+        except OSError as exc:  # no memory or processes left for it, for now
+            delay = place.backoff.delay(0)
+            place.restart_at = time.monotonic() + delay
+            log.error(
+                "worker %d could not be started (%s); trying in %.1fs", place.index, exc, delay
+            )
+
+
+def metrics_directory() -> str:
+    """A fresh directory for the pool's metrics files.
+
+    In ``$TMPDIR`` when it is set, else in ``/dev/shm`` (memory, and writable in
+    a container with a read-only root file system), else in the default temporary
+    directory.
+    """
+    parent = None
+    if not os.environ.get("TMPDIR") and os.access("/dev/shm", os.W_OK | os.X_OK):
+        parent = "/dev/shm"
+    return tempfile.mkdtemp(prefix="kumiho-gateway-metrics-", dir=parent)
+
+
+def serve_workers(settings: Settings, run: Run) -> int:
+    """Run ``settings.workers`` processes on one listening socket; each has its own hub.
+
+    Returns when a signal has stopped them all: 0, or 3 when a worker could not start.
+    """
+    logs.install(settings.log_level)
+    sock = listening_socket(settings)
+    metrics_dir = metrics_directory()
+    previous = os.environ.get(MULTIPROC_DIR_ENV)
+    # Inherited by each worker, whose prometheus-client then keeps its values in files there.
+    os.environ[MULTIPROC_DIR_ENV] = metrics_dir
+    pool = _Pool(settings, run, sock, metrics_dir)
+    handlers = {sig: signal.signal(sig, pool.on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return pool.run()
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        pool.close()
+        sock.close()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        if previous is None:
+            os.environ.pop(MULTIPROC_DIR_ENV, None)
+        else:
+            os.environ[MULTIPROC_DIR_ENV] = previous
+
+
+def worker_exited(spec: WorkerSpec) -> None:
+    """In a worker, as it ends: the parent cleans up after a pool, unless it died first.
+
+    A parent killed outright (SIGKILL) leaves the metrics directory behind;
+    its workers drain and exit (``exit_with_parent``), and they remove it.
+    """
+    if os.getppid() != spec.parent:
+        shutil.rmtree(spec.metrics_dir, ignore_errors=True)
+
+
+def exit_with_parent(parent: int, poll: float = 1.0) -> None:
+    """In a worker: drain and exit if ``parent`` dies (even by SIGKILL), never orphaned."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()

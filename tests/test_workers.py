@@ -1,0 +1,295 @@
+"""serve --workers N: metrics that add up across workers, and workers that die."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from httpx_sse import connect_sse
+
+from gateway.supervisor import RestartBackoff, exit_description
+from tests.conftest import FAST, STATUS, DevServer, Gateway, free_port, wait_until
+
+KREF = "kref://p/workers.model"
+
+
+def worker_pids(gateway: Gateway) -> set[int]:
+    """The live worker processes (the parent's other child is multiprocessing's tracker)."""
+    assert gateway.proc is not None
+    pids = set()
+    for child in psutil.Process(gateway.proc.pid).children():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if child.status() != psutil.STATUS_ZOMBIE and "spawn_main" in " ".join(child.cmdline()):
+                pids.add(child.pid)
+    return pids
+
+
+def scrape(url: str) -> tuple[int, str]:
+    """/metrics over a new connection, and the pid of the worker that answered.
+
+    /healthz and /metrics go over one keep-alive connection, so one worker answers both.
+    """
+    with httpx.Client(timeout=10) as client:
+        pid = int(client.get(url + "/healthz").json()["pid"])
+        text = client.get(url + "/metrics").text
+        assert int(client.get(url + "/healthz").json()["pid"]) == pid, "one connection"
+    return pid, text
+
+
+def sample(text: str, name: str, labels: str = "") -> float:
+    found = re.search(rf"^{re.escape(name)}{re.escape(labels)} ([0-9.e+-]+)$", text, re.MULTILINE)
+    assert found, f"{name}{labels} missing from /metrics"
+    return float(found.group(1))
+
+
+def pids_of(text: str, name: str) -> set[int]:
+    """The pid labels of a per-process metric's series."""
+    return {int(p) for p in re.findall(rf'^{re.escape(name)}{{pid="(\d+)"}} ', text, re.MULTILINE)}
+
+
+def client_connections(pid: int, port: int) -> int:
+    """Established connections a worker holds on the gateway's port."""
+    return sum(
+        1
+        for c in psutil.Process(pid).net_connections(kind="tcp")
+        if c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port == port
+    )
+
+
+def test_every_scrape_gives_the_pool_s_numbers(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *FAST, "--workers", "2")
+    wait_until(lambda: len(worker_pids(gateway)) == 2, 15, "two workers")
+    workers = worker_pids(gateway)
+    streams, events = 4, 5
+    with contextlib.ExitStack() as stack:
+        for _ in range(streams):
+            client = stack.enter_context(httpx.Client(timeout=30))
+            response = stack.enter_context(client.stream("GET", gateway.url + "/events"))
+            assert response.status_code == 200
+        wait_until(
+            lambda: gateway.metric("kumiho_gateway_streams_open") == streams, 15, "streams open"
+        )
+        devserver.publish("revision.created", KREF, count=events)
+        wait_until(
+            lambda: gateway.metric("kumiho_gateway_events_delivered_total") == streams * events,
+            15,
+            "every event written to every stream",
+        )
+        held = {pid: client_connections(pid, gateway.port) for pid in workers}
+        answered = set()
+        for _ in range(40):
+            pid, text = scrape(gateway.url)
+            answered.add(pid)
+            assert sample(text, "kumiho_gateway_streams_open") == streams, (pid, held)
+            assert sample(text, "kumiho_gateway_events_delivered_total") == streams * events
+            assert sample(text, "kumiho_gateway_stream_duration_seconds_count") == 0
+            assert sample(text, "kumiho_gateway_workers") == 2
+            assert sample(text, "kumiho_gateway_worker_restarts_total") == 0
+            # Per process: one series per live worker, whichever answered.
+            for name in (
+                "process_resident_memory_bytes",
+                "process_open_fds",
+                "kumiho_gateway_asyncio_tasks",
+            ):
+                assert pids_of(text, name) == workers, name
+        assert answered == workers, f"both workers answered scrapes (streams held: {held})"
+    # The clients left: every scrape says so, and the closed streams add up too.
+    wait_until(lambda: gateway.metric("kumiho_gateway_streams_open") == 0, 15, "streams closed")
+    for _ in range(10):
+        _, text = scrape(gateway.url)
+        assert sample(text, "kumiho_gateway_streams_open") == 0
+        assert sample(text, "kumiho_gateway_stream_duration_seconds_count") == streams
+        assert sample(text, "kumiho_gateway_stream_closes_total", '{cause="client"}') == streams
+
+
+class ResumingReader(threading.Thread):
+    """An EventSource: reads /events and, whenever the stream breaks, resumes with Last-Event-ID."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.ids: list[str] = []
+        self.connects = 0
+        self.connected = threading.Event()
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            headers = {"Last-Event-ID": self.ids[-1]} if self.ids else {}
+            try:
+                with (
+                    httpx.Client(timeout=httpx.Timeout(10, read=2)) as client,
+                    connect_sse(client, "GET", self.url + "/events", headers=headers) as source,
+                ):
+                    if source.response.status_code != 200:
+                        continue
+                    self.connects += 1
+                    self.connected.set()
+                    for sse in source.iter_sse():
+                        if sse.data and sse.event != STATUS:
+                            self.ids.append(sse.id)
+                        if self.stop.is_set():
+                            return
+            except httpx.HTTPError:
+                pass  # the worker died under it, or a read timed out: resume
+
+
+def test_a_killed_worker_is_replaced_and_its_clients_lose_nothing(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *FAST, "--workers", "2")
+    wait_until(lambda: len(worker_pids(gateway)) == 2, 15, "two workers")
+    workers = worker_pids(gateway)
+    metrics_dir = Path(psutil.Process(min(workers)).environ()["PROMETHEUS_MULTIPROC_DIR"])
+    assert metrics_dir.is_dir()
+    readers = [ResumingReader(gateway.url) for _ in range(6)]
+    for reader in readers:
+        reader.start()
+    wait_until(lambda: all(r.connected.is_set() for r in readers), 15, "readers connected")
+    wait_until(lambda: gateway.metric("kumiho_gateway_streams_open") == 6, 15, "6 streams")
+
+    def everyone_has(count: int) -> Callable[[], bool]:
+        return lambda: all(len(r.ids) >= count for r in readers)
+
+    cursors = devserver.publish("revision.created", KREF, {"when": "before"}, count=10)
+    wait_until(everyone_has(10), 15, "the events before")
+    wait_until(
+        lambda: gateway.metric("kumiho_gateway_events_delivered_total") == 60, 5, "60 counted"
+    )
+    delivered = 60
+    held = {pid: client_connections(pid, gateway.port) for pid in workers}
+    victim = max(held, key=lambda pid: held[pid])
+    assert held[victim] > 0, held
+
+    cursors += devserver.publish("revision.created", KREF, {"when": "in flight"}, count=10)
+    psutil.Process(victim).send_signal(signal.SIGKILL)
+    cursors += devserver.publish("revision.created", KREF, {"when": "while dead"}, count=10)
+
+    # The pool is back to two, with a new worker in the dead one's place.
+    wait_until(
+        lambda: len(worker_pids(gateway)) == 2 and victim not in worker_pids(gateway),
+        15,
+        "a replacement worker",
+    )
+    [replacement] = worker_pids(gateway) - workers
+    wait_until(lambda: f"restarted: pid {replacement}" in gateway.log(), 5, "the restart logged")
+    assert re.search(rf"worker \d \(pid {victim}\) was killed by SIGKILL after", gateway.log())
+    assert sum(r.connects > 1 for r in readers) >= held[victim], "the victim's clients resumed"
+
+    cursors += devserver.publish("revision.created", KREF, {"when": "after"}, count=10)
+    wait_until(everyone_has(40), 30, "every event on every client")
+    for reader in readers:
+        assert reader.ids == cursors, "every event exactly once, in order"
+
+    # The metrics: the dead worker's open streams are gone, its counters stay.
+    wait_until(lambda: gateway.metric("kumiho_gateway_streams_open") == 6, 15, "6 streams again")
+    wait_until(lambda: gateway.metric("kumiho_gateway_workers") == 2, 15, "the replacement serving")
+    for _ in range(10):
+        _, text = scrape(gateway.url)
+        assert sample(text, "kumiho_gateway_streams_open") == 6
+        assert sample(text, "kumiho_gateway_workers") == 2
+        assert sample(text, "kumiho_gateway_worker_restarts_total") == 1
+        assert sample(text, "kumiho_gateway_events_delivered_total") >= delivered
+        assert pids_of(text, "process_resident_memory_bytes") == worker_pids(gateway)
+
+    for reader in readers:
+        reader.stop.set()
+    assert gateway.proc is not None
+    gateway.proc.send_signal(signal.SIGTERM)
+    assert gateway.proc.wait(15) == 0
+    assert not metrics_dir.exists(), "the parent removes the metrics directory"
+    assert "signal 15: stopping 2 workers" in gateway.log()
+
+
+def test_sigterm_while_a_worker_waits_to_restart_stops_the_pool(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *FAST, "--workers", "2")
+    wait_until(lambda: len(worker_pids(gateway)) == 2, 15, "two workers")
+    workers = [psutil.Process(pid) for pid in worker_pids(gateway)]
+    assert gateway.proc is not None
+    workers[0].send_signal(signal.SIGKILL)
+    # The parent notices the death and waits out the backoff (0.5 s) ...
+    wait_until(lambda: "was killed by SIGKILL" in gateway.log(), 5, "the death noticed")
+    gateway.proc.send_signal(signal.SIGTERM)  # ... when the signal comes
+    assert gateway.proc.wait(15) == 0
+    assert "restarted" not in gateway.log(), "no restart after the signal"
+    assert not workers[1].is_running(), "the other worker drained and exited"
+
+
+def test_a_parent_killed_outright_leaves_no_workers_and_no_metrics_directory(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *FAST, "--workers", "2")
+    wait_until(lambda: len(worker_pids(gateway)) == 2, 15, "two workers")
+    workers = [psutil.Process(pid) for pid in worker_pids(gateway)]
+    metrics_dir = Path(workers[0].environ()["PROMETHEUS_MULTIPROC_DIR"])
+    assert metrics_dir.is_dir()
+    assert gateway.proc is not None
+    gateway.proc.kill()
+    gateway.proc.wait(5)
+    wait_until(lambda: not any(w.is_running() for w in workers), 15, "the workers to exit")
+    assert not metrics_dir.exists(), "the orphaned workers remove it"
+
+
+def test_a_worker_that_cannot_start_stops_the_pool(tmp_path: Path) -> None:
+    started = time.monotonic()
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            "--upstream",
+            "127.0.0.1:1",
+            "--port",
+            str(free_port()),
+            "--workers",
+            "2",
+            "--ca-file",
+            str(tmp_path / "missing.pem"),  # read as each worker starts: it cannot
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "could not start (exited with status 3): stopping the gateway" in result.stderr
+    assert "restarting it" not in result.stderr
+    assert time.monotonic() - started < 30
+
+
+def test_restart_backoff_doubles_to_a_cap_and_resets_after_a_long_life() -> None:
+    backoff = RestartBackoff(initial=0.5, cap=4, reset_after=60)
+    assert [backoff.delay(1) for _ in range(6)] == [0.5, 1, 2, 4, 4, 4]
+    assert backoff.delay(60) == 0.5  # it had stayed up a minute: a fresh start
+    assert backoff.delay(59) == 1
+
+
+@pytest.mark.parametrize(
+    ("code", "phrase"),
+    [
+        (-9, "was killed by SIGKILL"),
+        (-15, "was killed by SIGTERM"),
+        (1, "exited with status 1"),
+        (0, "exited with status 0"),
+    ],
+)
+def test_exit_descriptions(code: int, phrase: str) -> None:
+    assert exit_description(code) == phrase
