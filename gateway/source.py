@@ -241,7 +241,6 @@ class UpstreamSource:
         self._since_cursor: list[bytes] = []  # digests
         self._replayed: collections.deque[bytes] = collections.deque()
         self._unresumable = False
-        self._seen = ResumeFilter(subscription.cursor)  # upstream delivery is at-least-once
         self._pending: list[Item] = []
         self._call: EventCall | None = None
         self._replay = True  # whether the upstream can start from the beginning
@@ -273,7 +272,6 @@ class UpstreamSource:
     def _reset(self, reason: str) -> Reset:
         """Give up the current resume point: restart from the earliest event available."""
         reset = Reset(reason, self._resume or "", "earliest" if self._replay else "latest")
-        self._seen.forget()
         self._resume = None
         self._start = "beginning" if self._replay else "latest"
         self._live_since = None
@@ -405,13 +403,13 @@ class UpstreamSource:
                 while (read := await call.read()) is not _EOF:
                     event = cast(kumiho_pb2.Event, read)
                     if event.cursor:
-                        if not self._seen.accept(event.cursor):
-                            continue  # a repeat: it must not reset what follows it
-                        self._resume = event.cursor
                         if self._since_cursor or self._unresumable:  # (rarely: mixed streams)
+                            if not ResumeFilter(self._resume).accept(event.cursor):
+                                continue  # a repeat (at-least-once) must not reset what follows
                             self._since_cursor.clear()
                             self._replayed.clear()
                             self._unresumable = False
+                        self._resume = event.cursor
                     elif self._seen_before(event):
                         continue
                     if not delivered:
