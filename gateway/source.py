@@ -1,16 +1,18 @@
 """Sources: where a subscription's Kumiho events come from.
 
-The pump consumes a ``Source``; today the one implementation is
-``UpstreamSource``, one upstream EventStream per request. A shared hub can
-replace it behind the same interface without touching the route or the
-encoder.
+The pump consumes a ``Source``: an ``UpstreamSource`` (one upstream
+EventStream, for a request with ``--no-hub`` or for a hub channel) or the
+hub's ``HubSource``, behind the same interface.
 
 ``UpstreamSource`` keeps the client's stream alive whatever the upstream
 does: a broken stream or an unreachable server means resubscribing from the
 last cursor it yielded, after a capped, jittered backoff; a resume point the
 upstream cannot honour becomes a ``Reset`` item (so the gap is never
 silent); a refused credential becomes a ``Failure`` (before the stream
-starts, ``open()`` raises it instead, so the route can answer 401/403).
+starts, ``open()`` raises it instead, so the route can answer 401/403). It
+announces the upstream's state first and on every change (``Status``, sent
+as ``gateway.status``), and holds a place under the caps on upstream
+streams (``quota.py``) from ``open()`` to ``close()``.
 """
 
 from __future__ import annotations
