@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Scope
 
 from gateway import __version__, sse
-from gateway.auth import Credential, authenticate
+from gateway.auth import SERVICE, Credential, authenticate
 from gateway.errors import GatewayError
 from gateway.hub import Hub
 from gateway.lifecycle import Lifecycle
@@ -150,7 +150,7 @@ def create_app(
             headers=request.headers,
             cookies=request.cookies,
             access_token=access_token_param(query),
-            service_token=settings.upstream_metadata_token(),
+            service_token=upstream.service_token.current(),
             api_keys=settings.api_keys,
         )
 
@@ -231,6 +231,12 @@ def create_app(
         try:
             caps = await upstream.capabilities(who)
         except grpc.aio.AioRpcError as exc:
+            if (
+                exc.code() == grpc.StatusCode.UNAUTHENTICATED
+                and who.identity == SERVICE
+                and upstream.service_token.reload()
+            ):
+                return await capabilities(request)  # once more, with the rotated token
             error = terminal_error(exc.code(), exc.details() or "", who) or GatewayError(
                 503,
                 "upstream_unavailable",

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pydantic import SecretStr
 
 from gateway.errors import GatewayError
 from gateway.settings import AuthMode
+
+log = logging.getLogger("gateway.auth")
 
 MAX_TOKEN_LENGTH = 8192
 COOKIE_NAME = "kumiho_token"
@@ -25,6 +29,45 @@ class Credential:
 
 
 ANONYMOUS = Credential(None, "anonymous")
+SERVICE = "service"  # the identity of every request in --auth service
+
+
+class ServiceToken:
+    """The gateway's own upstream token: a fixed value, or a file read again on demand.
+
+    A file (``KUMIHO_AUTH_TOKEN_FILE``, as the SDK names it) lets an operator
+    rotate the token without a restart: when the upstream refuses the token,
+    ``reload()`` reads the file again.
+    """
+
+    def __init__(self, value: str | None = None, path: str | None = None) -> None:
+        self._path = Path(path) if path else None
+        self._value = self._read() if self._path else value
+
+    def _read(self) -> str:
+        assert self._path is not None
+        try:
+            token = self._path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read the token file {self._path}: {exc.strerror}") from None
+        if not token:
+            raise ValueError(f"the token file {self._path} is empty")
+        return token
+
+    def current(self) -> str | None:
+        return self._value
+
+    def reload(self) -> bool:
+        """Read the file again; True when it now holds another token."""
+        if self._path is None:
+            return False
+        try:
+            token = self._read()
+        except ValueError as exc:
+            log.warning("%s; keeping the token read before", exc)
+            return False
+        changed, self._value = token != self._value, token
+        return changed
 
 
 def identity_of(token: str) -> str:
@@ -88,4 +131,4 @@ def authenticate(
         matched |= hmac.compare_digest(key.get_secret_value().encode(), token.encode())
     if not matched:
         raise GatewayError(401, "unauthenticated", "the gateway key is not valid")
-    return Credential(service_token, "service")
+    return Credential(service_token, SERVICE)

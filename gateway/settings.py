@@ -8,6 +8,7 @@ builds the flags from this class) and a row of the README's table.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
@@ -50,6 +51,12 @@ class Settings(BaseSettings):
         None,
         validation_alias=_env("auth_token", "KUMIHO_AUTH_TOKEN"),
         description="the gateway's own Kumiho token, sent upstream in --auth service",
+    )
+    auth_token_file: str | None = Field(
+        None,
+        validation_alias=_env("auth_token_file", "KUMIHO_AUTH_TOKEN_FILE"),
+        description="a file holding the gateway's own token (instead of KUMIHO_AUTH_TOKEN), "
+        "read again when the upstream refuses it, so a rotated token needs no restart",
     )
     tenant_id: str | None = Field(
         None,
@@ -250,6 +257,21 @@ class Settings(BaseSettings):
         return origins
 
     @model_validator(mode="after")
+    def _check_one_token_source(self) -> Settings:
+        if self.auth_token and self.auth_token_file:
+            raise ValueError(
+                "KUMIHO_AUTH_TOKEN and KUMIHO_AUTH_TOKEN_FILE are both set: give one of them"
+            )
+        if self.auth_token_file:
+            try:
+                token = Path(self.auth_token_file).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ValueError(f"cannot read KUMIHO_AUTH_TOKEN_FILE: {exc}") from None
+            if not token:
+                raise ValueError(f"KUMIHO_AUTH_TOKEN_FILE {self.auth_token_file} is empty")
+        return self
+
+    @model_validator(mode="after")
     def _check_service_keys(self) -> Settings:
         if self.auth == "service" and not self.api_keys:
             raise ValueError(
@@ -257,7 +279,3 @@ class Settings(BaseSettings):
                 "key no client could connect"
             )
         return self
-
-    def upstream_metadata_token(self) -> str | None:
-        """The token sent upstream in ``service`` mode."""
-        return self.auth_token.get_secret_value() if self.auth_token else None

@@ -24,7 +24,7 @@ import hashlib
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Literal, Protocol, cast
 
@@ -32,7 +32,7 @@ import grpc
 
 from gateway import sse
 from gateway._proto import kumiho_pb2
-from gateway.auth import Credential
+from gateway.auth import SERVICE, Credential
 from gateway.cursor import ResumeFilter
 from gateway.errors import GatewayError
 from gateway.metrics import Metrics
@@ -330,6 +330,8 @@ class UpstreamSource:
         try:
             caps = await asyncio.wait_for(self._upstream.capabilities(self._sub.credential), wait)
         except grpc.aio.AioRpcError as exc:
+            if self._rotated(exc.code()):
+                return await self._check_capabilities(wait)
             if exc.code() in _CREDENTIAL_REFUSED:
                 self._metrics.upstream_failures.labels(exc.code().name).inc()
                 error = terminal_error(exc.code(), exc.details() or "", self._sub.credential)
@@ -368,6 +370,8 @@ class UpstreamSource:
                 self.status = self._live_after(await self._connect(settle))
                 return
             except _Rejected as exc:
+                if self._rotated(exc.code):
+                    continue
                 item = self._classify(exc)
                 if isinstance(item, Failure):
                     raise item.error from None
@@ -463,8 +467,21 @@ class UpstreamSource:
             self._since_cursor.clear()
         self._replayed = collections.deque(self._since_cursor)
 
+    def _rotated(self, code: grpc.StatusCode) -> bool:
+        """The upstream refused the gateway's own token: take a rotated one from its file."""
+        if code != grpc.StatusCode.UNAUTHENTICATED or self._sub.credential.identity != SERVICE:
+            return False
+        service_token = self._upstream.service_token
+        if not service_token.reload():
+            return False
+        log.info("the upstream refused the service token; using the new one from its file")
+        self._sub = replace(self._sub, credential=Credential(service_token.current(), SERVICE))
+        return True
+
     async def _refused(self, exc: _Rejected, sink: Sink) -> bool:
         """Deliver what a refused call means; True when the stream must end."""
+        if self._rotated(exc.code):
+            return False  # resubscribe at once with the new token
         item = self._classify(exc)
         if item is None:
             delay = self._backoff.delay()

@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 import grpc
 
 from gateway._proto import kumiho_pb2, kumiho_pb2_grpc
-from gateway.auth import Credential
+from gateway.auth import Credential, ServiceToken
 from gateway.quota import StreamQuota
 from gateway.settings import Settings
 
@@ -95,6 +95,11 @@ class Upstream:
         self._capabilities: dict[str, tuple[float, kumiho_pb2.EventCapabilities]] = {}
         self._channel: grpc.aio.Channel | None = None
         self._stub: kumiho_pb2_grpc.KumihoServiceAsyncStub | None = None
+        # The gateway's own token for --auth service (a file is read again on refusal).
+        self.service_token = ServiceToken(
+            settings.auth_token.get_secret_value() if settings.auth_token else None,
+            settings.auth_token_file,
+        )
         # Shared by every source of this process: the caps on streams held upstream.
         # Per credential only where clients bring their own (passthrough); in the
         # other modes every request has one identity and the total is the cap.

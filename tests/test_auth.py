@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import BOTH_MODES, FAST, DevServer, Gateway, read_events, wait_until
+from tests.conftest import BOTH_MODES, FAST, DevServer, Gateway, Reader, read_events, wait_until
 
 pytestmark = BOTH_MODES
 
@@ -163,3 +164,62 @@ def test_credentials_are_decided_before_the_200_when_the_upstream_sends_headers_
         gateway.url, 1, headers={"Authorization": "Bearer tok-a"}, params={"from": "beginning"}
     )
     assert event.id == cursors[0]
+
+
+def test_a_rotated_service_token_file_is_picked_up_without_a_restart(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    devserver = make_devserver("--token", "old-tok=studio-a", "--token", "new-tok=studio-a")
+    token_file = tmp_path / "token"
+    token_file.write_text("old-tok\n")
+    gateway = make_gateway(
+        devserver.address,
+        "--auth",
+        "service",
+        "--api-keys",
+        "key-1",
+        *FAST,
+        env={"KUMIHO_AUTH_TOKEN_FILE": str(token_file)},
+    )
+    key = {"Authorization": "Bearer key-1"}
+    reader = Reader(gateway.url, headers=key)
+    reader.start()
+    assert reader.connected.wait(10) and reader.status == 200
+    wait_until(lambda: devserver.open_streams() == 1, 10, "the upstream stream")
+    first = devserver.publish("revision.created", "kref://a/x.model", tenant="studio-a")
+    reader.wait_for(1)
+    # Rotation: the new token goes into the file, then the old one is revoked upstream.
+    token_file.write_text("new-tok\n")
+    with devserver.client() as c:
+        c.revoke_token("old-tok")
+    second = devserver.publish("revision.created", "kref://a/x.model", tenant="studio-a")
+    events = reader.wait_for(2)
+    reader.stop.set()
+    assert [e.id for e in events] == first + second  # no gateway.error, nothing lost
+    assert httpx.get(gateway.url + "/capabilities", headers=key, timeout=10).status_code == 200
+    assert "new one from its file" in gateway.log() and "new-tok" not in gateway.log()
+
+
+def test_capabilities_alone_pick_up_a_rotated_service_token(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    devserver = make_devserver("--token", "old-tok=studio-a", "--token", "new-tok=studio-a")
+    token_file = tmp_path / "token"
+    token_file.write_text("old-tok")
+    gateway = make_gateway(
+        devserver.address,
+        "--auth",
+        "service",
+        "--api-keys",
+        "key-1",
+        "--capabilities-ttl",
+        "0",
+        env={"KUMIHO_AUTH_TOKEN_FILE": str(token_file)},
+    )
+    key = {"Authorization": "Bearer key-1"}
+    assert httpx.get(gateway.url + "/capabilities", headers=key, timeout=10).status_code == 200
+    with devserver.client() as c:
+        c.revoke_token("old-tok")
+    assert httpx.get(gateway.url + "/capabilities", headers=key, timeout=10).status_code == 401
+    token_file.write_text("new-tok")  # no stream to notice: /capabilities reads it itself
+    assert httpx.get(gateway.url + "/capabilities", headers=key, timeout=10).status_code == 200

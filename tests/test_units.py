@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from gateway.auth import ANONYMOUS, authenticate
+from gateway.auth import ANONYMOUS, ServiceToken, authenticate
 from gateway.errors import GatewayError
 from gateway.logs import install, redact
 from gateway.upstream import Target, resolve_target
@@ -145,3 +146,17 @@ def test_upstream_metadata_has_a_fresh_correlation_id_and_the_bearer_token() -> 
         and first["x-correlation-id"] != second["x-correlation-id"]
     )
     assert all(key == key.lower() for key in first)  # gRPC metadata keys are lower-case
+
+
+def test_a_service_token_file_is_read_again_only_on_demand(tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    path.write_text(" first\n")
+    token = ServiceToken(path=str(path))
+    assert token.current() == "first"
+    path.write_text("second\n")
+    assert token.current() == "first"  # not before the upstream refuses it
+    assert token.reload() is True and token.current() == "second"
+    assert token.reload() is False  # unchanged
+    path.write_text("")
+    assert token.reload() is False and token.current() == "second"  # an empty file is ignored
+    assert ServiceToken("fixed").reload() is False
