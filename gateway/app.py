@@ -26,14 +26,15 @@ from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Scope
 
-from gateway import __version__, sse
+from gateway import __version__
 from gateway.auth import SERVICE, Credential, authenticate
 from gateway.errors import GatewayError
+from gateway.formats import Format, format_for
 from gateway.hub import Hub
 from gateway.lifecycle import Lifecycle
 from gateway.metrics import CONTENT_TYPE, Metrics
 from gateway.pump import Pump, jittered_retry_ms
-from gateway.response import HEADERS, MEDIA_TYPE, EventStreamResponse, StreamHandoff
+from gateway.response import HEADERS, EventStreamResponse, StreamHandoff
 from gateway.settings import Settings
 from gateway.source import Source, UpstreamSource, terminal_error
 from gateway.subscription import access_token_param, openapi_parameters, parse_subscription
@@ -135,14 +136,14 @@ def create_app(
             max_age=600,
         )
 
-    def _retry_answer(error: GatewayError | None = None) -> Response:
+    def _retry_answer(fmt: Format, error: GatewayError | None = None) -> Response:
         """Come back later: a retry: line (and why), never a non-200 (EventSource would stop)."""
         retry_ms = jittered_retry_ms(settings.retry_ms)
-        body = sse.retry_frame(retry_ms)
+        body = fmt.retry(retry_ms)
         if error is not None:
             error.retry_after_ms = retry_ms
-            body += sse.control_frame("gateway.error", error.envelope()["error"])
-        return Response(body, headers=HEADERS, media_type=MEDIA_TYPE)
+            body += fmt.control("gateway.error", error.envelope()["error"])
+        return Response(body, headers=HEADERS, media_type=fmt.media_type)
 
     def credential(request: Request, query: dict[str, list[str]]) -> Credential:
         return authenticate(
@@ -178,13 +179,17 @@ def create_app(
     async def events(request: Request) -> Response:
         query = _query(request)
         subscription = parse_subscription(
-            query, request.headers.get("last-event-id"), credential(request, query)
+            query,
+            request.headers.get("last-event-id"),
+            credential(request, query),
+            request.headers.get("accept"),
         )
+        fmt = format_for(subscription.format, subscription.named)
         if lifecycle.draining:
-            return _retry_answer()
+            return _retry_answer(fmt)
         if request.method == "HEAD":
             # What a GET would answer, without opening an upstream stream for it.
-            head = Response(headers=HEADERS, media_type=MEDIA_TYPE)
+            head = Response(headers=HEADERS, media_type=fmt.media_type)
             del head.headers["content-length"]
             return head
         source: Source = (
@@ -198,17 +203,17 @@ def create_app(
             source.close()
             if exc.retryable:  # at a cap: a retry: line and why, then the client comes back
                 log.info("stream refused for now: %s", exc.message)
-                return _retry_answer(exc)
+                return _retry_answer(fmt, exc)
             raise
         except BaseException:
             source.close()
             raise
         if lifecycle.draining:  # the drain began while the upstream answered
             source.close()
-            return _retry_answer()
+            return _retry_answer(fmt)
         pump = Pump(
             source,
-            named=subscription.named,
+            fmt=fmt,
             cursor=subscription.cursor,
             settings=settings,
             metrics=metrics,

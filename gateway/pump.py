@@ -26,9 +26,9 @@ import logging
 import random
 from collections.abc import AsyncGenerator
 
-from gateway import sse
 from gateway._proto import kumiho_pb2
 from gateway.cursor import ResumeFilter
+from gateway.formats import Format
 from gateway.lifecycle import Lifecycle
 from gateway.metrics import Metrics
 from gateway.settings import Settings
@@ -53,7 +53,7 @@ class Pump:
         self,
         source: Source,
         *,
-        named: bool,
+        fmt: Format,
         cursor: str | None,
         settings: Settings,
         metrics: Metrics,
@@ -61,7 +61,8 @@ class Pump:
         ticker: Ticker,
     ) -> None:
         self._source = source
-        self._named = named
+        self._format = fmt
+        self.media_type = fmt.media_type
         self._filter = ResumeFilter(cursor)
         self._settings = settings
         self._metrics = metrics
@@ -133,13 +134,11 @@ class Pump:
                 log.debug("dropped repeat of cursor %s after resume", item.cursor)
                 return None
             self._events += 1
-            if isinstance(item, SharedEvent):
-                return item.frame(self._named)  # encoded once for all its subscribers
-            return sse.event_frame(item, named=self._named)
+            return self._format.event(item)
         if isinstance(item, Reset):
             self._filter.forget()
             self._metrics.resets.labels(item.reason).inc()
-            return sse.control_frame(
+            return self._format.control(
                 "gateway.reset",
                 {
                     "reason": item.reason,
@@ -148,7 +147,7 @@ class Pump:
                 },
             )
         if isinstance(item, Status):
-            return sse.control_frame(
+            return self._format.control(
                 "gateway.status",
                 {
                     "upstream": item.upstream,
@@ -158,7 +157,7 @@ class Pump:
                 },
             )
         self._cause = "upstream_error"
-        return sse.control_frame("gateway.error", item.error.envelope()["error"])
+        return self._format.control("gateway.error", item.error.envelope()["error"])
 
     # -- ending ---------------------------------------------------------------
 
@@ -179,7 +178,7 @@ class Pump:
         if self._reader is not None and self._reader is not asyncio.current_task():
             self._reader.cancel()
         self._source.close()
-        self._frames.append(sse.retry_frame(jittered_retry_ms(self._settings.retry_ms)))
+        self._frames.append(self._format.retry(jittered_retry_ms(self._settings.retry_ms)))
         wake(self._wakeup)
         wake(self._room)  # a source waiting for room stops now, not after the grace
 
@@ -212,7 +211,7 @@ class Pump:
             and not self._finished
             and now - self._last_write >= self._heartbeat_after
         ):
-            self._frames.append(sse.HEARTBEAT)
+            self._frames.append(self._format.heartbeat)
             wake(self._wakeup)
 
     async def frames(self) -> AsyncGenerator[bytes, None]:
@@ -238,7 +237,7 @@ class Pump:
         self._ticker.add(self)
         metrics.streams_open.inc()
         try:
-            chunk = sse.retry_frame(jittered_retry_ms(settings.retry_ms))
+            chunk = self._format.retry(jittered_retry_ms(settings.retry_ms))
             events = 0
             while True:
                 if chunk:

@@ -28,23 +28,20 @@ import logging
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway import sse
 from gateway.pump import Pump
 
 log = logging.getLogger("gateway.response")
 
-MEDIA_TYPE = "text/event-stream; charset=utf-8"
 HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 _HANDOFF = "gateway.handoff"  # the scope key StreamHandoff puts its list under
-_RAW_HEADERS = [
-    (b"content-type", MEDIA_TYPE.encode()),
-    *((name.lower().encode(), value.encode()) for name, value in HEADERS.items()),
-]
+_RAW_HEADERS = [(name.lower().encode(), value.encode()) for name, value in HEADERS.items()]
 
 
 class EventStreamResponse(Response):
-    """A 200 ``text/event-stream`` response whose body is a pump's frames."""
+    """A 200 stream (``text/event-stream``, or the pump's other format) of a pump's frames."""
 
-    media_type = MEDIA_TYPE
+    media_type = sse.MEDIA_TYPE  # for the OpenAPI page
 
     def __init__(self, pump: Pump) -> None:
         # No Response.__init__: without a body no Content-Length is set, so the
@@ -52,7 +49,8 @@ class EventStreamResponse(Response):
         self.status_code = 200
         self.background = None
         self._pump = pump
-        self.raw_headers = list(_RAW_HEADERS)  # the tuples are shared, the list is not
+        # The tuples are shared, the list is not.
+        self.raw_headers = [(b"content-type", pump.media_type.encode()), *_RAW_HEADERS]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})

@@ -18,6 +18,8 @@ from gateway.errors import invalid_parameter
 from gateway.sse import ENCODED_PREFIX, decode_field
 
 StartKind = Literal["latest", "beginning", "timestamp"]
+StreamFormat = Literal["sse", "ndjson"]
+_NDJSON = "application/x-ndjson"
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,13 @@ PARAMS: tuple[Param, ...] = (
         "true: the event: field carries the routing key, for addEventListener",
     ),
     Param(
+        "format",
+        None,
+        8,
+        "sse (default) or ndjson: one JSON object per line, for scripts "
+        "(Accept: application/x-ndjson does the same)",
+    ),
+    Param(
         "access_token",
         None,
         8192,
@@ -89,6 +98,7 @@ class Subscription:
     from_timestamp: str | None
     named: bool
     credential: Credential
+    format: StreamFormat = "sse"
 
 
 def _given(query: Mapping[str, Sequence[str]], param: Param) -> tuple[str, str] | None:
@@ -145,6 +155,15 @@ def _named(value: str | None) -> bool:
     raise invalid_parameter("named", f"{value!r} is not true or false")
 
 
+def _format(value: str | None, accept: str | None) -> StreamFormat:
+    """``format=`` when given, else what the Accept header asks for."""
+    if value is None or value == "":
+        return "ndjson" if accept and _NDJSON in accept.lower() else "sse"
+    if value in ("sse", "ndjson"):
+        return "ndjson" if value == "ndjson" else "sse"
+    raise invalid_parameter("format", f"{value!r} is not sse or ndjson")
+
+
 def access_token_param(query: Mapping[str, Sequence[str]]) -> str | None:
     """The ``access_token`` parameter, checked (credentials are resolved by auth.py)."""
     return _one(query, _BY_NAME["access_token"])
@@ -184,6 +203,7 @@ def parse_subscription(
     query: Mapping[str, Sequence[str]],
     last_event_id: str | None,
     credential: Credential,
+    accept: str | None = None,
 ) -> Subscription:
     """Build a Subscription from query parameters and the Last-Event-ID header, or raise 400.
 
@@ -202,6 +222,7 @@ def parse_subscription(
         from_timestamp=timestamp,
         named=_named(_one(query, _BY_NAME["named"])),
         credential=credential,
+        format=_format(_one(query, _BY_NAME["format"]), accept),
     )
 
 

@@ -24,6 +24,7 @@ import pytest
 from httpx_sse import ServerSentEvent, connect_sse
 
 from gateway.devserver.control import DevServerClient
+from gateway.formats import ServerSentEvents
 from gateway.lifecycle import Lifecycle
 from gateway.metrics import Metrics
 from gateway.pump import Pump
@@ -409,7 +410,7 @@ def make_pump(source: Source, **overrides: Any) -> Pump:
     settings = Settings(**{"heartbeat": 60, "flush_interval": 0, **overrides})
     return Pump(
         source,
-        named=False,
+        fmt=ServerSentEvents(named=False),
         cursor=None,
         settings=settings,
         metrics=Metrics(),

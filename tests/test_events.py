@@ -391,3 +391,59 @@ def test_patterns_and_cursors_that_once_crashed_the_reference_upstream(
     )
     assert reset.event == "gateway.reset"
     assert json.loads(reset.data)["reason"] == "cursor_invalid"
+
+
+def _ndjson_lines(
+    gateway: Gateway, count: int, params: dict[str, str], headers: dict[str, str]
+) -> tuple[str, list[str]]:
+    """Read an NDJSON stream until ``count`` event lines: (content type, every raw line)."""
+    lines: list[str] = []
+    with httpx.stream(
+        "GET", gateway.url + "/events", params=params, headers=headers, timeout=10
+    ) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            lines.append(line)
+            if sum('"routing_key"' in ln for ln in lines) >= count:
+                return r.headers["content-type"], lines
+    raise AssertionError(f"the stream ended after {lines}")
+
+
+def test_ndjson_for_scripts_one_object_per_line_and_resume_by_cursor(
+    stack: tuple[DevServer, Gateway], project: str
+) -> None:
+    devserver, gateway = stack
+    kref = f"kref://{project}/nd/hero.model"
+    cursors = devserver.publish("item.model.created", kref, HARD_VALUES, count=3)
+    for params, headers in [
+        (_beginning(project), {"Accept": "application/x-ndjson"}),
+        (_beginning(project, format="ndjson"), {}),
+    ]:
+        content_type, lines = _ndjson_lines(gateway, 3, params, headers)
+        assert content_type == "application/x-ndjson"
+        objects = [json.loads(line) for line in lines if line]  # blank lines: heartbeats
+        assert all(line.isascii() for line in lines)  # no payload can split a line
+        signals = [o for o in objects if "gateway" in o]
+        events = [o for o in objects if "routing_key" in o]
+        assert signals[0]["gateway"] == "status" and signals[0]["upstream"] == "live"
+        assert [e["cursor"] for e in events] == cursors
+        assert events[0]["details"] == {**HARD_VALUES, "n": "0"}  # publish numbers copies
+    # Resume as a script does: ?cursor= with the last cursor it printed.
+    _, lines = _ndjson_lines(
+        gateway, 1, {"cursor": cursors[0], "kref": f"kref://{project}/**", "format": "ndjson"}, {}
+    )
+    assert [json.loads(ln)["cursor"] for ln in lines if '"routing_key"' in ln] == [cursors[1]]
+    assert httpx.get(gateway.url + "/events?format=xml", timeout=10).status_code == 400
+
+
+def test_ndjson_heartbeats_are_blank_lines(stack: tuple[DevServer, Gateway], project: str) -> None:
+    _, gateway = stack  # --heartbeat 0.5
+    with httpx.stream(
+        "GET",
+        gateway.url + "/events",
+        params={"kref": f"kref://{project}/**", "format": "ndjson"},
+        timeout=10,
+    ) as r:
+        lines = r.iter_lines()
+        assert json.loads(next(lines))["gateway"] == "status"
+        assert [next(lines), next(lines)] == ["", ""]

@@ -1,0 +1,68 @@
+"""The wire formats of a stream: Server-Sent Events, or NDJSON for scripts.
+
+The pump writes every item through one ``Format``; the route picks it from
+the request (``format=ndjson`` or ``Accept: application/x-ndjson``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from gateway import ndjson, sse
+from gateway._proto import kumiho_pb2
+from gateway.source import SharedEvent
+
+
+class Format(Protocol):
+    """How one stream's items become bytes."""
+
+    media_type: str
+    heartbeat: bytes
+
+    def event(self, item: SharedEvent | kumiho_pb2.Event) -> bytes: ...
+
+    def control(self, name: str, data: dict[str, Any]) -> bytes: ...
+
+    def retry(self, ms: int) -> bytes: ...
+
+
+class ServerSentEvents:
+    """``text/event-stream``; with ``named``, ``event:`` carries the routing key."""
+
+    media_type = sse.MEDIA_TYPE
+    heartbeat = sse.HEARTBEAT
+
+    def __init__(self, named: bool) -> None:
+        self._named = named
+
+    def event(self, item: SharedEvent | kumiho_pb2.Event) -> bytes:
+        if isinstance(item, SharedEvent):
+            return item.frame(self._named)  # encoded once for all its subscribers
+        return sse.event_frame(item, named=self._named)
+
+    def control(self, name: str, data: dict[str, Any]) -> bytes:
+        return sse.control_frame(name, data)
+
+    def retry(self, ms: int) -> bytes:
+        return sse.retry_frame(ms)
+
+
+class NewlineDelimitedJson:
+    """``application/x-ndjson``: one JSON object per line (see ``ndjson.py``)."""
+
+    media_type = ndjson.MEDIA_TYPE
+    heartbeat = ndjson.HEARTBEAT
+
+    def event(self, item: SharedEvent | kumiho_pb2.Event) -> bytes:
+        return ndjson.event_line(item.event if isinstance(item, SharedEvent) else item)
+
+    def control(self, name: str, data: dict[str, Any]) -> bytes:
+        return ndjson.control_line(name, data)
+
+    def retry(self, ms: int) -> bytes:
+        return b""  # a script reconnects when the stream ends
+
+
+def format_for(kind: str, named: bool) -> Format:
+    """The Format a validated subscription asked for."""
+    return NewlineDelimitedJson() if kind == "ndjson" else ServerSentEvents(named)
