@@ -54,7 +54,11 @@ class NewlineDelimitedJson:
     heartbeat = ndjson.HEARTBEAT
 
     def event(self, item: SharedEvent | kumiho_pb2.Event) -> bytes:
-        return ndjson.event_line(item.event if isinstance(item, SharedEvent) else item)
+        if isinstance(item, SharedEvent):
+            # The hub's own id for an event without a cursor, to resume by.
+            minted = item.cursor if item.cursor != item.event.cursor else None
+            return ndjson.event_line(item.event, minted)
+        return ndjson.event_line(item)
 
     def control(self, name: str, data: dict[str, Any]) -> bytes:
         return ndjson.control_line(name, data)

@@ -472,10 +472,13 @@ class UpstreamSource:
         if code != grpc.StatusCode.UNAUTHENTICATED or self._sub.credential.identity != SERVICE:
             return False
         service_token = self._upstream.service_token
-        if not service_token.reload():
+        service_token.reload()
+        current = service_token.current()
+        # Another stream may have read the new token first: switch whenever ours is old.
+        if current == self._sub.credential.upstream_token:
             return False
         log.info("the upstream refused the service token; using the new one from its file")
-        self._sub = replace(self._sub, credential=Credential(service_token.current(), SERVICE))
+        self._sub = replace(self._sub, credential=Credential(current, SERVICE))
         return True
 
     async def _refused(self, exc: _Rejected, sink: Sink) -> bool:

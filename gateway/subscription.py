@@ -155,10 +155,32 @@ def _named(value: str | None) -> bool:
     raise invalid_parameter("named", f"{value!r} is not true or false")
 
 
+def _quality(accept: str, *media_types: str) -> float:
+    """The highest q the Accept header gives any of ``media_types`` (0 when none)."""
+    best = 0.0
+    for part in accept.lower().split(","):
+        media, *params = (p.strip() for p in part.split(";"))
+        if media not in media_types:
+            continue
+        q = 1.0
+        for param in params:
+            name, _, number = param.partition("=")
+            if name.strip() == "q":
+                try:
+                    q = float(number)
+                except ValueError:
+                    q = 0.0
+        best = max(best, q)
+    return best
+
+
 def _format(value: str | None, accept: str | None) -> StreamFormat:
-    """``format=`` when given, else what the Accept header asks for."""
+    """``format=`` when given, else NDJSON if the Accept header prefers it to SSE."""
     if value is None or value == "":
-        return "ndjson" if accept and _NDJSON in accept.lower() else "sse"
+        if not accept or _NDJSON not in accept.lower():
+            return "sse"
+        ndjson = _quality(accept, _NDJSON)
+        return "ndjson" if ndjson > _quality(accept, "text/event-stream", "*/*") else "sse"
     if value in ("sse", "ndjson"):
         return "ndjson" if value == "ndjson" else "sse"
     raise invalid_parameter("format", f"{value!r} is not sse or ndjson")

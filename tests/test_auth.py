@@ -182,20 +182,28 @@ def test_a_rotated_service_token_file_is_picked_up_without_a_restart(
         env={"KUMIHO_AUTH_TOKEN_FILE": str(token_file)},
     )
     key = {"Authorization": "Bearer key-1"}
-    reader = Reader(gateway.url, headers=key)
-    reader.start()
-    assert reader.connected.wait(10) and reader.status == 200
-    wait_until(lambda: devserver.open_streams() == 1, 10, "the upstream stream")
-    first = devserver.publish("revision.created", "kref://a/x.model", tenant="studio-a")
-    reader.wait_for(1)
+    # Two streams on two upstream streams: each must switch, not only the first to notice.
+    readers = {kind: Reader(gateway.url, {"routing_key": f"{kind}.*"}, key) for kind in "ab"}
+    for reader in readers.values():
+        reader.start()
+        assert reader.connected.wait(10) and reader.status == 200
+    wait_until(lambda: devserver.open_streams() == 2, 10, "the upstream streams")
+    first = {
+        k: devserver.publish(f"{k}.created", "kref://a/x.model", tenant="studio-a") for k in "ab"
+    }
+    for reader in readers.values():
+        reader.wait_for(1)
     # Rotation: the new token goes into the file, then the old one is revoked upstream.
     token_file.write_text("new-tok\n")
     with devserver.client() as c:
         c.revoke_token("old-tok")
-    second = devserver.publish("revision.created", "kref://a/x.model", tenant="studio-a")
-    events = reader.wait_for(2)
-    reader.stop.set()
-    assert [e.id for e in events] == first + second  # no gateway.error, nothing lost
+    second = {
+        k: devserver.publish(f"{k}.created", "kref://a/x.model", tenant="studio-a") for k in "ab"
+    }
+    for kind, reader in readers.items():
+        events = reader.wait_for(2)
+        reader.stop.set()
+        assert [e.id for e in events] == first[kind] + second[kind]  # no gateway.error
     assert httpx.get(gateway.url + "/capabilities", headers=key, timeout=10).status_code == 200
     assert "new one from its file" in gateway.log() and "new-tok" not in gateway.log()
 

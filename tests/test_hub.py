@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
@@ -378,3 +379,22 @@ def test_a_late_joiner_is_told_the_true_time_to_the_next_retry(
     assert later["since"] == early["since"]  # the same outage, shared
     assert early["retry_in_ms"] > 2900  # the backoff's jitter: between 3 and 6 s
     assert later["retry_in_ms"] <= early["retry_in_ms"] - 1400  # counted down, not stale
+
+
+def test_ndjson_carries_the_hubs_id_on_a_tier_without_cursors(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver("--tier", "free")
+    gateway = make_gateway(devserver.address, *FAST)
+    params = {"format": "ndjson", "routing_key": "nd.*"}
+    with httpx.stream("GET", gateway.url + "/events", params=params, timeout=10) as r:
+        lines = (line for line in r.iter_lines() if line)
+        assert json.loads(next(lines))["gateway"] == "status"  # subscribed: now publish
+        devserver.publish("nd.created", KREF, count=2)
+        first, second = (json.loads(next(lines)) for _ in range(2))
+    assert first["cursor"] == "" and first["id"].startswith("gw:")
+    # Resume as a script does, with the id it printed: the next event, from the ring.
+    resumed = {**params, "cursor": first["id"]}
+    with httpx.stream("GET", gateway.url + "/events", params=resumed, timeout=10) as r:
+        events = (json.loads(line) for line in r.iter_lines() if '"routing_key"' in line)
+        assert next(events)["id"] == second["id"]

@@ -67,3 +67,20 @@ def test_an_encoded_id_is_decoded_and_every_cursor_is_checked_whichever_wins() -
     with pytest.raises(GatewayError) as refused:
         parse("1-0", cursor="1-0\n")  # the header wins, yet the parameter is checked
     assert "cursor: contains the control character U+000A" in refused.value.message
+
+
+@pytest.mark.parametrize(
+    ("accept", "expected"),
+    [
+        (None, "sse"),
+        ("text/event-stream", "sse"),
+        ("application/x-ndjson", "ndjson"),
+        ("text/event-stream, application/x-ndjson;q=0.1", "sse"),  # SSE preferred
+        ("application/x-ndjson;q=0, text/event-stream", "sse"),  # q=0: not acceptable
+        ("application/x-ndjson, */*;q=0.5", "ndjson"),
+        ("*/*", "sse"),
+    ],
+)
+def test_the_accept_header_picks_the_format_by_quality(accept: str | None, expected: str) -> None:
+    assert parse_subscription({}, None, ANONYMOUS, accept).format == expected
+    assert parse_subscription({"format": ["sse"]}, None, ANONYMOUS, accept).format == "sse"
