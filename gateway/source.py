@@ -100,6 +100,12 @@ class Status:
             return None
         return max(0, round((self.retry_at - time.monotonic()) * 1000))
 
+    @classmethod
+    def down(cls, code: grpc.StatusCode, retry_in: float) -> Status:
+        """After a call failed in a way retrying may fix: unreachable, or failing."""
+        state: UpstreamState = "unavailable" if code in _UNREACHABLE else "failing"
+        return cls.now(state, code.name, retry_in)
+
     def same_state(self, other: Status) -> bool:
         return (self.upstream, self.code) == (other.upstream, other.code)
 
@@ -209,10 +215,6 @@ def terminal_error(
     if token:
         details = details.replace(token, "***")
     return GatewayError(status, error_code, f"the upstream {what}: {details}")
-
-
-def _state_of(code: grpc.StatusCode) -> UpstreamState:
-    return "unavailable" if code in _UNREACHABLE else "failing"
 
 
 class _Rejected(Exception):
@@ -378,7 +380,7 @@ class UpstreamSource:
                 if item is None:
                     log.info("upstream unavailable at open (%s); streaming anyway", exc)
                     self._first_retry = self._backoff.delay()
-                    self.status = Status.now(_state_of(exc.code), exc.code.name, self._first_retry)
+                    self.status = Status.down(exc.code, self._first_retry)
                     return
                 self._pending.append(item)
 
@@ -444,8 +446,8 @@ class UpstreamSource:
         if self._resume is None:
             self._unresumable = True  # nothing to resume from (a tier without cursors)
             return False
-        payload = hashlib.blake2b(event.SerializeToString(deterministic=True), digest_size=16)
-        digest = payload.digest()
+        payload = event.SerializeToString(deterministic=True)
+        digest = hashlib.blake2b(payload, digest_size=16).digest()
         if self._replayed:
             if self._replayed[0] == digest:
                 self._replayed.popleft()
@@ -488,7 +490,7 @@ class UpstreamSource:
         item = self._classify(exc)
         if item is None:
             delay = self._backoff.delay()
-            self._announce(Status.now(_state_of(exc.code), exc.code.name, delay), sink)
+            self._announce(Status.down(exc.code, delay), sink)
             await self._sleep(delay, exc)
             return False
         sink.put(item)
@@ -513,8 +515,7 @@ class UpstreamSource:
         if self._holds_quota:
             self._holds_quota = False
             self._upstream.quota.release(self._sub.credential.identity)
-        if self._wake is not None and not self._wake.done():
-            self._wake.set_result(None)
+        wake(self._wake)
         if self._call is not None:
             self._call.cancel()
             self._call = None

@@ -181,8 +181,10 @@ def _format(value: str | None, accept: str | None) -> StreamFormat:
             return "sse"
         ndjson = _quality(accept, _NDJSON)
         return "ndjson" if ndjson > _quality(accept, "text/event-stream", "*/*") else "sse"
-    if value in ("sse", "ndjson"):
-        return "ndjson" if value == "ndjson" else "sse"
+    if value == "ndjson":
+        return "ndjson"
+    if value == "sse":
+        return "sse"
     raise invalid_parameter("format", f"{value!r} is not sse or ndjson")
 
 
