@@ -236,10 +236,12 @@ def create_app(
         try:
             caps = await upstream.capabilities(who)
         except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.UNAUTHENTICATED and who.identity == SERVICE:
-                upstream.service_token.reload()
-                if who.upstream_token != upstream.service_token.current():
-                    return await capabilities(request)  # once more, with the rotated token
+            if (
+                exc.code() == grpc.StatusCode.UNAUTHENTICATED
+                and who.identity == SERVICE
+                and upstream.service_token.newer_than(who.upstream_token) is not None
+            ):
+                return await capabilities(request)  # once more, with the rotated token
             error = terminal_error(exc.code(), exc.details() or "", who) or GatewayError(
                 503,
                 "upstream_unavailable",

@@ -7,12 +7,11 @@ import hmac
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from pydantic import SecretStr
 
 from gateway.errors import GatewayError
-from gateway.settings import AuthMode
+from gateway.settings import AuthMode, read_token_file
 
 log = logging.getLogger("gateway.auth")
 
@@ -41,18 +40,8 @@ class ServiceToken:
     """
 
     def __init__(self, value: str | None = None, path: str | None = None) -> None:
-        self._path = Path(path) if path else None
-        self._value = self._read() if self._path else value
-
-    def _read(self) -> str:
-        assert self._path is not None
-        try:
-            token = self._path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ValueError(f"cannot read the token file {self._path}: {exc.strerror}") from None
-        if not token:
-            raise ValueError(f"the token file {self._path} is empty")
-        return token
+        self._path = path
+        self._value = read_token_file(path) if path else value
 
     def current(self) -> str | None:
         return self._value
@@ -62,12 +51,21 @@ class ServiceToken:
         if self._path is None:
             return False
         try:
-            token = self._read()
+            token = read_token_file(self._path)
         except ValueError as exc:
             log.warning("%s; keeping the token read before", exc)
             return False
         changed, self._value = token != self._value, token
         return changed
+
+    def newer_than(self, used: str | None) -> str | None:
+        """After the upstream refused ``used``: the token to use now, or None if that is it.
+
+        Another stream may have read the file first, so this compares with the
+        token the caller used, not with what the file held before.
+        """
+        self.reload()
+        return self._value if self._value != used else None
 
 
 def identity_of(token: str) -> str:

@@ -21,6 +21,17 @@ def _env(*names: str) -> AliasChoices:
     return AliasChoices(*names)
 
 
+def read_token_file(path: str) -> str:
+    """The token a file holds (KUMIHO_AUTH_TOKEN_FILE); ValueError if unreadable or empty."""
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read the token file {path}: {exc.strerror}") from None
+    if not token:
+        raise ValueError(f"the token file {path} is empty")
+    return token
+
+
 class Settings(BaseSettings):
     """Everything ``serve`` can be told; see the README's configuration table."""
 
@@ -263,12 +274,7 @@ class Settings(BaseSettings):
                 "KUMIHO_AUTH_TOKEN and KUMIHO_AUTH_TOKEN_FILE are both set: give one of them"
             )
         if self.auth_token_file:
-            try:
-                token = Path(self.auth_token_file).read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise ValueError(f"cannot read KUMIHO_AUTH_TOKEN_FILE: {exc}") from None
-            if not token:
-                raise ValueError(f"KUMIHO_AUTH_TOKEN_FILE {self.auth_token_file} is empty")
+            read_token_file(self.auth_token_file)  # refuse to start on a missing or empty file
         return self
 
     @model_validator(mode="after")

@@ -473,14 +473,11 @@ class UpstreamSource:
         """The upstream refused the gateway's own token: take a rotated one from its file."""
         if code != grpc.StatusCode.UNAUTHENTICATED or self._sub.credential.identity != SERVICE:
             return False
-        service_token = self._upstream.service_token
-        service_token.reload()
-        current = service_token.current()
-        # Another stream may have read the new token first: switch whenever ours is old.
-        if current == self._sub.credential.upstream_token:
+        newer = self._upstream.service_token.newer_than(self._sub.credential.upstream_token)
+        if newer is None:
             return False
         log.info("the upstream refused the service token; using the new one from its file")
-        self._sub = replace(self._sub, credential=Credential(current, SERVICE))
+        self._sub = replace(self._sub, credential=Credential(newer, SERVICE))
         return True
 
     async def _refused(self, exc: _Rejected, sink: Sink) -> bool:
