@@ -109,6 +109,12 @@ class DevServer:
             return c.stats().open_streams
 
 
+def metric_value(text: str, name: str, labels: str = "") -> float | None:
+    """One sample of Prometheus text (``labels`` as written, ``{code="OK"}``), or None."""
+    found = re.search(rf"^{re.escape(name)}{re.escape(labels)} ([0-9.e+-]+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else None
+
+
 @dataclass
 class Gateway:
     """A ``kumiho-sse-gateway serve`` process, its log captured to a file."""
@@ -177,9 +183,7 @@ class Gateway:
     def metric(self, name: str, labels: str = "") -> float:
         """One sample from /metrics (0 when absent)."""
         text = httpx.get(self.url + "/metrics", timeout=10).text
-        pattern = rf"^{re.escape(name)}{re.escape(labels)} ([0-9.e+-]+)$"
-        found = re.search(pattern, text, re.MULTILINE)
-        return float(found.group(1)) if found else 0.0
+        return metric_value(text, name, labels) or 0.0
 
 
 @pytest.fixture

@@ -166,11 +166,15 @@ def test_credentials_are_decided_before_the_200_when_the_upstream_sends_headers_
     assert event.id == cursors[0]
 
 
-def test_a_rotated_service_token_file_is_picked_up_without_a_restart(
-    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway], tmp_path: Path
-) -> None:
+def _with_token_file(
+    make_devserver: Callable[..., DevServer],
+    make_gateway: Callable[..., Gateway],
+    token_file: Path,
+    *args: str,
+) -> tuple[DevServer, Gateway]:
+    """A devserver that knows old-tok and new-tok, and a service-mode gateway whose
+    token file holds old-tok (clients present key-1)."""
     devserver = make_devserver("--token", "old-tok=studio-a", "--token", "new-tok=studio-a")
-    token_file = tmp_path / "token"
     token_file.write_text("old-tok\n")
     gateway = make_gateway(
         devserver.address,
@@ -178,9 +182,17 @@ def test_a_rotated_service_token_file_is_picked_up_without_a_restart(
         "service",
         "--api-keys",
         "key-1",
-        *FAST,
+        *args,
         env={"KUMIHO_AUTH_TOKEN_FILE": str(token_file)},
     )
+    return devserver, gateway
+
+
+def test_a_rotated_service_token_file_is_picked_up_without_a_restart(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    token_file = tmp_path / "token"
+    devserver, gateway = _with_token_file(make_devserver, make_gateway, token_file, *FAST)
     key = {"Authorization": "Bearer key-1"}
     # Two streams on two upstream streams: each must switch, not only the first to notice.
     readers = {kind: Reader(gateway.url, {"routing_key": f"{kind}.*"}, key) for kind in "ab"}
@@ -211,18 +223,9 @@ def test_a_rotated_service_token_file_is_picked_up_without_a_restart(
 def test_capabilities_alone_pick_up_a_rotated_service_token(
     make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway], tmp_path: Path
 ) -> None:
-    devserver = make_devserver("--token", "old-tok=studio-a", "--token", "new-tok=studio-a")
     token_file = tmp_path / "token"
-    token_file.write_text("old-tok")
-    gateway = make_gateway(
-        devserver.address,
-        "--auth",
-        "service",
-        "--api-keys",
-        "key-1",
-        "--capabilities-ttl",
-        "0",
-        env={"KUMIHO_AUTH_TOKEN_FILE": str(token_file)},
+    devserver, gateway = _with_token_file(
+        make_devserver, make_gateway, token_file, "--capabilities-ttl", "0"
     )
     key = {"Authorization": "Bearer key-1"}
     assert httpx.get(gateway.url + "/capabilities", headers=key, timeout=10).status_code == 200

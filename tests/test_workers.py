@@ -18,7 +18,15 @@ import pytest
 from httpx_sse import connect_sse
 
 from gateway.supervisor import RestartBackoff, exit_description
-from tests.conftest import FAST, STATUS, DevServer, Gateway, free_port, wait_until
+from tests.conftest import (
+    FAST,
+    STATUS,
+    DevServer,
+    Gateway,
+    free_port,
+    metric_value,
+    wait_until,
+)
 
 KREF = "kref://p/workers.model"
 
@@ -34,6 +42,16 @@ def worker_pids(gateway: Gateway) -> set[int]:
     return pids
 
 
+def pool(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> tuple[DevServer, Gateway]:
+    """A devserver and a gateway serving it with ``--workers 2``, both workers up."""
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *FAST, "--workers", "2")
+    wait_until(lambda: len(worker_pids(gateway)) == 2, 15, "two workers")
+    return devserver, gateway
+
+
 def scrape(url: str) -> tuple[int, str]:
     """/metrics over a new connection, and the pid of the worker that answered.
 
@@ -47,9 +65,9 @@ def scrape(url: str) -> tuple[int, str]:
 
 
 def sample(text: str, name: str, labels: str = "") -> float:
-    found = re.search(rf"^{re.escape(name)}{re.escape(labels)} ([0-9.e+-]+)$", text, re.MULTILINE)
-    assert found, f"{name}{labels} missing from /metrics"
-    return float(found.group(1))
+    value = metric_value(text, name, labels)
+    assert value is not None, f"{name}{labels} missing from /metrics"
+    return value
 
 
 def pids_of(text: str, name: str) -> set[int]:
@@ -69,9 +87,7 @@ def client_connections(pid: int, port: int) -> int:
 def test_every_scrape_gives_the_pool_s_numbers(
     make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
 ) -> None:
-    devserver = make_devserver()
-    gateway = make_gateway(devserver.address, *FAST, "--workers", "2")
-    wait_until(lambda: len(worker_pids(gateway)) == 2, 15, "two workers")
+    devserver, gateway = pool(make_devserver, make_gateway)
     workers = worker_pids(gateway)
     streams, events = 4, 5
     with contextlib.ExitStack() as stack:
@@ -150,9 +166,7 @@ class ResumingReader(threading.Thread):
 def test_a_killed_worker_is_replaced_and_its_clients_lose_nothing(
     make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
 ) -> None:
-    devserver = make_devserver()
-    gateway = make_gateway(devserver.address, *FAST, "--workers", "2")
-    wait_until(lambda: len(worker_pids(gateway)) == 2, 15, "two workers")
+    devserver, gateway = pool(make_devserver, make_gateway)
     workers = worker_pids(gateway)
     metrics_dir = Path(psutil.Process(min(workers)).environ()["PROMETHEUS_MULTIPROC_DIR"])
     assert metrics_dir.is_dir()
@@ -218,9 +232,7 @@ def test_a_killed_worker_is_replaced_and_its_clients_lose_nothing(
 def test_sigterm_while_a_worker_waits_to_restart_stops_the_pool(
     make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
 ) -> None:
-    devserver = make_devserver()
-    gateway = make_gateway(devserver.address, *FAST, "--workers", "2")
-    wait_until(lambda: len(worker_pids(gateway)) == 2, 15, "two workers")
+    _, gateway = pool(make_devserver, make_gateway)
     workers = [psutil.Process(pid) for pid in worker_pids(gateway)]
     assert gateway.proc is not None
     workers[0].send_signal(signal.SIGKILL)
@@ -235,9 +247,7 @@ def test_sigterm_while_a_worker_waits_to_restart_stops_the_pool(
 def test_a_parent_killed_outright_leaves_no_workers_and_no_metrics_directory(
     make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
 ) -> None:
-    devserver = make_devserver()
-    gateway = make_gateway(devserver.address, *FAST, "--workers", "2")
-    wait_until(lambda: len(worker_pids(gateway)) == 2, 15, "two workers")
+    _, gateway = pool(make_devserver, make_gateway)
     workers = [psutil.Process(pid) for pid in worker_pids(gateway)]
     metrics_dir = Path(workers[0].environ()["PROMETHEUS_MULTIPROC_DIR"])
     assert metrics_dir.is_dir()
