@@ -1,11 +1,16 @@
-"""The hub: one upstream stream shared by every request with the same credential and filters.
+"""The hub: one upstream stream shared by every request with the same credential.
 
 A ``Channel`` owns one upstream EventStream (an ``UpstreamSource`` from the
-latest event) for a key (credential identity, routing-key filter, kref
-filter), so different credentials never share: tenant isolation holds by
-construction. Each event is encoded once (``SharedEvent``) and the same
-bytes go to every subscriber's bounded buffer; a subscriber that cannot keep
-up is cut off (slow consumer) and never delays the others. The channel keeps
+latest event) for a key (credential identity, and the filter the channel asks
+the upstream for), so different credentials never share: tenant isolation
+holds by construction. Where filters are applied is ``--hub-filtering``: in
+the gateway (one unfiltered channel per credential, every subscription
+matched against each event by ``matching.py``), or upstream (a channel per
+credential and filter; a list of patterns, which one call cannot carry, is
+still matched here). Each event is matched once per distinct filter and
+encoded once (``SharedEvent``), and the same bytes go to every matching
+subscriber's bounded buffer; a subscriber that cannot keep up is cut off
+(slow consumer) and never delays the others. The channel keeps
 a ring of recent events: a request whose resume cursor is in the ring is
 served from memory and joins the live feed, with no upstream call. An older
 cursor (or ``from=beginning`` / a timestamp) gets a dedicated catch-up stream
@@ -32,6 +37,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from gateway.cursor import ResumeFilter
+from gateway.matching import EventFilter
 from gateway.metrics import Metrics
 from gateway.settings import Settings
 from gateway.source import (
@@ -49,7 +55,7 @@ from gateway.upstream import Upstream
 
 log = logging.getLogger("gateway.hub")
 
-ChannelKey = tuple[str, str, str]  # (credential identity, routing_key, kref)
+ChannelKey = tuple[str, EventFilter]  # (credential identity, what the upstream filters)
 MINTED_PREFIX = "gw:"
 
 
@@ -69,6 +75,8 @@ class Channel:
         self._minted = 0
         self._filter = ResumeFilter(None)  # the shared feed is at-least-once too
         self._subscribers: set[HubSource] = set()
+        # Subscribers by what is left to match, so each event is matched once per filter.
+        self._by_filter: dict[EventFilter, set[HubSource]] = {}
         self._holders: set[HubSource] = set()
         self._task: asyncio.Task[None] | None = None
         self._linger: asyncio.TimerHandle | None = None
@@ -119,16 +127,26 @@ class Channel:
                     self._ring.popitem(last=False)
         else:
             return True  # a repeat after the feed resubscribed
-        for subscriber in list(self._subscribers):
+        if isinstance(shared, SharedEvent):
+            event = shared.event
+            for rest, members in list(self._by_filter.items()):
+                if rest.everything or rest.matches(event.routing_key, event.kref.uri):
+                    self._deliver(members, shared)
+        else:
+            self._deliver(self._subscribers, shared)
+        if isinstance(shared, Failure):
+            self.close()
+        return True  # never back-pressure a shared stream: slow subscribers are cut instead
+
+    @staticmethod
+    def _deliver(subscribers: set[HubSource], item: Item) -> None:
+        for subscriber in list(subscribers):
             try:
-                subscriber.deliver(shared)
+                subscriber.deliver(item)
             except Exception:
                 # One subscriber's failure ends its own stream, never the others'.
                 log.exception("delivering to a subscriber failed; ending its stream")
                 subscriber.close()
-        if isinstance(shared, Failure):
-            self.close()
-        return True  # never back-pressure a shared stream: slow subscribers are cut instead
 
     async def room(self) -> bool:
         return not self.closed
@@ -142,15 +160,25 @@ class Channel:
 
     # -- subscribers ------------------------------------------------------------
 
-    def after(self, cursor: str) -> list[SharedEvent] | None:
-        """The ring's events after ``cursor``, or None when the ring does not hold it."""
+    def rest_of(self, wanted: EventFilter) -> EventFilter:
+        """What is left to match of ``wanted`` on this channel's events."""
+        return wanted.beyond(*self.key[1].upstream())
+
+    def after(self, cursor: str, rest: EventFilter) -> list[SharedEvent] | None:
+        """The ring's events after ``cursor`` that match ``rest``, or None when it lacks it."""
         if cursor not in self._ring:
             return None
         entries = iter(self._ring.items())
         for key, _ in entries:
             if key == cursor:
                 break
-        return [event for _, event in entries]
+        if rest.everything:
+            return [event for _, event in entries]
+        return [
+            shared
+            for _, shared in entries
+            if rest.matches(shared.event.routing_key, shared.event.kref.uri)
+        ]
 
     def hold(self, source: HubSource) -> None:
         """Keep the channel open for a request still catching up (it attaches later)."""
@@ -161,12 +189,17 @@ class Channel:
         self._holders.discard(subscriber)
         self._cancel_linger()
         self._subscribers.add(subscriber)
+        self._by_filter.setdefault(subscriber.rest, set()).add(subscriber)
         self._hub.metrics.hub_subscribers.inc()
 
     def detach(self, source: HubSource) -> None:
         self._holders.discard(source)
         if source in self._subscribers:
             self._subscribers.discard(source)
+            members = self._by_filter[source.rest]
+            members.discard(source)
+            if not members:
+                del self._by_filter[source.rest]
             self._hub.metrics.hub_subscribers.dec()
         self.idle()
 
@@ -209,6 +242,14 @@ class Hub:
         self.settings = settings
         self.metrics = metrics
         self._channels: dict[ChannelKey, Channel] = {}
+        filtering = settings.hub_filtering
+        if filtering == "auto":
+            # One credential for many people (none, service): their filters differ,
+            # so one stream for all of them. In passthrough each credential is one
+            # person with few filters: an unfiltered stream each would fetch the
+            # events nobody asked for, once per person.
+            filtering = "upstream" if settings.auth == "passthrough" else "gateway"
+        self._covering = filtering == "gateway"
         self._starting: dict[ChannelKey, asyncio.Future[Channel]] = {}
 
     def source(self, subscription: Subscription) -> HubSource:
@@ -216,7 +257,12 @@ class Hub:
 
     async def channel(self, subscription: Subscription) -> Channel:
         """The live channel for this subscription's key, started on first use."""
-        key = (subscription.credential.identity, subscription.routing_key, subscription.kref)
+        if self._covering:
+            asked = EventFilter()
+        else:
+            routing_key, kref = subscription.filter.upstream()
+            asked = EventFilter((routing_key,), (kref,))
+        key = (subscription.credential.identity, asked)
         channel = self._channels.get(key)
         if channel is not None and not channel.closed:
             return channel
@@ -225,7 +271,7 @@ class Hub:
             return await asyncio.shield(starting)
         future: asyncio.Future[Channel] = asyncio.get_running_loop().create_future()
         self._starting[key] = future
-        live = replace(subscription, cursor=None, start="latest", from_timestamp=None)
+        live = replace(subscription, filter=asked, cursor=None, start="latest", from_timestamp=None)
         channel = Channel(
             key, UpstreamSource(self.upstream, live, self.settings, self.metrics), self
         )
@@ -301,16 +347,18 @@ class HubSource:
         self._live = False  # items may go straight to the sink (caught up, buffer not full)
         self._ended = False
         self._wakeup: asyncio.Future[None] | None = None  # run() waits: caught up
+        self.rest = subscription.filter  # what the channel's events must still match
 
     async def open(self) -> None:
         sub = self._sub
         metrics = self._hub.metrics
         channel = self._channel = await self._hub.channel(sub)
+        self.rest = channel.rest_of(sub.filter)
         if sub.cursor is None and sub.start == "latest":
             self._join(channel, [])
             return
         if sub.cursor is not None:
-            replay = channel.after(sub.cursor)
+            replay = channel.after(sub.cursor, self.rest)
             if replay is not None:
                 # Replay and joining happen with no await in between: no live
                 # event can fall between them, and none comes twice.
@@ -371,12 +419,12 @@ class HubSource:
         """After the catch-up delivered ``cursor``: join the feed if the ring holds it."""
         channel = self._channel
         assert channel is not None
-        rest = channel.after(cursor)
-        if rest is None or channel.closed:
+        replay = channel.after(cursor, self.rest)
+        if replay is None or channel.closed:
             return False
         if channel.status.upstream != "live":  # the catch-up stream had it live
             self._backlog.append(channel.status)
-        self._backlog.extend(rest)
+        self._backlog.extend(replay)
         channel.attach(self)
         return True
 

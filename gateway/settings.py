@@ -15,6 +15,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 AuthMode = Literal["none", "passthrough", "service"]
+HubFiltering = Literal["auto", "gateway", "upstream"]
 
 
 def _env(*names: str) -> AliasChoices:
@@ -199,8 +200,15 @@ class Settings(BaseSettings):
     hub: bool = Field(
         True,
         validation_alias=_env("hub", "KUMIHO_GATEWAY_HUB"),
-        description="share one upstream stream among requests with the same credential and "
-        "filters (--no-hub: one upstream stream per request)",
+        description="share upstream streams among requests with the same credential "
+        "(--no-hub: one upstream stream per request)",
+    )
+    hub_filtering: HubFiltering = Field(
+        "auto",
+        validation_alias=_env("hub_filtering", "KUMIHO_GATEWAY_HUB_FILTERING"),
+        description="where the hub applies filters: gateway = one unfiltered upstream stream "
+        "per credential, shared by every filter; upstream = one per credential and filter; "
+        "auto = gateway unless --auth passthrough",
     )
     hub_ring_size: int = Field(
         4096,

@@ -253,13 +253,18 @@ class UpstreamSource:
         self._wake: asyncio.Future[None] | None = None  # ends a backoff sleep early on close
         self.status = Status.now("live", None, None)  # announced first by run()
         self._first_retry: float | None = None  # open() failed: wait this long first
+        # What the upstream cannot filter (a list of patterns) is matched here.
+        self._filters = subscription.filter.upstream()
+        rest = subscription.filter.beyond(*self._filters)
+        self._keep = None if rest.everything else rest.matches
 
     # -- requests -------------------------------------------------------------
 
     def _request(self) -> kumiho_pb2.EventStreamRequest:
         sub = self._sub
+        routing_key_filter, kref_filter = self._filters
         req = kumiho_pb2.EventStreamRequest(
-            routing_key_filter=sub.routing_key, kref_filter=sub.kref
+            routing_key_filter=routing_key_filter, kref_filter=kref_filter
         )
         if self._resume:
             req.cursor = self._resume
@@ -405,6 +410,7 @@ class UpstreamSource:
             call = self._call
             assert call is not None
             delivered = ended_cleanly = False
+            keep = self._keep
             try:
                 # call.read() rather than `async for`: one async generator
                 # fewer per event on the hottest path.
@@ -426,6 +432,8 @@ class UpstreamSource:
                         self._live_since = None
                         if self.status.upstream != "live":  # events flow: it is live
                             self._announce(Status.now("live", None, None), sink)
+                    if keep is not None and not keep(event.routing_key, event.kref.uri):
+                        continue
                     if not sink.put(event) and not await sink.room():
                         return
                 ended_cleanly = True

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from gateway.auth import Credential
 from gateway.errors import invalid_parameter
+from gateway.matching import MAX_ENTRIES, EventFilter, kref_matcher, routing_key_matcher
 from gateway.sse import ENCODED_PREFIX, decode_field
 
 StartKind = Literal["latest", "beginning", "timestamp"]
@@ -37,14 +38,16 @@ PARAMS: tuple[Param, ...] = (
         "routing_key",
         "routing_key_filter",
         256,
-        "Kumiho routing-key filter, passed upstream unchanged; absent or empty = all "
-        "(e.g. revision.*, item.*.created)",
+        "Kumiho routing-key filter; absent or empty = all (e.g. revision.*, item.*.created). "
+        "A comma-separated list (or the parameter repeated) means any of them, "
+        f"at most {MAX_ENTRIES}",
     ),
     Param(
         "kref",
         "kref_filter",
         1024,
-        "Kumiho kref filter, passed upstream unchanged (e.g. kref://proj/**/*.model)",
+        "Kumiho kref filter (e.g. kref://proj/**/*.model); a comma-separated list "
+        f"(or the parameter repeated) means any of them, at most {MAX_ENTRIES}",
     ),
     Param(
         "cursor",
@@ -91,8 +94,7 @@ _FALSE = {"false", "0", "no", ""}
 class Subscription:
     """A validated /events request: what to stream, from where, as whom."""
 
-    routing_key: str
-    kref: str
+    filter: EventFilter
     cursor: str | None
     start: StartKind
     from_timestamp: str | None
@@ -120,6 +122,41 @@ def _one(query: Mapping[str, Sequence[str]], param: Param) -> str | None:
     name, value = given
     check_text(name, value, param.max_length)
     return value
+
+
+def _patterns(query: Mapping[str, Sequence[str]], param: Param) -> tuple[str, ...]:
+    """Every pattern of a list parameter: its values under either name, split on commas."""
+    names = [n for n in (param.name, param.alias) if n]
+    entries: list[str] = []
+    for name in names:
+        for value in query.get(name, ()):
+            check_text(name, value, MAX_ENTRIES * (param.max_length + 1))
+            parts = value.split(",")
+            if len(parts) > 1 and "" in parts:
+                raise invalid_parameter(name, "has an empty entry in its comma-separated list")
+            entries += parts
+    if len(entries) > MAX_ENTRIES:
+        raise invalid_parameter(
+            param.name, f"lists {len(entries)} patterns; the limit is {MAX_ENTRIES}"
+        )
+    for entry in entries:
+        check_text(param.name, entry, param.max_length)
+    return tuple(entries)
+
+
+def _filter(query: Mapping[str, Sequence[str]]) -> EventFilter:
+    routing_keys = _patterns(query, _BY_NAME["routing_key"])
+    krefs = _patterns(query, _BY_NAME["kref"])
+    for name, patterns, matcher in (
+        ("routing_key", routing_keys, routing_key_matcher),
+        ("kref", krefs, kref_matcher),
+    ):
+        for pattern in patterns:
+            try:
+                matcher(pattern)
+            except ValueError as exc:
+                raise invalid_parameter(name, str(exc)) from None
+    return EventFilter(routing_keys, krefs)
 
 
 def check_text(name: str, value: str, max_length: int) -> None:
@@ -239,8 +276,7 @@ def parse_subscription(
     cursor = header or param
     start, timestamp = _start(_one(query, _BY_NAME["from"]))
     return Subscription(
-        routing_key=_one(query, _BY_NAME["routing_key"]) or "",
-        kref=_one(query, _BY_NAME["kref"]) or "",
+        filter=_filter(query),
         cursor=cursor,
         start=start,
         from_timestamp=timestamp,

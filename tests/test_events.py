@@ -263,7 +263,7 @@ def test_head_answers_as_get_without_a_body(stack: tuple[DevServer, Gateway]) ->
 
 def test_repeated_parameter_is_a_400(stack: tuple[DevServer, Gateway]) -> None:
     _, gateway = stack
-    r = httpx.get(gateway.url + "/events?kref=a&kref=b", timeout=10)
+    r = httpx.get(gateway.url + "/events?from=latest&from=beginning", timeout=10)
     assert r.status_code == 400
     assert "more than once" in r.json()["error"]["message"]
 

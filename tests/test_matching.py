@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.devserver.filters import compile_pattern, kref_matcher, routing_key_matcher
+from gateway.matching import compile_pattern, kref_matcher, routing_key_matcher
 
 
 @pytest.mark.parametrize(

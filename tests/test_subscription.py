@@ -7,6 +7,7 @@ import pytest
 from gateway import sse
 from gateway.auth import ANONYMOUS
 from gateway.errors import GatewayError
+from gateway.matching import EventFilter
 from gateway.subscription import parse_subscription
 
 
@@ -17,18 +18,12 @@ def parse(last_event_id: str | None = None, **query: str | list[str]):  # type: 
 
 def test_defaults() -> None:
     sub = parse()
-    assert (sub.routing_key, sub.kref, sub.cursor, sub.start, sub.named) == (
-        "",
-        "",
-        None,
-        "latest",
-        False,
-    )
+    assert (sub.filter, sub.cursor, sub.start, sub.named) == (EventFilter(), None, "latest", False)
 
 
 def test_aliases_and_the_header_winning_over_cursor() -> None:
     sub = parse(routing_key_filter="revision.*", kref_filter="kref://p/**", last_event_id="1-0")
-    assert (sub.routing_key, sub.kref, sub.cursor) == ("revision.*", "kref://p/**", "1-0")
+    assert (sub.filter, sub.cursor) == (EventFilter(("revision.*",), ("kref://p/**",)), "1-0")
     assert parse("2-0", cursor="1-0").cursor == "2-0"
 
 
@@ -37,8 +32,14 @@ def test_aliases_and_the_header_winning_over_cursor() -> None:
     [
         ({"routing_key": "a" * 257}, "routing_key: is 257 characters long; the limit is 256"),
         ({"kref": "kref://p/\x00"}, "U+0000"),
-        ({"routing_key": ["a", "b"]}, "given more than once"),
-        ({"routing_key": "a", "routing_key_filter": "b"}, "routing_key and routing_key_filter"),
+        ({"cursor": ["1-0", "2-0"]}, "given more than once"),
+        ({"routing_key": "a,,b"}, "routing_key: has an empty entry"),
+        ({"routing_key": "a,"}, "has an empty entry"),
+        ({"kref": ",".join(["k"] * 17)}, "kref: lists 17 patterns; the limit is 16"),
+        ({"routing_key": ["a"] * 9, "routing_key_filter": ["b,c"] * 4}, "lists 17 patterns"),
+        ({"routing_key": "ok," + "a" * 257}, "routing_key: is 257 characters long"),
+        ({"kref": "kref://p/a,kref://p/hero**"}, "kref: '**' must be a whole segment"),
+        ({"routing_key": "a,\x00"}, "U+0000"),
         ({"from": "yesterday"}, "not latest, beginning or an ISO 8601 timestamp"),
         ({"named": "maybe"}, "'maybe' is not true or false"),
     ],
@@ -48,6 +49,26 @@ def test_refusals_name_the_parameter(query: dict[str, str | list[str]], needle: 
         parse(**query)
     assert refused.value.status == 400 and refused.value.code == "invalid_parameter"
     assert needle in refused.value.message
+
+
+def test_lists_in_every_spelling_mean_the_same_filter() -> None:
+    wanted = EventFilter(("item.deleted", "item.deprecated"), ("kref://a/**", "kref://b/**"))
+    for query in (
+        {"routing_key_filter": "item.deleted,item.deprecated", "kref": "kref://a/**,kref://b/**"},
+        {
+            "routing_key": ["item.deprecated", "item.deleted"],
+            "kref_filter": ["kref://b/**", "kref://a/**"],
+        },
+        {
+            "routing_key": "item.deleted",
+            "routing_key_filter": "item.deprecated",
+            "kref": ["kref://a/**,kref://b/**", "kref://a/**"],
+        },
+    ):
+        assert parse(**query).filter == wanted
+    # An entry that means everything makes the list mean everything.
+    assert parse(routing_key="revision.*,*").filter == EventFilter()
+    assert parse(routing_key=",".join(f"k{i}" for i in range(16))).filter.routing_keys[0] == "k0"
 
 
 def test_start_positions_and_named() -> None:

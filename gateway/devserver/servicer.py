@@ -18,7 +18,6 @@ import grpc
 
 from gateway._proto import devserver_pb2, devserver_pb2_grpc, kumiho_pb2, kumiho_pb2_grpc
 from gateway.cursor import CursorKey
-from gateway.devserver.filters import kref_matcher, routing_key_matcher
 from gateway.devserver.store import (
     BEFORE_ALL,
     CursorError,
@@ -26,6 +25,7 @@ from gateway.devserver.store import (
     NewEvent,
     StoredEvent,
 )
+from gateway.matching import kref_matcher, routing_key_matcher
 
 Context = grpc.aio.ServicerContext[Any, Any]
 DEFAULT_TENANT = "default"
