@@ -26,7 +26,7 @@ from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Scope
 
-from gateway import __version__
+from gateway import __version__, correlation
 from gateway.auth import SERVICE, Credential, authenticate
 from gateway.errors import GatewayError
 from gateway.formats import Format, format_for
@@ -132,7 +132,15 @@ def create_app(
             # Credentials (cookies, Authorization) only ever for listed origins.
             allow_credentials=not any_origin,
             allow_methods=["GET"],
-            allow_headers=["Authorization", "Last-Event-ID", "Cache-Control"],
+            allow_headers=[
+                "Authorization",
+                "Last-Event-ID",
+                "Cache-Control",
+                "X-Kumiho-Token",
+                "X-Tenant-Id",
+                correlation.HEADER,
+            ],
+            expose_headers=[correlation.HEADER],
             max_age=600,
         )
 
@@ -163,20 +171,8 @@ def create_app(
     async def _starlette_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return _http_error(request, exc)
 
-    @app.get(
-        "/events",
-        summary="Stream Kumiho events as Server-Sent Events",
-        response_class=EventStreamResponse,
-        status_code=200,
-        openapi_extra={"parameters": openapi_parameters()},
-        responses={
-            200: {"description": "the event stream"},
-            400: {"description": "a parameter breaks the limits or is malformed"},
-            401: {"description": "a credential is required, or the upstream refused it"},
-            403: {"description": "the upstream denied access"},
-        },
-    )
-    async def events(request: Request) -> Response:
+    async def stream(request: Request, hosted: bool) -> Response:
+        """Every streaming surface: authenticate, validate, open the source, pump it."""
         query = _query(request)
         subscription = parse_subscription(
             query,
@@ -184,7 +180,7 @@ def create_app(
             credential(request, query),
             request.headers.get("accept"),
         )
-        fmt = format_for(subscription.format, subscription.named)
+        fmt = format_for(subscription.format, subscription.named, hosted)
         if lifecycle.draining:
             return _retry_answer(fmt)
         if request.method == "HEAD":
@@ -221,6 +217,36 @@ def create_app(
             ticker=ticker,
         )
         return EventStreamResponse(pump)
+
+    stream_responses: dict[int | str, dict[str, Any]] = {
+        200: {"description": "the event stream"},
+        400: {"description": "a parameter breaks the limits or is malformed"},
+        401: {"description": "a credential is required, or the upstream refused it"},
+        403: {"description": "the upstream denied access"},
+    }
+
+    @app.get(
+        "/events",
+        summary="Stream Kumiho events as Server-Sent Events",
+        response_class=EventStreamResponse,
+        status_code=200,
+        openapi_extra={"parameters": openapi_parameters()},
+        responses=stream_responses,
+    )
+    async def events(request: Request) -> Response:
+        return await stream(request, hosted=False)
+
+    @app.get(
+        "/api/v1/events/stream",
+        summary="The same stream under Kumiho's hosted API path: every data: line is an event",
+        description="Gateway signals (status, reset, error) come as SSE comment lines here.",
+        response_class=EventStreamResponse,
+        status_code=200,
+        openapi_extra={"parameters": openapi_parameters()},
+        responses=stream_responses,
+    )
+    async def hosted_stream(request: Request) -> Response:
+        return await stream(request, hosted=True)
 
     @app.get(
         "/capabilities",
@@ -281,4 +307,4 @@ def create_app(
     dashboard = _Dashboard(directory=str(static), html=True)
     dashboard.api_paths = frozenset(r.path for r in app.routes if isinstance(r, APIRoute))
     app.mount("/", dashboard, name="dashboard")
-    return StreamHandoff(app)
+    return correlation.Correlation(StreamHandoff(app))

@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pydantic import SecretStr
 
@@ -16,7 +16,10 @@ from gateway.settings import AuthMode, read_token_file
 log = logging.getLogger("gateway.auth")
 
 MAX_TOKEN_LENGTH = 8192
+MAX_TENANT_LENGTH = 128
 COOKIE_NAME = "kumiho_token"
+# Kumiho's hosted API takes its token in this header (KUMIHO.md).
+TOKEN_HEADER = "x-kumiho-token"
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,7 @@ class Credential:
 
     upstream_token: str | None = field(repr=False)
     identity: str  # a hash of the token, never the token: safe for logs, keys and metrics
+    tenant: str | None = None  # the client's x-tenant-id, sent upstream with the token
 
 
 ANONYMOUS = Credential(None, "anonymous")
@@ -75,7 +79,14 @@ def identity_of(token: str) -> str:
 def _presented_token(
     headers: Mapping[str, str], cookies: Mapping[str, str], access_token: str | None
 ) -> str | None:
-    """The client's token: Authorization header, else cookie, else access_token parameter."""
+    """The client's token: X-Kumiho-Token, Authorization, cookie, access_token parameter.
+
+    X-Kumiho-Token comes first: a hosted API client may send a user's own
+    token in Authorization beside it, which is not the Kumiho credential.
+    """
+    kumiho = headers.get(TOKEN_HEADER)
+    if kumiho is not None:
+        return _checked(kumiho.strip())
     header = headers.get("authorization")
     if header is not None:
         scheme, _, token = header.strip().partition(" ")
@@ -100,6 +111,19 @@ def _checked(token: str) -> str:
     return token
 
 
+def _tenant(headers: Mapping[str, str]) -> str | None:
+    tenant = headers.get("x-tenant-id")
+    if tenant is None:
+        return None
+    if not 0 < len(tenant) <= MAX_TENANT_LENGTH or not all("!" <= c <= "~" for c in tenant):
+        raise GatewayError(
+            400,
+            "invalid_parameter",
+            f"x-tenant-id: must be 1 to {MAX_TENANT_LENGTH} visible ASCII characters",
+        )
+    return tenant
+
+
 def authenticate(
     mode: AuthMode,
     *,
@@ -109,7 +133,21 @@ def authenticate(
     service_token: str | None = None,
     api_keys: Sequence[SecretStr] = (),
 ) -> Credential:
-    """The credential for one request, or a 401 GatewayError."""
+    """The credential for one request, or a 401 GatewayError (400 for a bad x-tenant-id)."""
+    tenant = _tenant(headers)
+    return replace(
+        _credential(mode, headers, cookies, access_token, service_token, api_keys), tenant=tenant
+    )
+
+
+def _credential(
+    mode: AuthMode,
+    headers: Mapping[str, str],
+    cookies: Mapping[str, str],
+    access_token: str | None,
+    service_token: str | None,
+    api_keys: Sequence[SecretStr],
+) -> Credential:
     if mode == "none":
         return ANONYMOUS
     token = _presented_token(headers, cookies, access_token)
@@ -118,7 +156,7 @@ def authenticate(
         raise GatewayError(
             401,
             "unauthenticated",
-            f"{what} is required: send 'Authorization: Bearer <token>', "
+            f"{what} is required: send 'Authorization: Bearer <token>', X-Kumiho-Token, "
             f"a {COOKIE_NAME} cookie or the access_token parameter",
         )
     if mode == "passthrough":

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway import correlation
+
 
 class GatewayError(Exception):
     """A refusal with an HTTP status, a machine-readable code and a sentence for people."""
@@ -27,7 +29,8 @@ class GatewayError(Exception):
     def envelope(self) -> dict[str, Any]:
         """``{"error": {"code", "message", "retryable"}}`` as CONTRACT.md specifies.
 
-        ``retry_after_ms`` joins them when a retry time is known.
+        ``retry_after_ms`` joins them when a retry time is known, and
+        ``correlation_id`` when a request is being served (the hosted API's shape).
         """
         error: dict[str, Any] = {
             "code": self.code,
@@ -36,6 +39,9 @@ class GatewayError(Exception):
         }
         if self.retry_after_ms is not None:
             error["retry_after_ms"] = self.retry_after_ms
+        cid = correlation.current()
+        if cid is not None:
+            error["correlation_id"] = cid
         return {"error": error}
 
 

@@ -27,13 +27,18 @@ class Format(Protocol):
 
 
 class ServerSentEvents:
-    """``text/event-stream``; with ``named``, ``event:`` carries the routing key."""
+    """``text/event-stream``; with ``named``, ``event:`` carries the routing key.
+
+    With ``signals_as_comments`` (the hosted route, whose clients take every
+    ``data:`` line for an event), gateway signals are comment lines instead.
+    """
 
     media_type = sse.MEDIA_TYPE
     heartbeat = sse.HEARTBEAT
 
-    def __init__(self, named: bool) -> None:
+    def __init__(self, named: bool, signals_as_comments: bool = False) -> None:
         self._named = named
+        self._control = sse.comment_frame if signals_as_comments else sse.control_frame
 
     def event(self, item: SharedEvent | kumiho_pb2.Event) -> bytes:
         if isinstance(item, SharedEvent):
@@ -41,7 +46,7 @@ class ServerSentEvents:
         return sse.event_frame(item, named=self._named)
 
     def control(self, name: str, data: dict[str, Any]) -> bytes:
-        return sse.control_frame(name, data)
+        return self._control(name, data)
 
     def retry(self, ms: int) -> bytes:
         return sse.retry_frame(ms)
@@ -67,6 +72,6 @@ class NewlineDelimitedJson:
         return b""  # a script reconnects when the stream ends
 
 
-def format_for(kind: str, named: bool) -> Format:
-    """The Format a validated subscription asked for."""
-    return NewlineDelimitedJson() if kind == "ndjson" else ServerSentEvents(named)
+def format_for(kind: str, named: bool, hosted: bool = False) -> Format:
+    """The Format a validated subscription asked for (``hosted``: on the hosted API's route)."""
+    return NewlineDelimitedJson() if kind == "ndjson" else ServerSentEvents(named, hosted)

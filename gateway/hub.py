@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import logging
 import secrets
 from collections.abc import Callable, Sequence
@@ -55,7 +56,8 @@ from gateway.upstream import Upstream
 
 log = logging.getLogger("gateway.hub")
 
-ChannelKey = tuple[str, EventFilter]  # (credential identity, what the upstream filters)
+# (credential identity, x-tenant-id, what the upstream filters)
+ChannelKey = tuple[str, str | None, EventFilter]
 MINTED_PREFIX = "gw:"
 
 
@@ -87,7 +89,8 @@ class Channel:
         """Open the shared upstream stream; 401/403 and the like propagate to the first caller."""
         await self._feed.open()
         self.status = self._feed.status
-        self._task = asyncio.create_task(self._feed.run(self))
+        # A context of its own: its resubscribes serve every subscriber, not the first's request.
+        self._task = asyncio.create_task(self._feed.run(self), context=contextvars.Context())
         self._task.add_done_callback(self._feed_ended)
         self._hub.metrics.upstream_shared_streams.inc()
 
@@ -162,7 +165,7 @@ class Channel:
 
     def rest_of(self, wanted: EventFilter) -> EventFilter:
         """What is left to match of ``wanted`` on this channel's events."""
-        return wanted.beyond(*self.key[1].upstream())
+        return wanted.beyond(*self.key[2].upstream())
 
     def after(self, cursor: str, rest: EventFilter) -> list[SharedEvent] | None:
         """The ring's events after ``cursor`` that match ``rest``, or None when it lacks it."""
@@ -262,7 +265,8 @@ class Hub:
         else:
             routing_key, kref = subscription.filter.upstream()
             asked = EventFilter((routing_key,), (kref,))
-        key = (subscription.credential.identity, asked)
+        credential = subscription.credential
+        key = (credential.identity, credential.tenant, asked)
         channel = self._channels.get(key)
         if channel is not None and not channel.closed:
             return channel

@@ -1,5 +1,8 @@
 """Logging set-up, with credentials scrubbed from every line of every logger.
 
+Each line written while a request is served names its correlation id
+(``correlation.py``), so one client's story can be read out of a busy log.
+
 Scrubbing happens where records are made (a log record factory), not in a
 filter on chosen loggers: a filter on ``gateway`` does not see the records
 of ``gateway.pump``, and uvicorn's loggers do not propagate.
@@ -7,10 +10,15 @@ of ``gateway.pump``, and uvicorn's loggers do not propagate.
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 from typing import Any
 from urllib.parse import unquote_plus
+
+import uvicorn.config
+
+from gateway import correlation
 
 # Query parameter names whose values are credentials, after decoding.
 SECRET_PARAMS = frozenset({"access_token"})
@@ -64,6 +72,8 @@ def _install_factory() -> None:
 
     def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = make(*args, **kwargs)
+        cid = correlation.current()
+        record.correlation = f"[{cid}] " if cid else ""
         if isinstance(record.msg, str):
             record.msg = redact(record.msg)
         if isinstance(record.args, tuple):
@@ -79,5 +89,15 @@ def _install_factory() -> None:
 def install(level: str) -> None:
     """Configure logging; from then on no record of any logger carries a credential."""
     _install_factory()
-    logging.basicConfig(level=level.upper(), format="%(levelname)s:     %(name)s %(message)s")
+    logging.basicConfig(
+        level=level.upper(), format="%(levelname)s:     %(name)s %(correlation)s%(message)s"
+    )
     logging.getLogger("gateway").setLevel(level.upper())
+
+
+def uvicorn_config() -> dict[str, Any]:
+    """uvicorn's logging set-up, with each access line naming the request's correlation id."""
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    access = config["formatters"]["access"]
+    access["fmt"] = access["fmt"].replace("%(client_addr)s", "%(correlation)s%(client_addr)s")
+    return config

@@ -141,6 +141,7 @@ async def serve(
         timeout_graceful_shutdown=max(1, round(settings.shutdown_grace * (1 - _DRAIN_SHARE))),
         server_header=False,
         http=protocol_with_header_timeout(settings.header_timeout),
+        log_config=logs.uvicorn_config(),
     )
     logs.install(settings.log_level)
     # Everything built so far (modules, the app) lives as long as the process;

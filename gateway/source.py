@@ -485,7 +485,9 @@ class UpstreamSource:
         if newer is None:
             return False
         log.info("the upstream refused the service token; using the new one from its file")
-        self._sub = replace(self._sub, credential=Credential(newer, SERVICE))
+        self._sub = replace(
+            self._sub, credential=replace(self._sub.credential, upstream_token=newer)
+        )
         return True
 
     async def _refused(self, exc: _Rejected, sink: Sink) -> bool:

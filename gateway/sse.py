@@ -101,6 +101,11 @@ def control_frame(name: str, data: dict[str, Any]) -> bytes:
     return ServerSentEvent(dumps(data), event=name, sep="\n").encode()
 
 
+def comment_frame(name: str, data: dict[str, Any]) -> bytes:
+    """A control signal as a comment (``: gateway.status {...}``): clients dispatch nothing."""
+    return ServerSentEvent(comment=f"{name} {dumps(data)}", sep="\n").encode()
+
+
 HEARTBEAT = ServerSentEvent(comment="heartbeat", sep="\n").encode()
 """A comment frame: keeps proxies and clients from timing out an idle stream."""
 

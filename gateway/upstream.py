@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 import grpc
 
+from gateway import correlation
 from gateway._proto import kumiho_pb2, kumiho_pb2_grpc
 from gateway.auth import Credential, ServiceToken
 from gateway.quota import StreamQuota
@@ -92,7 +92,9 @@ class Upstream:
         self._ca_file = settings.ca_file
         self._tenant_id = settings.tenant_id
         self._capabilities_ttl = settings.capabilities_ttl
-        self._capabilities: dict[str, tuple[float, kumiho_pb2.EventCapabilities]] = {}
+        self._capabilities: dict[
+            tuple[str, str | None], tuple[float, kumiho_pb2.EventCapabilities]
+        ] = {}
         self._channel: grpc.aio.Channel | None = None
         self._stub: kumiho_pb2_grpc.KumihoServiceAsyncStub | None = None
         # The gateway's own token for --auth service (a file is read again on refusal).
@@ -127,12 +129,15 @@ class Upstream:
             self._channel = None
 
     def metadata(self, credential: Credential) -> tuple[tuple[str, str], ...]:
-        """Call metadata: a fresh correlation id, the bearer token, the tenant."""
-        md: list[tuple[str, str]] = [("x-correlation-id", uuid.uuid4().hex)]
+        """Call metadata: the request's correlation id (or a fresh one), the token, the tenant."""
+        md: list[tuple[str, str]] = [
+            (correlation.HEADER, correlation.current() or correlation.new_id())
+        ]
         if credential.upstream_token:
             md.append(("authorization", f"Bearer {credential.upstream_token}"))
-        if self._tenant_id:
-            md.append(("x-tenant-id", self._tenant_id))
+        tenant = credential.tenant or self._tenant_id
+        if tenant:
+            md.append(("x-tenant-id", tenant))
         return tuple(md)
 
     def event_stream(
@@ -145,7 +150,8 @@ class Upstream:
     async def capabilities(self, credential: Credential) -> kumiho_pb2.EventCapabilities:
         """GetEventCapabilities for this credential, reused for ``capabilities_ttl`` seconds."""
         assert self._stub is not None, "Upstream.start() was not awaited"
-        cached = self._capabilities.get(credential.identity)
+        key = (credential.identity, credential.tenant)
+        cached = self._capabilities.get(key)
         now = time.monotonic()
         if cached and now - cached[0] < self._capabilities_ttl:
             return cached[1]
@@ -156,7 +162,7 @@ class Upstream:
         )
         if len(self._capabilities) > 10_000:  # bound memory under many distinct tokens
             self._capabilities.clear()
-        self._capabilities[credential.identity] = (now, caps)
+        self._capabilities[key] = (now, caps)
         return caps
 
     def connected(self) -> bool:

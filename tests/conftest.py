@@ -258,7 +258,7 @@ def read_events(
     count: int,
     *,
     headers: dict[str, str] | None = None,
-    params: dict[str, str] | None = None,
+    params: dict[str, str] | list[tuple[str, str]] | None = None,
     timeout: float = 15.0,
     stop: Callable[[ServerSentEvent], bool] | None = None,
     statuses: list[dict[str, Any]] | None = None,

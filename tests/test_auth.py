@@ -192,9 +192,11 @@ def test_a_rotated_service_token_file_is_picked_up_without_a_restart(
     make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway], tmp_path: Path
 ) -> None:
     token_file = tmp_path / "token"
-    devserver, gateway = _with_token_file(make_devserver, make_gateway, token_file, *FAST)
-    key = {"Authorization": "Bearer key-1"}
     # Two streams on two upstream streams: each must switch, not only the first to notice.
+    devserver, gateway = _with_token_file(
+        make_devserver, make_gateway, token_file, *FAST, "--hub-filtering", "upstream"
+    )
+    key = {"Authorization": "Bearer key-1"}
     readers = {kind: Reader(gateway.url, {"routing_key": f"{kind}.*"}, key) for kind in "ab"}
     for reader in readers.values():
         reader.start()

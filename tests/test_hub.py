@@ -14,6 +14,7 @@ import pytest
 from gateway._proto import kumiho_pb2
 from gateway.auth import ANONYMOUS
 from gateway.hub import Channel, Hub, HubSource
+from gateway.matching import EventFilter
 from gateway.metrics import Metrics
 from gateway.pump import Pump
 from gateway.settings import Settings
@@ -35,15 +36,22 @@ def started(listeners: list[Reader], gateway: Gateway) -> None:
     )
 
 
-def test_clients_with_the_same_filters_share_one_upstream_stream(
-    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+@pytest.mark.parametrize(
+    ("filtering", "streams"),
+    [("gateway", 1), ("upstream", 2)],  # one per credential, or one per credential and filter
+)
+def test_clients_share_upstream_streams(
+    make_devserver: Callable[..., DevServer],
+    make_gateway: Callable[..., Gateway],
+    filtering: str,
+    streams: int,
 ) -> None:
     devserver = make_devserver()
-    gateway = make_gateway(devserver.address, *FAST)
+    gateway = make_gateway(devserver.address, *FAST, "--hub-filtering", filtering)
     same = [Reader(gateway.url, params={"routing_key": "revision.*"}) for _ in range(20)]
     other = Reader(gateway.url, params={"routing_key": "item.#"})
     started([*same, other], gateway)
-    assert devserver.open_streams() == 2  # one per distinct filter, not one per client
+    assert devserver.open_streams() == streams  # never one per client
     cursors = devserver.publish("revision.created", KREF, count=5)
     devserver.publish("item.comp.created", KREF)
     wait_until(
@@ -51,7 +59,7 @@ def test_clients_with_the_same_filters_share_one_upstream_stream(
     )
     for listener in same:
         assert [e.id for e in listener.events] == cursors
-    assert gateway.metric("kumiho_gateway_hub_upstream_streams") == 2
+    assert gateway.metric("kumiho_gateway_hub_upstream_streams") == streams
     assert gateway.metric("kumiho_gateway_hub_subscribers") == 21
     encoded = gateway.metric("kumiho_gateway_hub_frames_encoded_total")
     delivered = gateway.metric("kumiho_gateway_hub_frames_delivered_total")
@@ -267,6 +275,7 @@ class _Broken:
     """A subscriber whose delivery raises."""
 
     closed = False
+    rest = EventFilter()
 
     def deliver(self, item: Item) -> None:
         raise RuntimeError("this subscriber is broken")
@@ -292,7 +301,7 @@ async def _hub_with_subscriber() -> tuple[Hub, Channel, _Feed, Pump, AsyncIterat
     channel = Channel(("anonymous", "", ""), feed, hub)
     await channel.start()
     await feed.ready.wait()
-    subscriber = HubSource(hub, Subscription("", "", None, "latest", None, False, ANONYMOUS))
+    subscriber = HubSource(hub, Subscription(EventFilter(), None, "latest", None, False, ANONYMOUS))
     subscriber._channel = channel
     channel.attach(subscriber)
     pump = make_pump(subscriber)

@@ -58,9 +58,10 @@ def test_the_total_cap_on_upstream_streams(
     gateway = make_gateway(devserver.address, *FAST, *mode, "--max-upstream-streams", "1")
     with contextlib.ExitStack() as streams:
         streams.enter_context(_held(gateway, {"routing_key": "a.*"}, {}))
-        if hub:  # the same filters share the one upstream stream: no new place taken
-            streams.enter_context(_held(gateway, {"routing_key": "a.*"}, {}))
-        error = _refusal(gateway, {"routing_key": "b.*"}, {})
+        if hub:  # shared: no new place taken, whatever the filter
+            streams.enter_context(_held(gateway, {"routing_key": "b.*"}, {}))
+        # A stream of its own (a catch-up, in the hub) needs a place of its own.
+        error = _refusal(gateway, {"routing_key": "b.*", "from": "beginning"}, {})
         assert "limit of 1 upstream streams in all" in str(error["message"])
         assert gateway.metric(REFUSALS, '{scope="total"}') == 1
         assert devserver.open_streams() == 1

@@ -135,6 +135,7 @@ def test_tick_policies_with_an_injected_clock() -> None:
 
 def test_closing_an_upstream_source_during_its_backoff_stops_it() -> None:
     from gateway.auth import ANONYMOUS
+    from gateway.matching import EventFilter
     from gateway.source import UpstreamSource
     from gateway.subscription import Subscription
     from gateway.upstream import Upstream
@@ -146,7 +147,7 @@ def test_closing_an_upstream_source_during_its_backoff_stops_it() -> None:
         metrics = Metrics()
         upstream = Upstream(settings)
         await upstream.start()
-        sub = Subscription("", "", None, "latest", None, False, ANONYMOUS)
+        sub = Subscription(EventFilter(), None, "latest", None, False, ANONYMOUS)
         source = UpstreamSource(upstream, sub, settings, metrics)
         pump = make_pump(source)
         run = asyncio.create_task(source.run(pump))

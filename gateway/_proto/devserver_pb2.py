@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1egateway/_proto/devserver.proto\x12\x10kumiho_devserver\"\xff\x01\n\x0ePublishRequest\x12\x13\n\x0brouting_key\x18\x01 \x01(\t\x12\x0c\n\x04kref\x18\x02 \x01(\t\x12>\n\x07\x64\x65tails\x18\x03 \x03(\x0b\x32-.kumiho_devserver.PublishRequest.DetailsEntry\x12\x0e\n\x06\x61uthor\x18\x04 \x01(\t\x12\x10\n\x08username\x18\x05 \x01(\t\x12\x11\n\ttenant_id\x18\x06 \x01(\t\x12\r\n\x05\x63ount\x18\x07 \x01(\r\x12\x16\n\x0ewithout_cursor\x18\x08 \x01(\x08\x1a.\n\x0c\x44\x65tailsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1f\n\x0cPublishReply\x12\x0f\n\x07\x63ursors\x18\x01 \x03(\t\"\x90\x01\n\x06\x46\x61ults\x12\x13\n\x0b\x62reak_after\x18\x01 \x01(\r\x12\x0e\n\x06refuse\x18\x02 \x01(\x08\x12\x10\n\x08\x64\x65lay_ms\x18\x03 \x01(\r\x12\x16\n\tend_after\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x14\n\x0clate_headers\x18\x05 \x01(\x08\x12\x13\n\x0brefuse_code\x18\x06 \x01(\tB\x0c\n\n_end_after\"#\n\x12RevokeTokenRequest\x12\r\n\x05token\x18\x01 \x01(\t\"\x12\n\x10RevokeTokenReply\"\x0e\n\x0cStatsRequest\"~\n\x05Stats\x12\x14\n\x0copen_streams\x18\x01 \x01(\r\x12\x17\n\x0fstreams_started\x18\x02 \x01(\x04\x12\x17\n\x0frecent_requests\x18\x03 \x03(\x0c\x12\x16\n\x0erecent_tenants\x18\x04 \x03(\t\x12\x15\n\revents_stored\x18\x05 \x01(\x04\x32\xb7\x02\n\tDevServer\x12K\n\x07Publish\x12 .kumiho_devserver.PublishRequest\x1a\x1e.kumiho_devserver.PublishReply\x12?\n\tSetFaults\x12\x18.kumiho_devserver.Faults\x1a\x18.kumiho_devserver.Faults\x12W\n\x0bRevokeToken\x12$.kumiho_devserver.RevokeTokenRequest\x1a\".kumiho_devserver.RevokeTokenReply\x12\x43\n\x08GetStats\x12\x1e.kumiho_devserver.StatsRequest\x1a\x17.kumiho_devserver.Statsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1egateway/_proto/devserver.proto\x12\x10kumiho_devserver\"\xff\x01\n\x0ePublishRequest\x12\x13\n\x0brouting_key\x18\x01 \x01(\t\x12\x0c\n\x04kref\x18\x02 \x01(\t\x12>\n\x07\x64\x65tails\x18\x03 \x03(\x0b\x32-.kumiho_devserver.PublishRequest.DetailsEntry\x12\x0e\n\x06\x61uthor\x18\x04 \x01(\t\x12\x10\n\x08username\x18\x05 \x01(\t\x12\x11\n\ttenant_id\x18\x06 \x01(\t\x12\r\n\x05\x63ount\x18\x07 \x01(\r\x12\x16\n\x0ewithout_cursor\x18\x08 \x01(\x08\x1a.\n\x0c\x44\x65tailsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1f\n\x0cPublishReply\x12\x0f\n\x07\x63ursors\x18\x01 \x03(\t\"\x90\x01\n\x06\x46\x61ults\x12\x13\n\x0b\x62reak_after\x18\x01 \x01(\r\x12\x0e\n\x06refuse\x18\x02 \x01(\x08\x12\x10\n\x08\x64\x65lay_ms\x18\x03 \x01(\r\x12\x16\n\tend_after\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x14\n\x0clate_headers\x18\x05 \x01(\x08\x12\x13\n\x0brefuse_code\x18\x06 \x01(\tB\x0c\n\n_end_after\"#\n\x12RevokeTokenRequest\x12\r\n\x05token\x18\x01 \x01(\t\"\x12\n\x10RevokeTokenReply\"\x0e\n\x0cStatsRequest\"\x9e\x01\n\x05Stats\x12\x14\n\x0copen_streams\x18\x01 \x01(\r\x12\x17\n\x0fstreams_started\x18\x02 \x01(\x04\x12\x17\n\x0frecent_requests\x18\x03 \x03(\x0c\x12\x16\n\x0erecent_tenants\x18\x04 \x03(\t\x12\x15\n\revents_stored\x18\x05 \x01(\x04\x12\x1e\n\x16recent_correlation_ids\x18\x06 \x03(\t2\xb7\x02\n\tDevServer\x12K\n\x07Publish\x12 .kumiho_devserver.PublishRequest\x1a\x1e.kumiho_devserver.PublishReply\x12?\n\tSetFaults\x12\x18.kumiho_devserver.Faults\x1a\x18.kumiho_devserver.Faults\x12W\n\x0bRevokeToken\x12$.kumiho_devserver.RevokeTokenRequest\x1a\".kumiho_devserver.RevokeTokenReply\x12\x43\n\x08GetStats\x12\x1e.kumiho_devserver.StatsRequest\x1a\x17.kumiho_devserver.Statsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,8 +47,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REVOKETOKENREPLY']._serialized_end=545
   _globals['_STATSREQUEST']._serialized_start=547
   _globals['_STATSREQUEST']._serialized_end=561
-  _globals['_STATS']._serialized_start=563
-  _globals['_STATS']._serialized_end=689
-  _globals['_DEVSERVER']._serialized_start=692
-  _globals['_DEVSERVER']._serialized_end=1003
+  _globals['_STATS']._serialized_start=564
+  _globals['_STATS']._serialized_end=722
+  _globals['_DEVSERVER']._serialized_start=725
+  _globals['_DEVSERVER']._serialized_end=1036
 # @@protoc_insertion_point(module_scope)

@@ -205,6 +205,7 @@ class Stats(_message.Message):
     RECENT_REQUESTS_FIELD_NUMBER: _builtins.int
     RECENT_TENANTS_FIELD_NUMBER: _builtins.int
     EVENTS_STORED_FIELD_NUMBER: _builtins.int
+    RECENT_CORRELATION_IDS_FIELD_NUMBER: _builtins.int
     open_streams: _builtins.int
     streams_started: _builtins.int
     events_stored: _builtins.int
@@ -216,6 +217,10 @@ class Stats(_message.Message):
     def recent_tenants(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """the tenant each recent request resolved to"""
 
+    @_builtins.property
+    def recent_correlation_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the x-correlation-id of each recent request"""
+
     def __init__(
         self,
         *,
@@ -224,10 +229,11 @@ class Stats(_message.Message):
         recent_requests: _abc.Iterable[_builtins.bytes] | None = ...,
         recent_tenants: _abc.Iterable[_builtins.str] | None = ...,
         events_stored: _builtins.int = ...,
+        recent_correlation_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["events_stored", b"events_stored", "open_streams", b"open_streams", "recent_requests", b"recent_requests", "recent_tenants", b"recent_tenants", "streams_started", b"streams_started"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events_stored", b"events_stored", "open_streams", b"open_streams", "recent_correlation_ids", b"recent_correlation_ids", "recent_requests", b"recent_requests", "recent_tenants", b"recent_tenants", "streams_started", b"streams_started"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -70,8 +70,11 @@ class Access:
 
     def tenant_for(self, metadata: Mapping[str, str]) -> tuple[str, str]:
         """(tenant, token) for a call's metadata, or raise a (status, message) AccessError."""
+        # x-tenant-id picks the tenant on an open server (as on the hosted cloud's
+        # routing); with tokens it must name the token's own tenant.
+        asked = metadata.get("x-tenant-id")
         if not self.tokens:
-            return DEFAULT_TENANT, ""
+            return asked or DEFAULT_TENANT, ""
         scheme, _, token = metadata.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise AccessError(grpc.StatusCode.UNAUTHENTICATED, "missing bearer token")
@@ -83,7 +86,12 @@ class Access:
             raise AccessError(
                 grpc.StatusCode.PERMISSION_DENIED, f"token {token} may not read events"
             )
-        return self.tokens[token], token
+        tenant = self.tokens[token]
+        if asked and asked != tenant:
+            raise AccessError(
+                grpc.StatusCode.PERMISSION_DENIED, f"the token is not valid for tenant {asked}"
+            )
+        return tenant, token
 
 
 class AccessError(Exception):
@@ -138,7 +146,8 @@ class KumihoEvents(kumiho_pb2_grpc.KumihoServiceServicer):
         self.faults = Faults()
         self.open_streams = 0
         self.streams_started = 0
-        self.recent: collections.deque[tuple[bytes, str]] = collections.deque(maxlen=_RECENT)
+        # (request, tenant, x-correlation-id) of the latest calls, for tests to check.
+        self.recent: collections.deque[tuple[bytes, str, str]] = collections.deque(maxlen=_RECENT)
 
     async def GetEventCapabilities(
         self, request: kumiho_pb2.GetEventCapabilitiesRequest, context: Context
@@ -182,7 +191,8 @@ class KumihoEvents(kumiho_pb2_grpc.KumihoServiceServicer):
         self, request: kumiho_pb2.EventStreamRequest, context: Context
     ) -> AsyncIterator[kumiho_pb2.Event]:
         tenant, token = await self._authorize(context)
-        self.recent.append((request.SerializeToString(), tenant))
+        correlation_id = dict(context.invocation_metadata() or ()).get("x-correlation-id", "")
+        self.recent.append((request.SerializeToString(), tenant, str(correlation_id)))
         if self.faults.refuse:
             code = grpc.StatusCode[self.faults.refuse_code]
             await context.abort(code, "refusing streams (fault injected)")
@@ -299,7 +309,8 @@ class DevControl(devserver_pb2_grpc.DevServerServicer):
         return devserver_pb2.Stats(
             open_streams=ev.open_streams,
             streams_started=ev.streams_started,
-            recent_requests=[r for r, _ in ev.recent],
-            recent_tenants=[t for _, t in ev.recent],
+            recent_requests=[r for r, _, _ in ev.recent],
+            recent_tenants=[t for _, t, _ in ev.recent],
+            recent_correlation_ids=[c for _, _, c in ev.recent],
             events_stored=ev.log.store.count(),
         )

@@ -1,0 +1,87 @@
+"""Correlation ids: one per request, echoed, forwarded upstream, written in its log lines.
+
+A client may send ``x-correlation-id`` (as Kumiho's hosted API clients do);
+the gateway makes one up otherwise. ``Correlation`` is a pure ASGI layer: it
+holds the id in a context variable for everything the request runs (the
+route, its upstream calls, its stream) and adds it to the response headers.
+Work that outlives a request and serves many (a hub channel's upstream
+stream) runs in a fresh context, so it never carries one client's id.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import uuid
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+HEADER = "x-correlation-id"
+MAX_LENGTH = 128
+_current: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "correlation_id", default=None
+)
+
+
+def current() -> str | None:
+    """The id of the request being served, or None outside one."""
+    return _current.get()
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def problem(value: str) -> str | None:
+    """Why a client's id cannot be used (it goes into headers and logs), or None."""
+    if len(value) > MAX_LENGTH:
+        return f"is {len(value)} characters long; the limit is {MAX_LENGTH}"
+    if not value or not all("!" <= c <= "~" for c in value):
+        return "must be visible ASCII characters (no spaces or control characters)"
+    return None
+
+
+class Correlation:
+    """The outermost ASGI layer: sets the request's id and echoes it in the response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = next((v for k, v in scope["headers"] if k == HEADER.encode()), None)
+        text = given.decode("latin-1") if given is not None else None
+        wrong = problem(text) if text is not None else None
+        cid = new_id() if text is None or wrong else text
+        token = _current.set(cid)
+        header = (HEADER.encode(), cid.encode())
+
+        async def echoed(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        try:
+            if wrong:
+                await _refuse(f"{HEADER}: {wrong}", echoed)
+            else:
+                await self.app(scope, receive, echoed)
+        finally:
+            _current.reset(token)
+
+
+async def _refuse(message: str, send: Send) -> None:
+    """A 400 in the gateway's envelope, before any route runs."""
+    from gateway.errors import GatewayError  # errors.py reads current(): import it late
+
+    error = GatewayError(400, "invalid_parameter", message)
+    body = json.dumps(error.envelope()).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-store"),
+    ]
+    await send({"type": "http.response.start", "status": 400, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
