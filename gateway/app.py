@@ -33,11 +33,19 @@ from gateway.formats import Format, format_for
 from gateway.hub import Hub
 from gateway.lifecycle import Lifecycle
 from gateway.metrics import CONTENT_TYPE, Metrics
+from gateway.poll import Batch, collect
 from gateway.pump import Pump, jittered_retry_ms
 from gateway.response import HEADERS, EventStreamResponse, StreamHandoff
 from gateway.settings import Settings
 from gateway.source import Source, UpstreamSource, terminal_error
-from gateway.subscription import access_token_param, openapi_parameters, parse_subscription
+from gateway.subscription import (
+    POLL_PARAMS,
+    Subscription,
+    access_token_param,
+    openapi_parameters,
+    parse_poll,
+    parse_subscription,
+)
 from gateway.ticker import Ticker
 from gateway.upstream import Upstream
 
@@ -82,6 +90,12 @@ class _Dashboard(StaticFiles):
         ):
             raise StarletteHTTPException(404)
         return await super().get_response(path, scope)
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client has gone (a GET's request body is empty)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _query(request: Request) -> dict[str, list[str]]:
@@ -171,15 +185,31 @@ def create_app(
     async def _starlette_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return _http_error(request, exc)
 
-    async def stream(request: Request, hosted: bool) -> Response:
-        """Every streaming surface: authenticate, validate, open the source, pump it."""
-        query = _query(request)
-        subscription = parse_subscription(
+    def subscribe(request: Request, query: dict[str, list[str]]) -> Subscription:
+        return parse_subscription(
             query,
             request.headers.get("last-event-id"),
             credential(request, query),
             request.headers.get("accept"),
         )
+
+    async def opened(subscription: Subscription) -> Source:
+        """The subscription's source, opened (refusals raise GatewayError before any byte)."""
+        source: Source = (
+            hub.source(subscription)
+            if hub is not None
+            else UpstreamSource(upstream, subscription, settings, metrics)
+        )
+        try:
+            await source.open()
+        except BaseException:
+            source.close()
+            raise
+        return source
+
+    async def stream(request: Request, hosted: bool) -> Response:
+        """Every streaming surface: authenticate, validate, open the source, pump it."""
+        subscription = subscribe(request, _query(request))
         fmt = format_for(subscription.format, subscription.named, hosted)
         if lifecycle.draining:
             return _retry_answer(fmt)
@@ -188,21 +218,12 @@ def create_app(
             head = Response(headers=HEADERS, media_type=fmt.media_type)
             del head.headers["content-length"]
             return head
-        source: Source = (
-            hub.source(subscription)
-            if hub is not None
-            else UpstreamSource(upstream, subscription, settings, metrics)
-        )
         try:
-            await source.open()
+            source = await opened(subscription)
         except GatewayError as exc:
-            source.close()
             if exc.retryable:  # at a cap: a retry: line and why, then the client comes back
                 log.info("stream refused for now: %s", exc.message)
                 return _retry_answer(fmt, exc)
-            raise
-        except BaseException:
-            source.close()
             raise
         if lifecycle.draining:  # the drain began while the upstream answered
             source.close()
@@ -247,6 +268,45 @@ def create_app(
     )
     async def hosted_stream(request: Request) -> Response:
         return await stream(request, hosted=True)
+
+    async def poll(request: Request) -> Response:
+        query = _query(request)
+        subscription = subscribe(request, query)
+        max_events, timeout = parse_poll(query)
+        if lifecycle.draining:
+            raise GatewayError(
+                503,
+                "draining",
+                "the gateway is shutting down; poll again (another replica answers)",
+                retryable=True,
+                retry_after_ms=jittered_retry_ms(settings.retry_ms),
+            )
+        if request.method == "HEAD":  # validated; no upstream call for it
+            return Response(headers=HEADERS, media_type="application/json")
+        source = await opened(subscription)
+        batch = Batch(max_events, subscription.cursor)
+        try:
+            await collect(source, batch, timeout, _disconnected(request))
+        finally:
+            source.close()
+        if batch.failure is not None and not batch.events:
+            raise batch.failure  # with events, the next poll meets it
+        return Response(batch.answer(), headers=HEADERS, media_type="application/json")
+
+    poll_responses: dict[int | str, dict[str, Any]] = {
+        200: {"description": "{events, cursor, more, reset}: see the README"},
+        **{k: v for k, v in stream_responses.items() if k != 200},
+        503: {"description": "at a cap on upstream streams, or shutting down (retryable)"},
+    }
+    for path in ("/events/poll", "/api/v1/events/poll"):
+        app.add_api_route(
+            path,
+            poll,
+            methods=["GET"],
+            summary="A bounded read: up to max_events events after cursor, as JSON",
+            openapi_extra={"parameters": openapi_parameters(POLL_PARAMS)},
+            responses=poll_responses,
+        )
 
     @app.get(
         "/capabilities",

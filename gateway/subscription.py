@@ -82,6 +82,16 @@ PARAMS: tuple[Param, ...] = (
     ),
 )
 _BY_NAME = {p.name: p for p in PARAMS}
+# The bounded read's own parameters (/events/poll, /api/v1/events/poll).
+POLL_PARAMS: tuple[Param, ...] = (
+    Param("max_events", None, 4, "at most this many events in the answer: 1 to 1000 (100)"),
+    Param(
+        "timeout",
+        None,
+        8,
+        "seconds to wait for a first event when none is waiting: 0 to 60 (25)",
+    ),
+)
 MAX_CURSOR = _BY_NAME["cursor"].max_length
 # A cursor the gateway sent in its encoded form (sse.field_value): base64 of
 # up to MAX_CURSOR characters of UTF-8.
@@ -286,10 +296,31 @@ def parse_subscription(
     )
 
 
-def openapi_parameters() -> list[dict[str, Any]]:
-    """The /events parameters for the OpenAPI page, from the same table that validates them."""
+def parse_poll(query: Mapping[str, Sequence[str]]) -> tuple[int, float]:
+    """(max_events, timeout) of a poll, checked, or raise 400."""
+    max_param, timeout_param = POLL_PARAMS
+    max_events = _number(max_param, _one(query, max_param), 100, 1, 1000)
+    timeout = _number(timeout_param, _one(query, timeout_param), 25, 0, 60)
+    return int(max_events), timeout
+
+
+def _number(param: Param, value: str | None, default: float, low: float, high: float) -> float:
+    if value is None or value == "":
+        return default
+    try:
+        number = int(value) if param.name == "max_events" else float(value)
+    except ValueError:
+        number = None
+    if number is None or not low <= number <= high:  # NaN fails both comparisons
+        kind = "a whole number" if param.name == "max_events" else "a number of seconds"
+        raise invalid_parameter(param.name, f"{value!r} is not {kind} from {low:g} to {high:g}")
+    return number
+
+
+def openapi_parameters(extra: Sequence[Param] = ()) -> list[dict[str, Any]]:
+    """A route's parameters for the OpenAPI page, from the same tables that validate them."""
     params: list[dict[str, Any]] = []
-    for p in PARAMS:
+    for p in (*PARAMS, *extra):
         for name in (p.name, p.alias):
             if name:
                 described = p.description if name == p.name else f"alias of {p.name}"

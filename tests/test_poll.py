@@ -1,0 +1,152 @@
+"""The bounded read: /events/poll and /api/v1/events/poll."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import (
+    BOTH_MODES,
+    FAST,
+    DevServer,
+    Gateway,
+    Reader,
+    unique_project,
+    wait_until,
+)
+
+
+def _poll(gateway: Gateway, path: str = "/events/poll", **params: Any) -> dict[str, Any]:
+    r = httpx.get(gateway.url + path, params=params, timeout=70)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/json"
+    body: dict[str, Any] = r.json()
+    return body
+
+
+@BOTH_MODES
+def test_a_polling_loop_sees_every_event_once_in_order_across_an_upstream_break(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *FAST)
+    project = unique_project()
+    kref = f"kref://{project}/shots/sq010.comp"
+    # A dashboard keeps the hub's shared stream (and its ring) open meanwhile.
+    dashboard = Reader(gateway.url, {"kref": f"kref://{project}/**"})
+    dashboard.start()
+    wait_until(lambda: gateway.metric("kumiho_gateway_streams_open") == 1, 15, "the dashboard")
+    [start] = devserver.publish("space.created", kref)
+    published = devserver.publish("revision.created", kref, count=1500)
+    devserver.publish("item.model.created", kref, count=200)  # filtered out
+
+    got: list[str] = []
+    cursor = start
+    paths = ["/events/poll", "/api/v1/events/poll"]
+    for n in range(40):  # bounded: 3,000 events at 500 a poll need 6
+        if len(got) == 3000:
+            break
+        if len(got) == 1500 and devserver.proc is not None:
+            devserver.stop()  # the upstream goes away between two polls, then comes back
+            devserver.start()
+            published += devserver.publish("revision.tagged", kref, count=1500)
+        answer = _poll(
+            gateway,
+            paths[n % 2],
+            routing_key_filter="revision.*",
+            kref_filter=f"kref://{project}/**",
+            cursor=cursor,
+            max_events=500,
+            timeout=10,
+        )
+        got += [e["cursor"] for e in answer["events"]]
+        assert answer["cursor"] == (got[-1] if got else cursor)
+        assert answer["more"] is (len(got) not in (1500, 3000)), len(got)
+        assert answer["reset"] is None
+        cursor = answer["cursor"]
+    assert got == published  # each once, in order
+    dashboard.stop.set()
+
+
+def test_polls_with_a_cursor_in_the_ring_make_no_upstream_call(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *FAST)
+    dashboard = Reader(gateway.url)
+    dashboard.start()
+    wait_until(lambda: gateway.metric("kumiho_gateway_streams_open") == 1, 15, "the dashboard")
+    cursors = devserver.publish("revision.created", f"kref://{unique_project()}/a.model", count=5)
+    dashboard.wait_for(5)
+    started = devserver.client().stats().streams_started
+    answer = _poll(gateway, cursor=cursors[0], max_events=3, timeout=0)
+    assert [e["cursor"] for e in answer["events"]] == cursors[1:4] and answer["more"] is True
+    answer = _poll(gateway, cursor=answer["cursor"], timeout=0)
+    assert [e["cursor"] for e in answer["events"]] == cursors[4:] and answer["more"] is False
+    assert devserver.client().stats().streams_started == started
+    assert gateway.metric("kumiho_gateway_hub_ring_hits_total") == 2
+    dashboard.stop.set()
+
+
+@BOTH_MODES
+def test_a_long_poll_answers_when_the_first_event_comes(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *FAST)
+    answers: list[dict[str, Any]] = []
+    polling = threading.Thread(target=lambda: answers.append(_poll(gateway, timeout=60)))
+    polling.start()
+    wait_until(lambda: devserver.open_streams() == 1, 15, "the poll's upstream stream")
+    [cursor] = devserver.publish("revision.created", "kref://p/s/a.model")
+    polling.join(timeout=30)
+    assert [e["cursor"] for e in answers[0]["events"]] == [cursor]
+    # Nothing new: an empty answer once the timeout passes, with the cursor given.
+    assert _poll(gateway, cursor=cursor, timeout=0.2) == {
+        "events": [],
+        "cursor": cursor,
+        "more": False,
+        "reset": None,
+    }
+
+
+def test_a_client_that_leaves_a_long_poll_frees_its_upstream_stream(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *FAST, "--no-hub")
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.get(gateway.url + "/events/poll", params={"timeout": 60}, timeout=2)
+    # Long before the poll's 60 s are over.
+    wait_until(lambda: devserver.open_streams() == 0, 10, "the upstream stream to close")
+
+
+@pytest.mark.parametrize(
+    ("params", "needle"),
+    [
+        ({"max_events": "0"}, "max_events: '0' is not a whole number from 1 to 1000"),
+        ({"max_events": "1001"}, "from 1 to 1000"),
+        ({"max_events": "2.5"}, "max_events"),
+        ({"max_events": "abc"}, "max_events"),
+        ({"timeout": "-1"}, "timeout: '-1' is not a number of seconds from 0 to 60"),
+        ({"timeout": "61"}, "from 0 to 60"),
+        ({"timeout": "nan"}, "timeout"),
+        ({"timeout": "1e400"}, "timeout"),
+        ({"max_events": ["1", "2"]}, "given more than once"),
+        ({"routing_key_filter": "a,,b"}, "empty entry"),
+        ({"cursor": "1-0\n"}, "control character"),
+    ],
+)
+def test_bad_poll_parameters_are_400s(
+    stack: tuple[DevServer, Gateway], params: dict[str, Any], needle: str
+) -> None:
+    _, gateway = stack
+    for path in ("/events/poll", "/api/v1/events/poll"):
+        r = httpx.get(gateway.url + path, params=params, timeout=10)
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+        assert error["code"] == "invalid_parameter" and needle in error["message"]
