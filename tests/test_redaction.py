@@ -164,8 +164,9 @@ class Probes:
         self.add(f"{path} ?all escaped", path, [cred(both, every_char(secret)), *extra], status)
 
     def channels(self, path: str, secret: str, status: int, *extra: Pair) -> None:
-        """The secret in the header (three spellings) and the cookie (three spellings)."""
+        """The secret in the headers (four spellings) and the cookie (three spellings)."""
         for what, headers in (
+            ("hosted API's header", {"X-Kumiho-Token": secret}),
             ("header", {"Authorization": f"Bearer {secret}"}),
             ("header, lower-case scheme", {"authorization": f"bearer {secret}"}),
             ("header, upper-case, padded", {"AUTHORIZATION": f"BEARER    {secret}"}),
