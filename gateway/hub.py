@@ -56,8 +56,8 @@ from gateway.upstream import Upstream
 
 log = logging.getLogger("gateway.hub")
 
-# (credential identity, x-tenant-id, what the upstream filters)
-ChannelKey = tuple[str, str | None, EventFilter]
+# (credential identity, x-tenant-id, consumer group, what the upstream filters)
+ChannelKey = tuple[str, str | None, str, EventFilter]
 MINTED_PREFIX = "gw:"
 
 
@@ -84,6 +84,10 @@ class Channel:
         self._linger: asyncio.TimerHandle | None = None
         self.closed = False
         self.status = feed.status  # the upstream's state, told to each new subscriber first
+        # A consumer group's member: each event goes to one subscriber, and the
+        # ring stays empty (a replay would hand one member's events to another).
+        self._group = bool(key[2])
+        self._turn = 0
 
     async def start(self) -> None:
         """Open the shared upstream stream; 401/403 and the like propagate to the first caller."""
@@ -124,7 +128,7 @@ class Channel:
             assert not isinstance(item, SharedEvent), "a channel's feed sends Kumiho events"
             shared = SharedEvent(item, item.cursor or self._mint())
             self._hub.metrics.frames_encoded.inc()
-            if shared.cursor:
+            if shared.cursor and not self._group:
                 self._ring[shared.cursor] = shared
                 if len(self._ring) > self._ring_size:
                     self._ring.popitem(last=False)
@@ -132,8 +136,18 @@ class Channel:
             return True  # a repeat after the feed resubscribed
         if isinstance(shared, SharedEvent):
             event = shared.event
-            for rest, members in list(self._by_filter.items()):
-                if rest.everything or rest.matches(event.routing_key, event.kref.uri):
+            matching = [
+                members
+                for rest, members in self._by_filter.items()
+                if rest.everything or rest.matches(event.routing_key, event.kref.uri)
+            ]
+            if self._group and matching:
+                # One member of the group, in turn, among those whose filters match.
+                candidates = [s for members in matching for s in members]
+                self._turn += 1
+                self._deliver({candidates[self._turn % len(candidates)]}, shared)
+            else:
+                for members in matching:
                     self._deliver(members, shared)
         else:
             self._deliver(self._subscribers, shared)
@@ -165,7 +179,7 @@ class Channel:
 
     def rest_of(self, wanted: EventFilter) -> EventFilter:
         """What is left to match of ``wanted`` on this channel's events."""
-        return wanted.beyond(*self.key[2].upstream())
+        return wanted.beyond(*self.key[3].upstream())
 
     def after(self, cursor: str, rest: EventFilter) -> list[SharedEvent] | None:
         """The ring's events after ``cursor`` that match ``rest``, or None when it lacks it."""
@@ -266,7 +280,7 @@ class Hub:
             routing_key, kref = subscription.filter.upstream()
             asked = EventFilter((routing_key,), (kref,))
         credential = subscription.credential
-        key = (credential.identity, credential.tenant, asked)
+        key = (credential.identity, credential.tenant, subscription.consumer_group, asked)
         channel = self._channels.get(key)
         if channel is not None and not channel.closed:
             return channel

@@ -266,6 +266,8 @@ class UpstreamSource:
         req = kumiho_pb2.EventStreamRequest(
             routing_key_filter=routing_key_filter, kref_filter=kref_filter
         )
+        if sub.consumer_group:
+            req.consumer_group = sub.consumer_group
         if self._resume:
             req.cursor = self._resume
         elif self._start == "beginning":
@@ -350,6 +352,13 @@ class UpstreamSource:
             log.info("GetEventCapabilities did not answer in time; assuming cursors work")
             return
         self._replay = caps.supports_replay
+        if self._sub.consumer_group and not caps.supports_consumer_groups:
+            raise GatewayError(
+                400,
+                "consumer_groups_unsupported",
+                f"the upstream's tier ({caps.tier or 'unknown'}) has no consumer groups: "
+                "send the request without consumer_group",
+            )
         if self._resume and not caps.supports_cursor:
             self._pending.append(self._reset("cursor_unsupported"))
 

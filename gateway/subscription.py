@@ -75,6 +75,13 @@ PARAMS: tuple[Param, ...] = (
         "(Accept: application/x-ndjson does the same)",
     ),
     Param(
+        "consumer_group",
+        None,
+        128,
+        "Kumiho consumer group (Enterprise): clients sharing one split the events, "
+        "each event to one of them",
+    ),
+    Param(
         "access_token",
         None,
         8192,
@@ -111,6 +118,7 @@ class Subscription:
     named: bool
     credential: Credential
     format: StreamFormat = "sse"
+    consumer_group: str = ""
 
 
 def _given(query: Mapping[str, Sequence[str]], param: Param) -> tuple[str, str] | None:
@@ -293,6 +301,7 @@ def parse_subscription(
         named=_named(_one(query, _BY_NAME["named"])),
         credential=credential,
         format=_format(_one(query, _BY_NAME["format"]), accept),
+        consumer_group=_one(query, _BY_NAME["consumer_group"]) or "",
     )
 
 
