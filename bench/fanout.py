@@ -8,11 +8,19 @@ connected minus RSS before, over M).
     python bench/fanout.py [--clients 1,100,1000] [--rate 20] [--seconds 10]
                            [--no-hub | --compare]
                            [--response lean|sse-starlette|compare [--passes 2]]
+                           [--filters N]
 
 ``--response sse-starlette`` answers /events with sse-starlette's full
 EventSourceResponse (``sse_starlette_gateway.py``) instead of the gateway's lean
 response; ``compare`` alternates the two, ``--passes`` times each, in one run,
 prints every row and the ratios, and fails unless every client got every event.
+
+``--filters N`` runs the gateway in ``--auth service`` (one credential) twice
+in one run: every client on one filter (``routing_key=revision.created``),
+then the clients spread over N different lists
+(``routing_key=revision.created,bench.f<j>``, all matching every event), and
+prints both tables and the ratios: the price of matching many filters on one
+shared upstream stream.
 
 Everything runs on 127.0.0.1; each round is bounded by its duration plus a deadline.
 """
@@ -43,17 +51,24 @@ LAUNCHERS = {
 }
 
 
+KEY = "bench-key"  # the gateway key of --filters runs (--auth service)
+
+
 class Client:
     """A lean SSE reader on a raw socket: counts events and their latency."""
 
-    def __init__(self) -> None:
+    def __init__(self, query: str = "", key: str | None = None) -> None:
+        auth = f"Authorization: Bearer {key}\r\n" if key else ""
+        self.request = (
+            f"GET /events{query} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n{auth}\r\n"
+        ).encode()
         self.received = 0
         self.latencies: list[float] = []
         self.connected = asyncio.Event()
 
     async def run(self, port: int, stop: asyncio.Event) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
-        writer.write(b"GET /events HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n")
+        writer.write(self.request)
         await writer.drain()
         await reader.readuntil(b"\r\n\r\n")
         self.connected.set()
@@ -99,7 +114,13 @@ async def round_(
 ) -> dict[str, float]:
     rss0 = gw.memory_info().rss
     stop = asyncio.Event()
-    clients = [Client() for _ in range(m)]
+    if args.filters is None:
+        clients = [Client() for _ in range(m)]
+    elif args.diverse:
+        lists = [f"?routing_key=revision.created,bench.f{j}" for j in range(args.filters)]
+        clients = [Client(lists[i % args.filters], KEY) for i in range(m)]
+    else:
+        clients = [Client("?routing_key=revision.created", KEY) for _ in range(m)]
     tasks = [asyncio.create_task(c.run(gw_port, stop)) for c in clients]
     await asyncio.wait_for(asyncio.gather(*(c.connected.wait() for c in clients)), 60)
     await asyncio.sleep(1)  # let the gateway settle before measuring (not a synchronisation)
@@ -237,10 +258,35 @@ def check_delivered(rows: list[dict[str, float]], labels: Sequence[str]) -> None
     print("every client received every event, in every round")
 
 
+def compare_filters(args: argparse.Namespace) -> None:
+    """One filter, then ``--filters`` different lists, on one credential: tables and ratios."""
+    results = []
+    for diverse in (False, True):
+        args.diverse = diverse
+        results.append(run_rounds(args, args.no_hub, show=False))
+    labels = [f"{name} filter{'s' if name != '1' else ''}" for name in ("1", str(args.filters))]
+    rows = [*results[0], *results[1]]
+    print_table(
+        rows, args, args.no_hub, [labels[0]] * len(results[0]) + [labels[1]] * len(results[1])
+    )
+    print()
+    print(f"{args.filters} lists / 1 filter, same run, --auth service")
+    header = ("clients", "upstream streams", "CPU us/delivery", "p99 ms")
+    print(" | ".join(header))
+    for one, many in zip(*results, strict=True):
+        cells = (
+            f"{one['clients']:.0f}", f"{many['upstream']:.0f}/{one['upstream']:.0f}",
+            ratio(many["cpu_us"], one["cpu_us"]), ratio(many["p99_ms"], one["p99_ms"]),
+        )  # fmt: skip
+        print(" | ".join(c.rjust(len(h)) for c, h in zip(cells, header, strict=True)))
+    check_delivered(rows, [labels[0]] * len(results[0]) + [labels[1]] * len(results[1]))
+
+
 def run_rounds(
     args: argparse.Namespace, no_hub: bool, response: str = "lean", show: bool = True
 ) -> list[dict[str, float]]:
-    stack = start_stack(no_hub, launcher=LAUNCHERS[response])
+    service = ("--auth", "service", "--api-keys", KEY) if args.filters is not None else ()
+    stack = start_stack(no_hub, *service, launcher=LAUNCHERS[response])
     try:
         rows = []
         for m in (int(x) for x in args.clients.split(",")):
@@ -273,11 +319,20 @@ def main() -> None:
     parser.add_argument(
         "--passes", type=int, default=2, help="with --response compare: runs of each (default: 2)"
     )
+    parser.add_argument(
+        "--filters",
+        type=int,
+        metavar="N",
+        help="in --auth service: one filter for every client, then N different lists, "
+        "in one run, and the ratios",
+    )
     args = parser.parse_args()
     raise_fd_limit()
     if args.compare and args.response != "lean":
         parser.error("--compare (hub vs no-hub) runs the lean response only")
-    if args.compare:
+    if args.filters is not None:
+        compare_filters(args)
+    elif args.compare:
         print_ratios(run_rounds(args, False), run_rounds(args, True))
     elif args.response == "compare":
         compare_responses(args)
