@@ -273,6 +273,15 @@ def create_app(
         query = _query(request)
         subscription = subscribe(request, query)
         max_events, timeout = parse_poll(query)
+        if subscription.consumer_group:
+            # A group hands each event to one live member: events that arrive
+            # between two polls would be handed to nobody.
+            raise GatewayError(
+                400,
+                "invalid_parameter",
+                "consumer_group: a poll cannot be a consumer group's member (events "
+                "between polls would be lost to the group); stream /events instead",
+            )
         if lifecycle.draining:
             raise GatewayError(
                 503,

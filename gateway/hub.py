@@ -218,6 +218,10 @@ class Channel:
             if not members:
                 del self._by_filter[source.rest]
             self._hub.metrics.hub_subscribers.dec()
+        if self._group and not self._subscribers and not self._holders:
+            # A group's member closes at once: the upstream would go on handing
+            # it events that no client of this gateway could receive any more.
+            self.close()
         self.idle()
 
     def idle(self) -> None:
