@@ -1,4 +1,4 @@
-"""The ``kumiho-sse-gateway`` command: serve, demo, devserver, publish."""
+"""The ``kumiho-sse-gateway`` command: serve, demo, devserver, publish, tail."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from pydantic import AliasChoices, SecretStr, ValidationError
 
-from gateway import __version__, server, supervisor
+from gateway import __version__, server, supervisor, tail
 from gateway.devserver.control import DevServerClient
 from gateway.devserver.server import AddressInUse, DevServerConfig, running_devserver
 from gateway.devserver.servicer import TIERS
@@ -208,6 +208,12 @@ def _cmd_publish(ns: argparse.Namespace) -> None:
     print("\n".join(cursors))
 
 
+def _cmd_tail(ns: argparse.Namespace) -> None:
+    status = tail.run(ns)
+    if status:
+        raise SystemExit(status)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kumiho-sse-gateway",
@@ -344,6 +350,16 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("kref", metavar="KREF")
     pub.add_argument("details", nargs="*", metavar="KEY=VALUE", help="event details")
     pub.set_defaults(func=_cmd_publish)
+
+    follow = commands.add_parser(
+        "tail",
+        help="follow a gateway's events in the terminal (readable lines, or NDJSON)",
+        description=tail.DESCRIPTION,
+        epilog=tail.EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    tail.add_arguments(follow)
+    follow.set_defaults(func=_cmd_tail)
     return parser
 
 

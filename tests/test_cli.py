@@ -27,7 +27,7 @@ def test_console_script_is_installed() -> None:
     script = shutil.which("kumiho-sse-gateway", path=str(Path(sys.executable).parent))
     assert script, "pip install -e . should install the kumiho-sse-gateway command"
     out = subprocess.run([script, "--help"], capture_output=True, text=True, check=True).stdout
-    assert all(cmd in out for cmd in ("serve", "demo", "devserver", "publish"))
+    assert all(cmd in out for cmd in ("serve", "demo", "devserver", "publish", "tail"))
 
 
 def test_serve_help_lists_every_flag_with_its_environment_variable() -> None:
