@@ -31,6 +31,8 @@ DEFAULT_DB = Path(
     "kumiho-sse-gateway",
     "devserver.sqlite3",
 )
+# tail's default URL as the demo's banner spells it (localhost).
+_LOCAL_DEMO_EVENTS = tail.DEFAULT_URL.replace("127.0.0.1", "localhost")
 
 
 def env_names(field: str) -> list[str]:
@@ -177,13 +179,16 @@ async def _demo(ns: argparse.Namespace, config: DevServerConfig) -> None:
             cors_origins=ns.cors_origins,
         )
         url = f"http://{'localhost' if ns.host in ('127.0.0.1', '0.0.0.0') else ns.host}:{ns.port}/"
+        # tail's default URL is this demo's on its default address: name it otherwise.
+        tail_url = "" if f"{url}events" == _LOCAL_DEMO_EVENTS else f" {url}events"
         await server.serve(
             settings,
             announce=(
                 f"kumiho-sse-gateway demo: reference upstream on 127.0.0.1:{running.port} "
                 f"({ns.activity:g} events/s, db {config.db})\n"
                 f"  dashboard  {url}\n"
-                f"  stream     curl -N {url}events"
+                f"  stream     curl -N {url}events\n"
+                f"  tail       kumiho-sse-gateway tail{tail_url} --routing-key 'revision.*'"
             ),
         )
 
