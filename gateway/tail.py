@@ -266,6 +266,7 @@ class Tail:
         self.printed = 0
         self.upstream: tuple[object, object] = ("live", None)  # the last state shown
         self.dispatched = False  # whether the current connection delivered anything
+        self.connected_notice = ""  # for a reconnect, until its stream brings something
 
     def follow(self) -> NoReturn:
         """Read, reconnecting after every end, until ``Stop`` (count reached, or fatal)."""
@@ -275,7 +276,7 @@ class Tail:
         reconnect = False
         with httpx.Client(timeout=TIMEOUT, headers=self.headers) as client:
             while True:
-                self.dispatched = False
+                self.dispatched, self.connected_notice = False, ""
                 pause = self._connection(client, reconnect=reconnect)
                 reconnect = True
                 # A connection that delivered something was healthy: the next wait
@@ -304,7 +305,7 @@ class Tail:
                     self.opened_at = opened_at(response)
                 if reconnect:
                     after = f", resuming after {visible(self.last_id)}" if self.last_id else ""
-                    self.out.notice(f"connected{after}")
+                    self.connected_notice = f"connected{after}"
                 for sse in source.iter_sse():
                     pause = self._dispatch(sse)
                     if pause:
@@ -324,6 +325,10 @@ class Tail:
             data = json.loads(sse.data)
         except ValueError:
             data = None
+        # Said once the stream brings something other than its own refusal.
+        if self.connected_notice and sse.event != "gateway.error":
+            self.out.notice(self.connected_notice)
+            self.connected_notice = ""
         if not isinstance(data, dict):
             self.out.notice(f"skipped data that is not a JSON object: {visible(sse.data[:80])}")
             return None

@@ -298,6 +298,44 @@ def test_tokens_from_the_flag_or_the_environment(
         assert cursors(run.stdout.splitlines()) == [cursor]
 
 
+def test_a_gateway_error_ends_tail_unless_it_is_retryable(
+    make_devserver: Callable[..., DevServer],
+    make_gateway: Callable[..., Gateway],
+    start_tail: Callable[..., TailProcess],
+) -> None:
+    devserver = make_devserver("--token", "tok-a=studio-a")
+    # One upstream stream per request (no hub), and room for one.
+    gateway = make_gateway(
+        devserver.address,
+        *FAST,
+        "--no-hub",
+        "--auth",
+        "passthrough",
+        "--max-upstream-streams",
+        "1",
+        "--retry-ms",
+        "100",
+    )
+    holder = start_tail(gateway.url, "--routing-key", "a.*", "--token", "tok-a")
+    wait_until(lambda: devserver.open_streams() == 1, 10, "the first tail's upstream stream")
+    # The cap is reached: come back later (a retryable gateway.error), again and again.
+    waiter = start_tail(gateway.url, "--json", "--routing-key", "b.*", "--token", "tok-a")
+    waiter.wait_notice("gateway error too_many_streams: ")
+    assert waiter.proc.poll() is None
+    assert not any(line.endswith("tail: connected") for line in waiter.err)  # refusals only
+    # The place frees up: the waiter gets in by itself, and (asking from=its first
+    # answer, having no id yet) receives what was published meanwhile, whenever that was.
+    holder.kill(signal.SIGINT)
+    in_b = devserver.publish("b.created", "kref://b/x.model", tenant="studio-a")
+    assert cursors(waiter.wait_lines(1)) == in_b
+    waiter.wait_notice("connected")
+    # A revoked credential cannot come back: the waiter ends, saying why.
+    with devserver.client() as c:
+        c.revoke_token("tok-a")
+    assert waiter.proc.wait(timeout=30) == 2
+    assert any("gateway error unauthenticated: " in line for line in waiter.err), waiter.err
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["drained", "killed"])
 def test_tail_reconnects_through_a_gateway_restart_with_no_gap_and_no_repeat(
     make_devserver: Callable[..., DevServer],
