@@ -253,7 +253,7 @@ class Tail:
         # Following from the latest event (the default), a reconnect before the
         # first id would start at the latest again and skip what came meanwhile:
         # it asks for everything since this stream first opened instead.
-        self.follows_latest = self.params.get("from", "latest") == "latest" and (
+        self.follows_latest = self.params.get("from", "") in ("", "latest") and (
             "from" not in parse_qs(urlsplit(url).query)
         )
         self.opened_at: str | None = None

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -74,8 +75,8 @@ class TailProcess:
             threading.Thread(target=self._gather, args=(stream, lines), daemon=True).start()
 
     @staticmethod
-    def _gather(stream: object, lines: list[str]) -> None:
-        for line in stream:  # type: ignore[attr-defined]
+    def _gather(stream: IO[str], lines: list[str]) -> None:
+        for line in stream:
             lines.append(line.rstrip("\n"))
 
     def wait_lines(self, count: int, deadline: float = 30.0) -> list[str]:
