@@ -1,4 +1,4 @@
-"""The ``kumiho-sse-gateway`` command: serve, demo, devserver, publish."""
+"""The ``kumiho-sse-gateway`` command: serve, demo, devserver, publish, tail."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from pydantic import AliasChoices, SecretStr, ValidationError
 
-from gateway import __version__, server, supervisor
+from gateway import __version__, server, supervisor, tail
 from gateway.devserver.control import DevServerClient
 from gateway.devserver.server import AddressInUse, DevServerConfig, running_devserver
 from gateway.devserver.servicer import TIERS
@@ -31,6 +31,8 @@ DEFAULT_DB = Path(
     "kumiho-sse-gateway",
     "devserver.sqlite3",
 )
+# tail's default URL as the demo's banner spells it (localhost).
+_LOCAL_DEMO_EVENTS = tail.DEFAULT_URL.replace("127.0.0.1", "localhost")
 
 
 def env_names(field: str) -> list[str]:
@@ -177,13 +179,16 @@ async def _demo(ns: argparse.Namespace, config: DevServerConfig) -> None:
             cors_origins=ns.cors_origins,
         )
         url = f"http://{'localhost' if ns.host in ('127.0.0.1', '0.0.0.0') else ns.host}:{ns.port}/"
+        # tail's default URL is this demo's on its default address: name it otherwise.
+        tail_url = "" if f"{url}events" == _LOCAL_DEMO_EVENTS else f" {url}events"
         await server.serve(
             settings,
             announce=(
                 f"kumiho-sse-gateway demo: reference upstream on 127.0.0.1:{running.port} "
                 f"({ns.activity:g} events/s, db {config.db})\n"
                 f"  dashboard  {url}\n"
-                f"  stream     curl -N {url}events"
+                f"  stream     curl -N {url}events\n"
+                f"  tail       kumiho-sse-gateway tail{tail_url} --routing-key 'revision.*'"
             ),
         )
 
@@ -206,6 +211,12 @@ def _cmd_publish(ns: argparse.Namespace) -> None:
             count=ns.count,
         )
     print("\n".join(cursors))
+
+
+def _cmd_tail(ns: argparse.Namespace) -> None:
+    status = tail.run(ns)
+    if status:
+        raise SystemExit(status)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -344,6 +355,16 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("kref", metavar="KREF")
     pub.add_argument("details", nargs="*", metavar="KEY=VALUE", help="event details")
     pub.set_defaults(func=_cmd_publish)
+
+    follow = commands.add_parser(
+        "tail",
+        help="follow a gateway's events in the terminal (readable lines, or NDJSON)",
+        description=tail.DESCRIPTION,
+        epilog=tail.EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    tail.add_arguments(follow)
+    follow.set_defaults(func=_cmd_tail)
     return parser
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -27,7 +29,7 @@ def test_console_script_is_installed() -> None:
     script = shutil.which("kumiho-sse-gateway", path=str(Path(sys.executable).parent))
     assert script, "pip install -e . should install the kumiho-sse-gateway command"
     out = subprocess.run([script, "--help"], capture_output=True, text=True, check=True).stdout
-    assert all(cmd in out for cmd in ("serve", "demo", "devserver", "publish"))
+    assert all(cmd in out for cmd in ("serve", "demo", "devserver", "publish", "tail"))
 
 
 def test_serve_help_lists_every_flag_with_its_environment_variable() -> None:
@@ -117,7 +119,7 @@ def test_demo_streams_studio_activity_within_two_seconds(tmp_path: Path) -> None
     try:
         assert proc.stdout is not None
         banner = ""
-        while "curl -N" not in banner:
+        while "\n  tail " not in banner:
             line = proc.stdout.readline()
             assert line, banner
             banner += line
@@ -148,6 +150,18 @@ def test_demo_streams_studio_activity_within_two_seconds(tmp_path: Path) -> None
             [again] = read_events(url, 1, headers={"Last-Event-ID": ids[-2]})
             assert again.id == ids[-1]
         assert httpx.get(url + "/").status_code == 200
+        # The banner's tail example works as printed (plus flags that make it end).
+        example = next(ln for ln in banner.splitlines() if ln.startswith("  tail "))
+        command = shlex.split(example.removeprefix("  tail "))
+        assert command[:3] == ["kumiho-sse-gateway", "tail", f"http://localhost:{port}/events"]
+        tail = subprocess.run(
+            [*CLI, *command[1:], "--from", "beginning", "--count", "1", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert tail.returncode == 0, tail.stderr
+        assert json.loads(tail.stdout)["routing_key"].startswith("revision.")
     finally:
         proc.send_signal(signal.SIGINT)
         try:
