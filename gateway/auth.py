@@ -135,9 +135,8 @@ def authenticate(
 ) -> Credential:
     """The credential for one request, or a 401 GatewayError (400 for a bad x-tenant-id)."""
     tenant = _tenant(headers)
-    return replace(
-        _credential(mode, headers, cookies, access_token, service_token, api_keys), tenant=tenant
-    )
+    credential = _credential(mode, headers, cookies, access_token, service_token, api_keys)
+    return credential if tenant is None else replace(credential, tenant=tenant)
 
 
 def _credential(

@@ -101,7 +101,10 @@ def test_streams_that_finish_opening_during_a_drain_end_with_a_retry_line(
 ) -> None:
     # Late headers: each open waits a moment for a refusal, so many are in flight.
     devserver = make_devserver("--late-headers")
-    gateway = make_gateway(devserver.address, *FAST, "--shutdown-grace", "6")
+    # A stream per filter (in the hub too), so that many opens are in flight.
+    gateway = make_gateway(
+        devserver.address, *FAST, "--shutdown-grace", "6", "--hub-filtering", "upstream"
+    )
     assert gateway.proc is not None
 
     def fetch(i: int) -> tuple[int, str]:
