@@ -37,6 +37,7 @@ import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
+from gateway._proto import kumiho_pb2
 from gateway.cursor import ResumeFilter
 from gateway.matching import EventFilter
 from gateway.metrics import Metrics
@@ -177,9 +178,14 @@ class Channel:
 
     # -- subscribers ------------------------------------------------------------
 
+    @property
+    def asked(self) -> EventFilter:
+        """What this channel's upstream stream is filtered by."""
+        return self.key[3]
+
     def rest_of(self, wanted: EventFilter) -> EventFilter:
         """What is left to match of ``wanted`` on this channel's events."""
-        return wanted.beyond(*self.key[3].upstream())
+        return wanted.beyond(*self.asked.upstream())
 
     def after(self, cursor: str, rest: EventFilter) -> list[SharedEvent] | None:
         """The ring's events after ``cursor`` that match ``rest``, or None when it lacks it."""
@@ -322,17 +328,28 @@ class Hub:
 
 
 class _CatchUp:
-    """The Sink of a catch-up stream: forwards to the client until the ring takes over."""
+    """The Sink of a catch-up stream: forwards to the client until the ring takes over.
 
-    def __init__(self, sink: Sink, handover: Callable[[str], bool]) -> None:
+    The catch-up stream asks the upstream what the channel asks, so any event
+    it brings (wanted by the client or not) may be where the ring takes over;
+    only the wanted ones are forwarded.
+    """
+
+    def __init__(self, sink: Sink, rest: EventFilter, handover: Callable[[str], bool]) -> None:
         self._sink = sink
+        self._rest = rest
         self._handover = handover
         self.handed_over = False
 
     def put(self, item: Item) -> bool:
         if self.handed_over:
             return False
-        ok = self._sink.put(item)
+        if isinstance(item, kumiho_pb2.Event) and not (
+            self._rest.everything or self._rest.matches(item.routing_key, item.kref.uri)
+        ):
+            ok = True
+        else:
+            ok = self._sink.put(item)
         cursor = getattr(item, "cursor", "")
         if cursor and self._handover(cursor):
             self.handed_over = True
@@ -394,7 +411,8 @@ class HubSource:
                 return
         # Older than the ring, or from the beginning / a time: a stream of its own first.
         channel.hold(self)
-        self._catch_up = UpstreamSource(self._hub.upstream, sub, self._hub.settings, metrics)
+        asked = replace(sub, filter=channel.asked)
+        self._catch_up = UpstreamSource(self._hub.upstream, asked, self._hub.settings, metrics)
         await self._catch_up.open()
 
     def _join(self, channel: Channel, first: Sequence[Item]) -> None:
@@ -407,7 +425,7 @@ class HubSource:
         if self._catch_up is not None:
             metrics = self._hub.metrics
             metrics.catch_up_streams.inc()
-            catch_up = _CatchUp(sink, self._hand_over)
+            catch_up = _CatchUp(sink, self.rest, self._hand_over)
             try:
                 await self._catch_up.run(catch_up)
             finally:

@@ -117,6 +117,33 @@ def test_catch_up_hands_over_to_the_shared_feed_without_gap_or_duplicate(
     late.stop.set()
 
 
+def test_a_catch_up_hands_over_on_an_event_its_client_does_not_want(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *FAST)  # --auth none: one unfiltered channel
+    [old] = devserver.publish("rare.event", KREF)
+    keeper = Reader(gateway.url)
+    narrow = Reader(gateway.url, {"routing_key": "rare.event", "from": "beginning"})
+    started([keeper, narrow], gateway)
+    assert [e.id for e in narrow.wait_for(1)] == [old]
+    assert gateway.metric("kumiho_gateway_hub_catch_up_streams") == 1
+    # Events it does not want, which the ring holds: the catch-up stream ends on one.
+    for _ in range(20):
+        [cursor] = devserver.publish("revision.created", KREF)
+        wait_until(lambda c=cursor: keeper.events[-1].id == c, 10, "the ring")  # type: ignore[misc]
+        if gateway.metric("kumiho_gateway_hub_catch_up_streams") == 0:
+            break
+    wait_until(
+        lambda: gateway.metric("kumiho_gateway_hub_catch_up_streams") == 0, 10, "the hand-over"
+    )
+    [new] = devserver.publish("rare.event", KREF)
+    assert [e.id for e in narrow.wait_for(2)] == [old, new]
+    assert all(json.loads(e.data)["routing_key"] == "rare.event" for e in narrow.events)
+    keeper.stop.set()
+    narrow.stop.set()
+
+
 def test_tenants_never_share_a_stream(
     make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
 ) -> None:
