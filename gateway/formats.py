@@ -23,6 +23,10 @@ class Format(Protocol):
 
     def control(self, name: str, data: dict[str, Any]) -> bytes: ...
 
+    def advance(self, cursor: str) -> bytes:
+        """The client's resume point moved past events it does not want."""
+        ...
+
     def retry(self, ms: int) -> bytes: ...
 
 
@@ -48,6 +52,9 @@ class ServerSentEvents:
     def control(self, name: str, data: dict[str, Any]) -> bytes:
         return self._control(name, data)
 
+    def advance(self, cursor: str) -> bytes:
+        return sse.advance_frame(cursor)
+
     def retry(self, ms: int) -> bytes:
         return sse.retry_frame(ms)
 
@@ -67,6 +74,9 @@ class NewlineDelimitedJson:
 
     def control(self, name: str, data: dict[str, Any]) -> bytes:
         return ndjson.control_line(name, data)
+
+    def advance(self, cursor: str) -> bytes:
+        return ndjson.control_line("gateway.advance", {"cursor": cursor})
 
     def retry(self, ms: int) -> bytes:
         return b""  # a script reconnects when the stream ends

@@ -43,11 +43,14 @@ from gateway.matching import EventFilter
 from gateway.metrics import Metrics
 from gateway.settings import Settings
 from gateway.source import (
+    ADVANCE_EVERY,
+    Advance,
     Failure,
     Item,
     Reset,
     SharedEvent,
     Sink,
+    Skips,
     Status,
     UpstreamSource,
     wake,
@@ -80,6 +83,9 @@ class Channel:
         self._subscribers: set[HubSource] = set()
         # Subscribers by what is left to match, so each event is matched once per filter.
         self._by_filter: dict[EventFilter, set[HubSource]] = {}
+        # Per filter, the unwanted events since its last frame (see Advance).
+        self._skips: dict[EventFilter, Skips] = {}
+        self._advance_every = min(ADVANCE_EVERY, max(1, hub.settings.hub_ring_size // 4))
         self._holders: set[HubSource] = set()
         self._task: asyncio.Task[None] | None = None
         self._linger: asyncio.TimerHandle | None = None
@@ -125,6 +131,8 @@ class Channel:
             if item.same_state(self.status):
                 return True  # the feed's opening announcement: subscribers have it already
             self.status = shared = item
+        elif isinstance(item, Advance):
+            return True  # never sent: the feed asks the upstream for just what it serves
         elif self._filter.accept(item.cursor):
             assert not isinstance(item, SharedEvent), "a channel's feed sends Kumiho events"
             shared = SharedEvent(item, item.cursor or self._mint())
@@ -137,11 +145,17 @@ class Channel:
             return True  # a repeat after the feed resubscribed
         if isinstance(shared, SharedEvent):
             event = shared.event
-            matching = [
-                members
-                for rest, members in self._by_filter.items()
-                if rest.everything or rest.matches(event.routing_key, event.kref.uri)
-            ]
+            matching: list[set[HubSource]] = []
+            advances: list[tuple[set[HubSource], Advance]] = []
+            for rest, members in self._by_filter.items():
+                skips = self._skips[rest]
+                if rest.everything or rest.wants(event):
+                    matching.append(members)
+                    skips.reset()
+                elif not self._group and (advance := skips.passed(shared.cursor)):
+                    advances.append((members, advance))
+            for members, advance in advances:
+                self._deliver(members, advance)
             if self._group and matching:
                 # One member of the group, in turn, among those whose filters match.
                 candidates = [s for members in matching for s in members]
@@ -197,11 +211,7 @@ class Channel:
                 break
         if rest.everything:
             return [event for _, event in entries]
-        return [
-            shared
-            for _, shared in entries
-            if rest.matches(shared.event.routing_key, shared.event.kref.uri)
-        ]
+        return [shared for _, shared in entries if rest.wants(shared.event)]
 
     def hold(self, source: HubSource) -> None:
         """Keep the channel open for a request still catching up (it attaches later)."""
@@ -212,7 +222,10 @@ class Channel:
         self._holders.discard(subscriber)
         self._cancel_linger()
         self._subscribers.add(subscriber)
-        self._by_filter.setdefault(subscriber.rest, set()).add(subscriber)
+        if subscriber.rest not in self._by_filter:
+            self._by_filter[subscriber.rest] = set()
+            self._skips[subscriber.rest] = Skips(self._advance_every)
+        self._by_filter[subscriber.rest].add(subscriber)
         self._hub.metrics.hub_subscribers.inc()
 
     def detach(self, source: HubSource) -> None:
@@ -223,6 +236,7 @@ class Channel:
             members.discard(source)
             if not members:
                 del self._by_filter[source.rest]
+                del self._skips[source.rest]
             self._hub.metrics.hub_subscribers.dec()
         if self._group and not self._subscribers and not self._holders:
             # A group's member closes at once: the upstream would go on handing
@@ -339,16 +353,19 @@ class _CatchUp:
         self._sink = sink
         self._rest = rest
         self._handover = handover
+        self._skips = Skips()
         self.handed_over = False
 
     def put(self, item: Item) -> bool:
         if self.handed_over:
             return False
         if isinstance(item, kumiho_pb2.Event) and not (
-            self._rest.everything or self._rest.matches(item.routing_key, item.kref.uri)
+            self._rest.everything or self._rest.wants(item)
         ):
-            ok = True
+            advance = self._skips.passed(item.cursor)
+            ok = self._sink.put(advance) if advance else True
         else:
+            self._skips.reset()
             ok = self._sink.put(item)
         cursor = getattr(item, "cursor", "")
         if cursor and self._handover(cursor):

@@ -17,9 +17,11 @@ A ``**`` inside a segment (``hero**``) is ambiguous and refused (ValueError).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
+
+from gateway._proto import kumiho_pb2
 
 Matcher = Callable[[str], bool]
 
@@ -86,15 +88,20 @@ def kref_matcher(pattern: str) -> Matcher:
 MAX_ENTRIES = 16
 
 
-def _entries(patterns: Iterable[str]) -> tuple[str, ...]:
+_GLOB_ALL = frozenset({"*"})
+
+
+def _entries(patterns: Iterable[str], match_all: frozenset[str] = _MATCH_ALL) -> tuple[str, ...]:
     """A canonical list: sorted, without repeats; () when any entry matches everything."""
     entries = set(patterns)
-    if entries & _MATCH_ALL:
+    if entries & match_all:
         return ()
     return tuple(sorted(entries))
 
 
-def _any(matchers: tuple[Matcher, ...]) -> Matcher | None:
+def _any(patterns: tuple[str, ...], compile_one: Callable[[str], Matcher]) -> Matcher | None:
+    """One matcher for any of ``patterns`` (None when there are none: everything)."""
+    matchers = tuple(map(compile_one, patterns))
     if not matchers:
         return None
     if len(matchers) == 1:
@@ -102,37 +109,72 @@ def _any(matchers: tuple[Matcher, ...]) -> Matcher | None:
     return lambda value: any(match(value) for match in matchers)
 
 
+def glob_matcher(pattern: str) -> Matcher:
+    """A whole-value match where ``*`` stands for any run of characters (details, actors)."""
+    if pattern == "*":
+        return _match_all
+    compiled = re.compile(".*".join(map(re.escape, pattern.split("*"))), re.DOTALL)
+    return lambda value: compiled.fullmatch(value) is not None
+
+
+Check = Callable[[kumiho_pb2.Event], bool]
+Details = tuple[tuple[str, tuple[str, ...]], ...]  # (detail key, its value patterns)
+
+
 @dataclass(frozen=True)
 class EventFilter:
-    """Routing-key and kref patterns: an event matches when it matches any of each list.
+    """What a subscription wants: an event must match any pattern of each list given.
 
-    An empty list means everything. Equal filters compare and hash equal
-    whatever the order of their entries, so the hub shares by them.
+    Routing keys and krefs are wildcard patterns (above), which an upstream
+    call can carry one of; detail values, authors and usernames are globs
+    the gateway alone applies. An empty list means everything. Equal filters
+    compare and hash equal whatever the order of their entries, so the hub
+    shares by them.
     """
 
     routing_keys: tuple[str, ...] = ()
     krefs: tuple[str, ...] = ()
-    _routing: Matcher | None = field(default=None, init=False, repr=False, compare=False)
-    _kref: Matcher | None = field(default=None, init=False, repr=False, compare=False)
+    details: Details = ()
+    authors: tuple[str, ...] = ()
+    usernames: tuple[str, ...] = ()
+    _checks: tuple[Check, ...] = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        # Canonical entries and compiled matchers, once (ValueError if a pattern is invalid).
-        object.__setattr__(self, "routing_keys", _entries(self.routing_keys))
-        object.__setattr__(self, "krefs", _entries(self.krefs))
-        object.__setattr__(
-            self, "_routing", _any(tuple(map(routing_key_matcher, self.routing_keys)))
-        )
-        object.__setattr__(self, "_kref", _any(tuple(map(kref_matcher, self.krefs))))
+        # Canonical entries and compiled checks, once (ValueError if a pattern is invalid).
+        canonical = {
+            "routing_keys": _entries(self.routing_keys),
+            "krefs": _entries(self.krefs),
+            "details": tuple(
+                # No pattern means "any value" here: "*" still asks for the detail.
+                sorted((key, _entries(patterns, frozenset())) for key, patterns in self.details)
+            ),
+            "authors": _entries(self.authors, _GLOB_ALL),
+            "usernames": _entries(self.usernames, _GLOB_ALL),
+        }
+        for name, value in canonical.items():
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "_checks", tuple(self._compile()))
+
+    def _compile(self) -> Iterator[Check]:
+        if routing := _any(self.routing_keys, routing_key_matcher):
+            yield lambda event: routing(event.routing_key)
+        if kref := _any(self.krefs, kref_matcher):
+            yield lambda event: kref(event.kref.uri)
+        for key, patterns in self.details:
+            if detail := _any(patterns, glob_matcher):
+                yield _detail_check(key, detail)
+        if author := _any(self.authors, glob_matcher):
+            yield lambda event: author(event.author)
+        if username := _any(self.usernames, glob_matcher):
+            yield lambda event: username(event.username)
 
     @property
     def everything(self) -> bool:
-        return not self.routing_keys and not self.krefs
+        return not self._checks
 
-    def matches(self, routing_key: str, kref: str) -> bool:
-        """Whether an event with this routing key and kref URI is wanted."""
-        return (self._routing is None or self._routing(routing_key)) and (
-            self._kref is None or self._kref(kref)
-        )
+    def wants(self, event: kumiho_pb2.Event) -> bool:
+        """Whether the event matches every part of the filter."""
+        return all(check(event) for check in self._checks)
 
     def upstream(self) -> tuple[str, str]:
         """(routing_key_filter, kref_filter) for one upstream call: a list cannot be sent, so ""."""
@@ -140,10 +182,18 @@ class EventFilter:
 
     def beyond(self, routing_key_filter: str, kref_filter: str) -> EventFilter:
         """What is left to match in the gateway when the upstream filtered by these patterns."""
-        return EventFilter(
-            () if self.routing_keys == _entries([routing_key_filter]) else self.routing_keys,
-            () if self.krefs == _entries([kref_filter]) else self.krefs,
+        return replace(
+            self,
+            routing_keys=()
+            if self.routing_keys == _entries([routing_key_filter])
+            else self.routing_keys,
+            krefs=() if self.krefs == _entries([kref_filter]) else self.krefs,
         )
+
+
+def _detail_check(key: str, match: Matcher) -> Check:
+    """An event without the detail does not match its pattern."""
+    return lambda event: key in event.details and match(event.details[key])
 
 
 def _single(entries: tuple[str, ...]) -> str:

@@ -9,8 +9,9 @@ waiting out the timeout). The answer:
     {"events": [...], "cursor": "<pass it next time>" | null, "more": true | false,
      "reset": {...} | null}
 
-``cursor`` is the id of the last event returned (or the cursor the poll was
-given, when none came); ``more`` is true when another matching event was
+``cursor`` is the id of the last event returned, or of an unwanted event the
+stream passed after it (so the next poll does not read past it again), or
+the cursor the poll was given; ``more`` is true when another matching event was
 already waiting. Polling again with ``cursor`` returns each event once, in
 order: the same resume rules as a stream's ``Last-Event-ID``. ``reset`` is a
 ``gateway.reset``'s data when the given cursor could not be resumed.
@@ -27,7 +28,7 @@ from typing import Any
 from gateway._proto import kumiho_pb2
 from gateway.cursor import ResumeFilter
 from gateway.errors import GatewayError
-from gateway.source import Failure, Item, Reset, SharedEvent, Source, Status
+from gateway.source import Advance, Failure, Item, Reset, SharedEvent, Source, Status
 from gateway.sse import dumps, event_json
 
 # After the first event, how long a pause in arrivals ends the batch.
@@ -72,6 +73,10 @@ class Batch:
             return False
         elif isinstance(item, Status):
             return True  # the answer is what arrived; the state is not news to a poll
+        elif isinstance(item, Advance):
+            if self._filter.accept(item.cursor):
+                self.cursor = item.cursor  # past unwanted events: not read again next time
+            return True
         self._wake()
         return True
 

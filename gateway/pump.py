@@ -32,7 +32,7 @@ from gateway.formats import Format
 from gateway.lifecycle import Lifecycle
 from gateway.metrics import Metrics
 from gateway.settings import Settings
-from gateway.source import Item, Reset, SharedEvent, Source, Status, wake
+from gateway.source import Advance, Item, Reset, SharedEvent, Source, Status, wake
 from gateway.ticker import Ticker
 
 log = logging.getLogger("gateway.pump")
@@ -135,6 +135,8 @@ class Pump:
                 return None
             self._events += 1
             return self._format.event(item)
+        if isinstance(item, Advance):
+            return self._format.advance(item.cursor) if self._filter.accept(item.cursor) else None
         if isinstance(item, Reset):
             self._filter.forget()
             self._metrics.resets.labels(item.reason).inc()

@@ -111,6 +111,43 @@ class Status:
 
 
 @dataclass(frozen=True, slots=True)
+class Advance:
+    """The stream passed events the client's filter does not want, up to ``cursor``.
+
+    Sent now and then (``Skips``), so the id a client resumes by never lags
+    far behind: the resume is served from the hub's ring, not re-read upstream.
+    """
+
+    cursor: str
+
+
+# How many unwanted events in a row before the client's resume point is moved.
+ADVANCE_EVERY = 100
+
+
+class Skips:
+    """Counts the unwanted events since the client's last frame; says when to send an Advance."""
+
+    __slots__ = ("_count", "_every")
+
+    def __init__(self, every: int = ADVANCE_EVERY) -> None:
+        self._every = max(1, every)
+        self._count = 0
+
+    def passed(self, cursor: str) -> Advance | None:
+        """One more unwanted event: an Advance to its cursor every ``every`` of them."""
+        self._count += 1
+        if self._count < self._every or not cursor:
+            return None
+        self._count = 0
+        return Advance(cursor)
+
+    def reset(self) -> None:
+        """A wanted event went out: its id is the client's resume point."""
+        self._count = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Failure:
     """A terminal error after the stream started; the stream ends after it."""
 
@@ -140,7 +177,7 @@ class SharedEvent:
         return self._plain
 
 
-Item = kumiho_pb2.Event | SharedEvent | Reset | Failure | Status
+Item = kumiho_pb2.Event | SharedEvent | Reset | Failure | Status | Advance
 
 
 class Sink(Protocol):
@@ -256,7 +293,7 @@ class UpstreamSource:
         # What the upstream cannot filter (a list of patterns) is matched here.
         self._filters = subscription.filter.upstream()
         rest = subscription.filter.beyond(*self._filters)
-        self._keep = None if rest.everything else rest.matches
+        self._keep = None if rest.everything else rest.wants
 
     # -- requests -------------------------------------------------------------
 
@@ -420,6 +457,7 @@ class UpstreamSource:
             assert call is not None
             delivered = ended_cleanly = False
             keep = self._keep
+            skips = Skips()
             try:
                 # call.read() rather than `async for`: one async generator
                 # fewer per event on the hottest path.
@@ -441,8 +479,17 @@ class UpstreamSource:
                         self._live_since = None
                         if self.status.upstream != "live":  # events flow: it is live
                             self._announce(Status.now("live", None, None), sink)
-                    if keep is not None and not keep(event.routing_key, event.kref.uri):
-                        continue
+                    if keep is not None:
+                        if not keep(event):
+                            advance = skips.passed(event.cursor)
+                            if (
+                                advance is not None
+                                and not sink.put(advance)
+                                and not await sink.room()
+                            ):
+                                return
+                            continue
+                        skips.reset()
                     if not sink.put(event) and not await sink.room():
                         return
                 ended_cleanly = True

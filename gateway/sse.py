@@ -96,6 +96,11 @@ def event_frame(event: kumiho_pb2.Event, *, named: bool, event_id: str | None = 
     ).encode()
 
 
+def advance_frame(cursor: str) -> bytes:
+    """An ``id:`` line alone: browsers set their last event id and dispatch nothing."""
+    return ServerSentEvent(id=field_value(cursor), sep="\n").encode()
+
+
 def control_frame(name: str, data: dict[str, Any]) -> bytes:
     """A named control event (``gateway.reset``, ``gateway.error``); never carries an id."""
     return ServerSentEvent(dumps(data), event=name, sep="\n").encode()

@@ -7,6 +7,7 @@ position. Anything wrong is a 400 before any byte of stream.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -50,6 +51,19 @@ PARAMS: tuple[Param, ...] = (
         f"(or the parameter repeated) means any of them, at most {MAX_ENTRIES}",
     ),
     Param(
+        "author",
+        None,
+        256,
+        "only events by these authors (user ids): a list, * any run of characters; "
+        "matched by the gateway",
+    ),
+    Param(
+        "username",
+        None,
+        256,
+        "only events by these usernames: a list, * any run of characters; matched by the gateway",
+    ),
+    Param(
         "cursor",
         "last_event_id",
         256,
@@ -89,6 +103,10 @@ PARAMS: tuple[Param, ...] = (
     ),
 )
 _BY_NAME = {p.name: p for p in PARAMS}
+# details.<key>=<pattern>: a detail filter, matched by the gateway.
+DETAIL_PREFIX = "details."
+MAX_DETAILS = 8
+_DETAIL_KEY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 # The bounded read's own parameters (/events/poll, /api/v1/events/poll).
 POLL_PARAMS: tuple[Param, ...] = (
     Param("max_events", None, 4, "at most this many events in the answer: 1 to 1000 (100)"),
@@ -162,6 +180,33 @@ def _patterns(query: Mapping[str, Sequence[str]], param: Param) -> tuple[str, ..
     return tuple(entries)
 
 
+def _details(query: Mapping[str, Sequence[str]]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """``details.<key>=<pattern>[,<pattern>...]`` parameters: (key, patterns) pairs."""
+    details = []
+    for name in query:
+        if not name.startswith(DETAIL_PREFIX):
+            continue
+        key = name.removeprefix(DETAIL_PREFIX)
+        if not _DETAIL_KEY.fullmatch(key):
+            raise invalid_parameter(
+                name[:80], "a detail key is 1 to 64 letters, digits, '_', '-' or '.'"
+            )
+        patterns = _patterns(query, Param(name, None, 256, ""))
+        if "" in patterns:
+            raise invalid_parameter(name, "is empty; use * for any value of the detail")
+        details.append((key, patterns))
+    if len(details) > MAX_DETAILS:
+        raise invalid_parameter(
+            "details", f"filters on {len(details)} detail keys; the limit is {MAX_DETAILS}"
+        )
+    return tuple(details)
+
+
+def _actors(query: Mapping[str, Sequence[str]], name: str) -> tuple[str, ...]:
+    patterns = _patterns(query, _BY_NAME[name])
+    return () if patterns == ("",) else patterns  # author= alone means anyone
+
+
 def _filter(query: Mapping[str, Sequence[str]]) -> EventFilter:
     routing_keys = _patterns(query, _BY_NAME["routing_key"])
     krefs = _patterns(query, _BY_NAME["kref"])
@@ -174,7 +219,13 @@ def _filter(query: Mapping[str, Sequence[str]]) -> EventFilter:
                 matcher(pattern)
             except ValueError as exc:
                 raise invalid_parameter(name, str(exc)) from None
-    return EventFilter(routing_keys, krefs)
+    return EventFilter(
+        routing_keys,
+        krefs,
+        details=_details(query),
+        authors=_actors(query, "author"),
+        usernames=_actors(query, "username"),
+    )
 
 
 def check_text(name: str, value: str, max_length: int) -> None:

@@ -314,12 +314,23 @@ class Tail:
         except httpx.TransportError as exc:
             return Pause(describe_transport_error(exc, self.url))
 
+    def _remember(self, cursor: str) -> None:
+        """The id to resume after, kept in the cursor file too."""
+        if cursor and cursor != self.last_id:
+            self.last_id = cursor
+            if self.cursor_file:
+                self.cursor_file.write(cursor)
+
     def _dispatch(self, sse: ServerSentEvent) -> Pause | None:
         """One message; a Pause when it ends the stream (a retryable gateway.error)."""
         if sse.retry is not None:
             self.retry_ms = max(0, sse.retry)  # a negative one parses; it cannot be waited
         if not sse.data:
-            return None  # a retry:-only block or an empty one: EventSource dispatches nothing
+            # A retry:-only block, or an id-only frame (the gateway moved this
+            # client's resume point past events its filter does not want).
+            if sse.id:
+                self._remember(sse.id)
+            return None
         self.dispatched = True
         try:
             data = json.loads(sse.data)
@@ -339,11 +350,7 @@ class Tail:
         # The frame's id (httpx-sse keeps the last one, as EventSource does); a
         # stream without id: lines (the hosted dialect's clients read the
         # cursor from the JSON) still resumes by the data's cursor.
-        cursor = sse.id or _text(data.get("cursor"))
-        if cursor and cursor != self.last_id:
-            self.last_id = cursor
-            if self.cursor_file:
-                self.cursor_file.write(cursor)
+        self._remember(sse.id or _text(data.get("cursor")))
         self.printed += 1
         if self.count is not None and self.printed >= self.count:
             raise Stop(EXIT_OK)

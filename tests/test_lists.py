@@ -113,7 +113,9 @@ def _filter(kind: str, patterns: list[str]) -> EventFilter:
 
 
 def _hit(wanted: EventFilter, kind: str, value: str) -> bool:
-    return wanted.matches(value, "") if kind == "routing_key" else wanted.matches("", value)
+    if kind == "routing_key":
+        return wanted.wants(kumiho_pb2.Event(routing_key=value))
+    return wanted.wants(kumiho_pb2.Event(kref=kumiho_pb2.Kref(uri=value)))
 
 
 @pytest.mark.parametrize("kind", ["routing_key", "kref"])
