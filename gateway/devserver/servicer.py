@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -201,8 +201,12 @@ class KumihoEvents(kumiho_pb2_grpc.KumihoServiceServicer):
             kref_ok = kref_matcher(request.kref_filter)
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid filter: {exc}")
+
+        def matches(stored: StoredEvent) -> bool:
+            return routing_ok(stored.routing_key) and kref_ok(stored.kref)
+
         try:
-            key = self._start_key(tenant, request)
+            feed = _Solo(self.log.store, tenant, self._start_key(tenant, request), matches)
         except CursorError as exc:
             await context.abort(_CURSOR_STATUS[exc.kind], str(exc))
         with_cursor = self.tier.supports_cursor
@@ -214,32 +218,58 @@ class KumihoEvents(kumiho_pb2_grpc.KumihoServiceServicer):
                 # Headers now, so a client knows the stream is open before any event.
                 await context.send_initial_metadata(())
             while True:
-                if self.faults.end_after is not None and sent >= self.faults.end_after:
+                faults = self.faults
+                if faults.end_after is not None and sent >= faults.end_after:
                     return
                 changed = self.log.changed
                 if token and token in self.access.revoked:
                     await context.abort(grpc.StatusCode.UNAUTHENTICATED, "token revoked")
-                batch = self.log.store.read_after(tenant, key, _READ_BATCH)
-                if not batch:
-                    await changed.wait()
-                    continue
-                for stored in batch:
-                    key = stored.key
-                    if not (routing_ok(stored.routing_key) and kref_ok(stored.kref)):
-                        continue
-                    faults = self.faults
+                stored = await feed.next(changed)
+                if stored is None:
+                    continue  # woken without an event: check the conditions again
+                try:
                     if faults.break_after and sent >= faults.break_after:
                         await context.abort(
                             grpc.StatusCode.UNAVAILABLE, "stream broken (fault injected)"
                         )
-                    if faults.end_after is not None and sent >= faults.end_after:
-                        return
                     if faults.delay_ms:
                         await asyncio.sleep(faults.delay_ms / 1000)
-                    yield _to_proto(stored, with_cursor)
-                    sent += 1
+                except BaseException:
+                    # Not sent: a feed shared with other streams hands it to one of them.
+                    feed.unread(stored)
+                    raise
+                yield _to_proto(stored, with_cursor)
+                sent += 1
         finally:
             self.open_streams -= 1
+
+
+class _Solo:
+    """A stream of its own: the tenant's events after a key that match its filters."""
+
+    def __init__(
+        self, store: EventStore, tenant: str, key: CursorKey, matches: Callable[[StoredEvent], bool]
+    ) -> None:
+        self.store = store
+        self.tenant = tenant
+        self.key = key  # read through here
+        self.matches = matches
+        self.ready: collections.deque[StoredEvent] = collections.deque()
+
+    async def next(self, changed: asyncio.Event) -> StoredEvent | None:
+        """The next matching event, or None after ``changed`` woke a wait for one."""
+        while not self.ready:
+            batch = self.store.read_after(self.tenant, self.key, _READ_BATCH)
+            if not batch:
+                await changed.wait()
+                return None
+            self.key = batch[-1].key
+            self.ready.extend(e for e in batch if self.matches(e))
+        return self.ready.popleft()
+
+    def unread(self, stored: StoredEvent) -> None:
+        """Put back an event that ``next`` returned and the stream did not send."""
+        self.ready.appendleft(stored)
 
 
 def _to_proto(stored: StoredEvent, with_cursor: bool) -> kumiho_pb2.Event:
