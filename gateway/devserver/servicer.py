@@ -3,7 +3,12 @@
 It answers like a Kumiho server as far as the public record goes: bearer
 tokens mapped to tenants, tenants isolated, capabilities per tier, cursors
 empty on a tier without them, OUT_OF_RANGE for a cursor that fell out of
-retention. It can also misbehave on purpose (see ``Faults``).
+retention. On a tier with consumer groups a request naming one joins it
+(``groups.py`` has the rules); on any other tier such a request is refused
+with FAILED_PRECONDITION naming the tier. What the real server answers there
+is not public: this is our choice, made loud so that a client cannot believe
+it is sharing events with a group while it receives them all.
+It can also misbehave on purpose (see ``Faults``).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import grpc
 
 from gateway._proto import devserver_pb2, devserver_pb2_grpc, kumiho_pb2, kumiho_pb2_grpc
 from gateway.cursor import CursorKey
+from gateway.devserver.groups import ConsumerGroups, Member
 from gateway.devserver.store import (
     BEFORE_ALL,
     CursorError,
@@ -143,6 +149,7 @@ class KumihoEvents(kumiho_pb2_grpc.KumihoServiceServicer):
         self.tier_name = tier
         self.tier = tier_info
         self.access = access
+        self.groups = ConsumerGroups(log.store)
         self.faults = Faults()
         self.open_streams = 0
         self.streams_started = 0
@@ -205,8 +212,17 @@ class KumihoEvents(kumiho_pb2_grpc.KumihoServiceServicer):
         def matches(stored: StoredEvent) -> bool:
             return routing_ok(stored.routing_key) and kref_ok(stored.kref)
 
+        group = request.consumer_group if request.HasField("consumer_group") else ""
+        if group and not self.tier.supports_consumer_groups:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, self._no_groups_message())
+        feed: _Solo | Member
         try:
-            feed = _Solo(self.log.store, tenant, self._start_key(tenant, request), matches)
+            if group:
+                feed = self.groups.join(
+                    tenant, group, matches, lambda: self._start_key(tenant, request)
+                )
+            else:
+                feed = _Solo(self.log.store, tenant, self._start_key(tenant, request), matches)
         except CursorError as exc:
             await context.abort(_CURSOR_STATUS[exc.kind], str(exc))
         with_cursor = self.tier.supports_cursor
@@ -215,7 +231,8 @@ class KumihoEvents(kumiho_pb2_grpc.KumihoServiceServicer):
         sent = 0
         try:
             if not self.faults.late_headers:
-                # Headers now, so a client knows the stream is open before any event.
+                # Headers now, so a client knows the stream is open (and, in a
+                # group, already a member) before any event.
                 await context.send_initial_metadata(())
             while True:
                 faults = self.faults
@@ -235,13 +252,22 @@ class KumihoEvents(kumiho_pb2_grpc.KumihoServiceServicer):
                     if faults.delay_ms:
                         await asyncio.sleep(faults.delay_ms / 1000)
                 except BaseException:
-                    # Not sent: a feed shared with other streams hands it to one of them.
+                    # Not sent: a group hands it to another member.
                     feed.unread(stored)
                     raise
                 yield _to_proto(stored, with_cursor)
                 sent += 1
         finally:
             self.open_streams -= 1
+            if isinstance(feed, Member):
+                self.groups.leave(feed)
+
+    def _no_groups_message(self) -> str:
+        having = ", ".join(name for name, tier in TIERS.items() if tier.supports_consumer_groups)
+        return (
+            f"consumer groups are not available on the {self.tier_name} tier "
+            f"(supports_consumer_groups is false; tiers with them: {having})"
+        )
 
 
 class _Solo:
