@@ -3,14 +3,19 @@
 It answers like a Kumiho server as far as the public record goes: bearer
 tokens mapped to tenants, tenants isolated, capabilities per tier, cursors
 empty on a tier without them, OUT_OF_RANGE for a cursor that fell out of
-retention. It can also misbehave on purpose (see ``Faults``).
+retention. On a tier with consumer groups a request naming one joins it
+(``groups.py`` has the rules); on any other tier such a request is refused
+with FAILED_PRECONDITION naming the tier. What the real server answers there
+is not public: this is our choice, made loud so that a client cannot believe
+it is sharing events with a group while it receives them all.
+It can also misbehave on purpose (see ``Faults``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +23,7 @@ import grpc
 
 from gateway._proto import devserver_pb2, devserver_pb2_grpc, kumiho_pb2, kumiho_pb2_grpc
 from gateway.cursor import CursorKey
+from gateway.devserver.groups import ConsumerGroups, Member
 from gateway.devserver.store import (
     BEFORE_ALL,
     CursorError,
@@ -143,6 +149,7 @@ class KumihoEvents(kumiho_pb2_grpc.KumihoServiceServicer):
         self.tier_name = tier
         self.tier = tier_info
         self.access = access
+        self.groups = ConsumerGroups(log.store)
         self.faults = Faults()
         self.open_streams = 0
         self.streams_started = 0
@@ -201,8 +208,21 @@ class KumihoEvents(kumiho_pb2_grpc.KumihoServiceServicer):
             kref_ok = kref_matcher(request.kref_filter)
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid filter: {exc}")
+
+        def matches(stored: StoredEvent) -> bool:
+            return routing_ok(stored.routing_key) and kref_ok(stored.kref)
+
+        group = request.consumer_group if request.HasField("consumer_group") else ""
+        if group and not self.tier.supports_consumer_groups:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, self._no_groups_message())
+        feed: _Solo | Member
         try:
-            key = self._start_key(tenant, request)
+            if group:
+                feed = self.groups.join(
+                    tenant, group, matches, lambda: self._start_key(tenant, request)
+                )
+            else:
+                feed = _Solo(self.log.store, tenant, self._start_key(tenant, request), matches)
         except CursorError as exc:
             await context.abort(_CURSOR_STATUS[exc.kind], str(exc))
         with_cursor = self.tier.supports_cursor
@@ -211,35 +231,71 @@ class KumihoEvents(kumiho_pb2_grpc.KumihoServiceServicer):
         sent = 0
         try:
             if not self.faults.late_headers:
-                # Headers now, so a client knows the stream is open before any event.
+                # Headers now, so a client knows the stream is open (and, in a
+                # group, already a member) before any event.
                 await context.send_initial_metadata(())
             while True:
-                if self.faults.end_after is not None and sent >= self.faults.end_after:
+                faults = self.faults
+                if faults.end_after is not None and sent >= faults.end_after:
                     return
                 changed = self.log.changed
                 if token and token in self.access.revoked:
                     await context.abort(grpc.StatusCode.UNAUTHENTICATED, "token revoked")
-                batch = self.log.store.read_after(tenant, key, _READ_BATCH)
-                if not batch:
-                    await changed.wait()
-                    continue
-                for stored in batch:
-                    key = stored.key
-                    if not (routing_ok(stored.routing_key) and kref_ok(stored.kref)):
-                        continue
-                    faults = self.faults
+                stored = await feed.next(changed)
+                if stored is None:
+                    continue  # woken without an event: check the conditions again
+                try:
                     if faults.break_after and sent >= faults.break_after:
                         await context.abort(
                             grpc.StatusCode.UNAVAILABLE, "stream broken (fault injected)"
                         )
-                    if faults.end_after is not None and sent >= faults.end_after:
-                        return
                     if faults.delay_ms:
                         await asyncio.sleep(faults.delay_ms / 1000)
-                    yield _to_proto(stored, with_cursor)
-                    sent += 1
+                except BaseException:
+                    # Not sent: a group hands it to another member.
+                    feed.unread(stored)
+                    raise
+                yield _to_proto(stored, with_cursor)
+                sent += 1
         finally:
             self.open_streams -= 1
+            if isinstance(feed, Member):
+                self.groups.leave(feed)
+
+    def _no_groups_message(self) -> str:
+        having = ", ".join(name for name, tier in TIERS.items() if tier.supports_consumer_groups)
+        return (
+            f"consumer groups are not available on the {self.tier_name} tier "
+            f"(supports_consumer_groups is false; tiers with them: {having})"
+        )
+
+
+class _Solo:
+    """A stream of its own: the tenant's events after a key that match its filters."""
+
+    def __init__(
+        self, store: EventStore, tenant: str, key: CursorKey, matches: Callable[[StoredEvent], bool]
+    ) -> None:
+        self.store = store
+        self.tenant = tenant
+        self.key = key  # read through here
+        self.matches = matches
+        self.ready: collections.deque[StoredEvent] = collections.deque()
+
+    async def next(self, changed: asyncio.Event) -> StoredEvent | None:
+        """The next matching event, or None after ``changed`` woke a wait for one."""
+        while not self.ready:
+            batch = self.store.read_after(self.tenant, self.key, _READ_BATCH)
+            if not batch:
+                await changed.wait()
+                return None
+            self.key = batch[-1].key
+            self.ready.extend(e for e in batch if self.matches(e))
+        return self.ready.popleft()
+
+    def unread(self, stored: StoredEvent) -> None:
+        """Put back an event that ``next`` returned and the stream did not send."""
+        self.ready.appendleft(stored)
 
 
 def _to_proto(stored: StoredEvent, with_cursor: bool) -> kumiho_pb2.Event:

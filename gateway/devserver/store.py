@@ -4,7 +4,9 @@ Cursors are minted from one clock for the whole log, so they order events
 across tenants and survive a restart. Retention is per tenant, by count
 (the tier's buffer size) and by age; the newest cursor a tenant lost to
 retention is remembered, so a resume from before it is told apart
-(expired) from a resume that is merely old.
+(expired) from a resume that is merely old. Consumer groups keep their
+position here too (see ``groups.py``), so a group survives a restart as its
+events do.
 """
 
 from __future__ import annotations
@@ -43,6 +45,13 @@ CREATE TABLE IF NOT EXISTS pruned (
     ms INTEGER NOT NULL,
     seq INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS groups (
+    tenant TEXT NOT NULL,
+    name TEXT NOT NULL,
+    ms INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (tenant, name)
+) WITHOUT ROWID;
 """
 
 
@@ -239,6 +248,21 @@ class EventStore:
         except ValueError as exc:
             raise CursorError("invalid", f"malformed timestamp {timestamp!r}") from exc
         return (ms - 1, 2**62)
+
+    def group_position(self, tenant: str, group: str) -> CursorKey | None:
+        """The key a consumer group has read through, or None if the group was never created."""
+        row = self._db.execute(
+            "SELECT ms, seq FROM groups WHERE tenant = ? AND name = ?", (tenant, group)
+        ).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def save_group_position(self, tenant: str, group: str, key: CursorKey) -> None:
+        """Record (or create) a consumer group's position."""
+        self._db.execute(
+            "INSERT INTO groups VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (tenant, name) DO UPDATE SET ms = excluded.ms, seq = excluded.seq",
+            (tenant, group, *key),
+        )
 
     def read_after(self, tenant: str, key: CursorKey, limit: int) -> list[StoredEvent]:
         """Up to ``limit`` of the tenant's events after ``key``, oldest first."""
