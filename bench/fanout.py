@@ -17,8 +17,8 @@ prints every row and the ratios, and fails unless every client got every event.
 
 ``--filters N`` runs the gateway in ``--auth service`` (one credential) twice
 in one run: every client on one filter (``routing_key=revision.created``),
-then the clients spread over N different lists
-(``routing_key=revision.created,bench.f<j>``, all matching every event), and
+then the clients spread over N different filters (routing-key lists, kref
+subtrees, detail filters: ``diverse_filter``, all matching every event), and
 prints both tables and the ratios: the price of matching many filters on one
 shared upstream stream.
 
@@ -109,6 +109,16 @@ def publish(address: str, rate: float, seconds: float, stop: threading.Event) ->
     return sent
 
 
+def diverse_filter(j: int) -> str:
+    """The j-th of many different filters, every one matching every published event."""
+    kind = j % 3
+    if kind == 0:
+        return f"?routing_key=revision.created,bench.f{j}"  # a list of routing keys
+    if kind == 1:
+        return f"?kref=kref://bench/shots/**,kref://f{j}/**"  # kref subtrees
+    return f"?details.tag=approved,f{j}&routing_key=revision.*"  # a detail filter
+
+
 async def round_(
     m: int, args: argparse.Namespace, gw_port: int, dev_addr: str, gw: psutil.Process
 ) -> dict[str, float]:
@@ -117,8 +127,8 @@ async def round_(
     if args.filters is None:
         clients = [Client() for _ in range(m)]
     elif args.diverse:
-        lists = [f"?routing_key=revision.created,bench.f{j}" for j in range(args.filters)]
-        clients = [Client(lists[i % args.filters], KEY) for i in range(m)]
+        filters = [diverse_filter(j) for j in range(args.filters)]
+        clients = [Client(filters[i % args.filters], KEY) for i in range(m)]
     else:
         clients = [Client("?routing_key=revision.created", KEY) for _ in range(m)]
     tasks = [asyncio.create_task(c.run(gw_port, stop)) for c in clients]
@@ -270,7 +280,7 @@ def compare_filters(args: argparse.Namespace) -> None:
         rows, args, args.no_hub, [labels[0]] * len(results[0]) + [labels[1]] * len(results[1])
     )
     print()
-    print(f"{args.filters} lists / 1 filter, same run, --auth service")
+    print(f"{args.filters} filters / 1 filter, same run, --auth service")
     header = ("clients", "upstream streams", "CPU us/delivery", "p99 ms")
     print(" | ".join(header))
     for one, many in zip(*results, strict=True):
