@@ -116,8 +116,9 @@ def cursors(lines: list[str]) -> list[str]:
     return [json.loads(line)["cursor"] for line in lines]
 
 
+@pytest.mark.parametrize("path", ["", "/api/v1/events/stream"])
 def test_json_prints_exactly_the_published_events_in_order(
-    stack: tuple[DevServer, Gateway],
+    stack: tuple[DevServer, Gateway], path: str
 ) -> None:
     devserver, gateway = stack
     project = unique_project()
@@ -126,7 +127,7 @@ def test_json_prints_exactly_the_published_events_in_order(
         *devserver.publish("item.model.created", f"kref://{project}/狐/b.model", {"k": "a\nb"}),
     ]
     run = run_tail(
-        gateway.url,
+        gateway.url + path,  # the gateway's own route, or the hosted API's
         "--json",
         "--from",
         "beginning",
