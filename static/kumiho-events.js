@@ -58,8 +58,12 @@
 /**
  * @typedef {Object} SubscribeOptions
  * @property {string} [url="/events"]           the gateway's /events URL (absolute for another origin)
- * @property {string} [routingKey]              routing-key filter, e.g. "revision.*"
- * @property {string} [kref]                    kref filter, e.g. "kref://film/**"
+ * @property {string|string[]} [routingKey]     routing-key filter, e.g. "revision.*"; a list means any of them
+ * @property {string|string[]} [kref]           kref filter, e.g. "kref://film/**"; a list likewise
+ * @property {Object<string, string|string[]>} [details]  detail filters, e.g. {tag: "approved"} (globs, lists)
+ * @property {string|string[]} [author]         only events by these authors (user ids; globs)
+ * @property {string|string[]} [username]       only events by these usernames (globs)
+ * @property {string} [consumerGroup]           a Kumiho consumer group (Enterprise): share the events with its other members
  * @property {string} [from]                    "latest" (default), "beginning" or an ISO timestamp; used when no cursor is stored
  * @property {string} [cursor]                  resume after this cursor (wins over the stored one)
  * @property {string} [accessToken]             for --auth passthrough/service when no cookie or header can carry it
@@ -98,8 +102,15 @@ export function subscribe(options = {}) {
   let status = null;
 
   const url = new URL(options.url || "/events", location.href);
-  if (options.routingKey) url.searchParams.set("routing_key", options.routingKey);
-  if (options.kref) url.searchParams.set("kref", options.kref);
+  const list = (value) => (Array.isArray(value) ? value.join(",") : value);
+  if (options.routingKey?.length) url.searchParams.set("routing_key", list(options.routingKey));
+  if (options.kref?.length) url.searchParams.set("kref", list(options.kref));
+  for (const [key, patterns] of Object.entries(options.details || {})) {
+    url.searchParams.set(`details.${key}`, list(patterns));
+  }
+  if (options.author?.length) url.searchParams.set("author", list(options.author));
+  if (options.username?.length) url.searchParams.set("username", list(options.username));
+  if (options.consumerGroup) url.searchParams.set("consumer_group", options.consumerGroup);
   if (cursor) url.searchParams.set("cursor", cursor);
   else if (options.from) url.searchParams.set("from", options.from);
   if (options.accessToken) url.searchParams.set("access_token", options.accessToken);

@@ -255,6 +255,46 @@ def test_reload_resumes_from_the_stored_cursor(
     assert any(f"cursor={first[-1]}" in url for url in requests)
 
 
+def test_the_library_sends_lists_and_detail_filters(
+    page: Any, make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *FAST)
+    project = unique_project()
+    kref = f"kref://{project}/hero.model?r=1"
+    wanted = []
+    for n, (key, tag, who) in enumerate(
+        [
+            ("revision.tagged", "approved", "aiko"),
+            ("revision.tagged", "wip", "aiko"),
+            ("item.model.deleted", "approved", "aiko"),
+            ("revision.created", "approved", "mina"),
+            ("revision.tagged", "published", "sam"),  # wanted, and last: nothing unwanted after
+        ]
+    ):
+        [cursor] = devserver.publish(key, kref, {"tag": tag, "n": str(n)}, username=who)
+        if tag != "wip" and who != "mina" and key != "revision.created":
+            wanted.append(cursor)
+    page.goto(gateway.url + "/")
+    page.evaluate(
+        """async (project) => {
+          const { subscribe } = await import("/kumiho-events.js");
+          window.got = [];
+          subscribe({
+            from: "beginning", storageKey: null,
+            routingKey: ["revision.tagged", "item.*.deleted"],
+            kref: [`kref://${project}/**`],
+            details: { tag: ["approved", "publ*"] },
+            username: ["aiko", "sam"],
+            onEvent: (e) => window.got.push(e.cursor),
+          });
+        }""",
+        project,
+    )
+    wait_until(lambda: page.evaluate("window.got.length") >= len(wanted), 10, "the events")
+    assert page.evaluate("window.got") == wanted
+
+
 def _cross_origin_page(gateway: Gateway, query: str, credentials: bool) -> str:
     return f"""<!doctype html><meta charset="utf-8"><script>
       window.result = {{events: [], state: 'pending'}};
