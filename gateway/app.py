@@ -35,7 +35,7 @@ from gateway.lifecycle import Lifecycle
 from gateway.metrics import CONTENT_TYPE, Metrics
 from gateway.poll import Batch, collect
 from gateway.pump import Pump, jittered_retry_ms
-from gateway.response import HEADERS, EventStreamResponse, StreamHandoff
+from gateway.response import HEADERS, EventStreamResponse, StreamHandoff, disconnected
 from gateway.settings import Settings
 from gateway.source import Source, UpstreamSource, terminal_error
 from gateway.subscription import (
@@ -90,12 +90,6 @@ class _Dashboard(StaticFiles):
         ):
             raise StarletteHTTPException(404)
         return await super().get_response(path, scope)
-
-
-async def _disconnected(request: Request) -> None:
-    """Returns when the client has gone (a GET's request body is empty)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
 
 
 def _query(request: Request) -> dict[str, list[str]]:
@@ -295,7 +289,7 @@ def create_app(
         source = await opened(subscription)
         batch = Batch(max_events, subscription.cursor)
         try:
-            await collect(source, batch, timeout, _disconnected(request))
+            await collect(source, batch, timeout, disconnected(request.receive))
         finally:
             source.close()
         if batch.failure is not None and not batch.events:

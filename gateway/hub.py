@@ -85,7 +85,7 @@ class Channel:
         self._by_filter: dict[EventFilter, set[HubSource]] = {}
         # Per filter, the unwanted events since its last frame (see Advance).
         self._skips: dict[EventFilter, Skips] = {}
-        self._advance_every = min(ADVANCE_EVERY, max(1, hub.settings.hub_ring_size // 4))
+        self._advance_every = min(ADVANCE_EVERY, hub.settings.hub_ring_size // 4)
         self._holders: set[HubSource] = set()
         self._task: asyncio.Task[None] | None = None
         self._linger: asyncio.TimerHandle | None = None

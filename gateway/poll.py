@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any
 
 from gateway._proto import kumiho_pb2
 from gateway.cursor import ResumeFilter
@@ -107,13 +106,7 @@ class Batch:
 
     def answer(self) -> bytes:
         """The JSON body (events are already JSON: joined, not re-encoded)."""
-        reset: dict[str, Any] | None = None
-        if self.reset is not None:
-            reset = {
-                "reason": self.reset.reason,
-                "requested_cursor": self.reset.requested_cursor,
-                "resumed_from": self.reset.resumed_from,
-            }
+        reset = self.reset.data() if self.reset is not None else None
         return (
             f'{{"events":[{",".join(self.events)}],"cursor":{dumps(self.cursor)},'
             f'"more":{dumps(self.more)},"reset":{dumps(reset)}}}'

@@ -140,14 +140,7 @@ class Pump:
         if isinstance(item, Reset):
             self._filter.forget()
             self._metrics.resets.labels(item.reason).inc()
-            return self._format.control(
-                "gateway.reset",
-                {
-                    "reason": item.reason,
-                    "requested_cursor": item.requested_cursor,
-                    "resumed_from": item.resumed_from,
-                },
-            )
+            return self._format.control("gateway.reset", item.data())
         if isinstance(item, Status):
             return self._format.control(
                 "gateway.status",

@@ -86,9 +86,14 @@ class EventStreamResponse(Response):
             await frames.aclose()
 
 
-async def _until_disconnect(receive: Receive, pump: Pump) -> None:
+async def disconnected(receive: Receive) -> None:
+    """Returns when the client has gone."""
     while (await receive())["type"] != "http.disconnect":
         pass  # a GET's (empty) request body
+
+
+async def _until_disconnect(receive: Receive, pump: Pump) -> None:
+    await disconnected(receive)
     pump.close()
 
 

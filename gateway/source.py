@@ -75,6 +75,14 @@ class Reset:
     requested_cursor: str
     resumed_from: Literal["earliest", "latest"]
 
+    def data(self) -> dict[str, str]:
+        """The ``gateway.reset`` object (CONTRACT.md)."""
+        return {
+            "reason": self.reason,
+            "requested_cursor": self.requested_cursor,
+            "resumed_from": self.resumed_from,
+        }
+
 
 UpstreamState = Literal["live", "unavailable", "failing"]
 
