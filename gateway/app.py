@@ -230,6 +230,7 @@ def create_app(
             metrics=metrics,
             lifecycle=lifecycle,
             ticker=ticker,
+            client=request.client.host if request.client else "",
         )
         return EventStreamResponse(pump)
 

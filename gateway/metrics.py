@@ -70,6 +70,7 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.client_streams = ClientStreams(r, multiprocess=directory is not None)
         self.events_delivered: Counter | Tally = Counter(
             "kumiho_gateway_events_delivered", "Event frames written to clients", registry=r
         )
@@ -244,6 +245,45 @@ class Tally:
         if self._pending:
             pending, self._pending = self._pending, 0.0
             self._counter.inc(pending)
+
+
+class ClientStreams:
+    """Open streams by client address: how many connections one browser (or host) holds.
+
+    A browser over HTTP/1.1 stalls at six connections to a host, so this is
+    the number to watch. Addresses are labels, so at most ``LIMIT`` of them
+    are told apart in a process; streams from any further address count as
+    "other". Behind a proxy the address is the proxy's unless uvicorn is told
+    to trust its forwarded headers.
+    """
+
+    LIMIT = 256
+
+    def __init__(self, registry: CollectorRegistry, *, multiprocess: bool) -> None:
+        self._gauge = Gauge(
+            "kumiho_gateway_client_streams_open",
+            "Open streams by client address (at most 256 addresses a worker; the rest as other)",
+            ["client"],
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self._multiprocess = multiprocess
+        self._open: dict[str, int] = {}
+
+    def opened(self, client: str) -> str:
+        """Count a stream from ``client``; returns the label to give ``closed``."""
+        label = client if client in self._open or len(self._open) < self.LIMIT else "other"
+        self._open[label] = self._open.get(label, 0) + 1
+        self._gauge.labels(label).inc()
+        return label
+
+    def closed(self, label: str) -> None:
+        self._gauge.labels(label).dec()
+        self._open[label] -= 1
+        if not self._open[label]:
+            del self._open[label]
+            if not self._multiprocess:  # a worker's file keeps the label, at 0
+                self._gauge.remove(label)
 
 
 def _check_multiprocess(directory: str) -> None:

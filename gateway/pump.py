@@ -59,8 +59,10 @@ class Pump:
         metrics: Metrics,
         lifecycle: Lifecycle,
         ticker: Ticker,
+        client: str = "",
     ) -> None:
         self._source = source
+        self._client = client  # the peer's address, for the per-client stream count
         self._format = fmt
         self.media_type = fmt.media_type
         self._filter = ResumeFilter(cursor)
@@ -231,6 +233,7 @@ class Pump:
         self._lifecycle.add(self)
         self._ticker.add(self)
         metrics.streams_open.inc()
+        client = metrics.client_streams.opened(self._client)
         try:
             chunk = self._format.retry(jittered_retry_ms(settings.retry_ms))
             events = 0
@@ -276,5 +279,6 @@ class Pump:
             self._lifecycle.discard(self)
             self._ticker.discard(self)
             metrics.streams_open.dec()
+            metrics.client_streams.closed(client)
             metrics.stream_closes.labels(self._cause).inc()
             metrics.stream_duration.observe(loop.time() - started)

@@ -1,15 +1,26 @@
-// kumiho-events.js: live Kumiho events in a browser, resumable across reloads.
+// kumiho-events.js: live Kumiho events in a browser, resumable across reloads,
+// with every tab of a browser sharing one connection.
 //
 //   import { subscribe } from "/kumiho-events.js";
 //   const feed = subscribe({ routingKey: "revision.*", onEvent: (e) => console.log(e.kref) });
 //   feed.close();
 //
-// A thin layer over EventSource: it parses each event, reports gaps
-// (gateway.reset), the upstream's state (gateway.status) and terminal errors
-// (gateway.error), tracks the connection state, and keeps the last cursor in
-// localStorage so a reloaded page continues where it left off (sent as
-// ?cursor=, since a first EventSource request cannot carry a Last-Event-ID
-// header). No dependencies.
+// Over HTTP/1.1 a browser holds at most six connections to a host, and each
+// EventSource keeps one for good. So the tabs of one origin elect a leader
+// (Web Locks); the leader holds one EventSource for the union of every tab's
+// subscriptions and relays what it reads on a BroadcastChannel; each tab
+// matches the events against its own subscriptions' filters (the gateway's
+// rules, ported below). When the leader tab goes, the next tab in the lock's
+// queue takes over from the last id relayed. A subscription that starts in
+// the past (a stored cursor, `from`) reads up to the present with
+// /events/poll, then continues on the shared stream, with no gap and no
+// repeat. Without those browser APIs (or with `shared: false`, or a consumer
+// group) each subscription is one EventSource of its own.
+//
+// Either way it parses each event, reports gaps (gateway.reset), the
+// upstream's state (gateway.status) and terminal errors (gateway.error),
+// tracks the connection state, and keeps the last cursor in localStorage so
+// a reloaded page continues where it left off. No dependencies.
 
 /**
  * One Kumiho event, as the gateway's data: line carries it.
@@ -68,7 +79,9 @@
  * @property {string} [cursor]                  resume after this cursor (wins over the stored one)
  * @property {string} [accessToken]             for --auth passthrough/service when no cookie or header can carry it
  * @property {boolean} [withCredentials=false]  send cookies cross-origin (kumiho_token)
- * @property {string|null} [storageKey="kumiho-events:cursor"]  localStorage key of the last cursor; null: do not persist
+ * @property {boolean} [shared=true]            share one connection with the other subscriptions of this browser
+ * @property {string|null} [storageKey]         localStorage key of the last cursor; null: do not persist.
+ *                                              Default "kumiho-events:cursor", plus "?" and the filters when there are any
  * @property {(event: KumihoEvent) => void} [onEvent]
  * @property {(reset: KumihoReset) => void} [onReset]
  * @property {(status: KumihoStatus) => void} [onStatus]
@@ -84,6 +97,18 @@
  * @property {() => number} reconnects   how many times the connection was lost and retried
  * @property {() => KumihoStatus|null} status  the upstream's last reported state
  * @property {() => void} forget         drop the stored cursor (start afresh next time)
+ * @property {() => "leader"|"follower"|"own"} role  whether this tab holds the shared connection,
+ *                                                   reads it through another tab, or has a connection of its own
+ */
+
+/**
+ * What a subscription asks for, in the gateway's parameter names; lists sorted, without repeats.
+ * @typedef {Object} Filter
+ * @property {string[]} routing_key
+ * @property {string[]} kref
+ * @property {Object<string, string[]>} details
+ * @property {string[]} author
+ * @property {string[]} username
  */
 
 /**
@@ -92,84 +117,718 @@
  * @returns {Feed}
  */
 export function subscribe(options = {}) {
-  const storageKey = options.storageKey === undefined ? "kumiho-events:cursor" : options.storageKey;
+  const filter = filterOf(options);
+  const query = filterQuery(filter).toString();
+  const storageKey =
+    options.storageKey === undefined
+      ? `kumiho-events:cursor${query ? `?${query}` : ""}`
+      : options.storageKey;
   const stored = storageKey ? readStorage(storageKey) : "";
-  let cursor = options.cursor || stored || "";
-  /** @type {ConnectionState} */
-  let state = "connecting";
-  let reconnects = 0;
-  /** @type {KumihoStatus|null} */
-  let status = null;
+  const start = { cursor: options.cursor || stored || "", from: options.from || "" };
+  const sharing =
+    options.shared !== false &&
+    !options.consumerGroup && // a group splits events between connections: sharing one would defeat it
+    typeof BroadcastChannel === "function" &&
+    typeof navigator.locks?.request === "function";
+  const feed = new Feed(options, filter, storageKey, start.cursor);
+  if (sharing) hubFor(options).add(feed, start);
+  else ownConnection(feed, start);
+  return feed.api();
+}
 
-  const url = new URL(options.url || "/events", location.href);
-  const list = (value) => (Array.isArray(value) ? value.join(",") : value);
-  if (options.routingKey?.length) url.searchParams.set("routing_key", list(options.routingKey));
-  if (options.kref?.length) url.searchParams.set("kref", list(options.kref));
-  for (const [key, patterns] of Object.entries(options.details || {})) {
-    url.searchParams.set(`details.${key}`, list(patterns));
+// -- the filter, as the gateway reads it -------------------------------------
+
+/** @param {string|string[]|undefined} value  a list, or a comma-separated string */
+function entries(value) {
+  const list = Array.isArray(value) ? value : value ? [value] : [];
+  return [...new Set(list.flatMap((v) => String(v).split(",")))].sort();
+}
+
+/** @param {SubscribeOptions} options @returns {Filter} */
+function filterOf(options) {
+  /** @type {Object<string, string[]>} */
+  const details = {};
+  for (const key of Object.keys(options.details || {}).sort()) {
+    details[key] = entries(options.details?.[key]);
   }
-  if (options.author?.length) url.searchParams.set("author", list(options.author));
-  if (options.username?.length) url.searchParams.set("username", list(options.username));
-  if (options.consumerGroup) url.searchParams.set("consumer_group", options.consumerGroup);
-  if (cursor) url.searchParams.set("cursor", cursor);
-  else if (options.from) url.searchParams.set("from", options.from);
-  if (options.accessToken) url.searchParams.set("access_token", options.accessToken);
-
-  const source = new EventSource(url, { withCredentials: Boolean(options.withCredentials) });
-
-  /** @param {ConnectionState} next */
-  function setState(next) {
-    if (next === state) return;
-    state = next;
-    options.onStateChange?.(state, reconnects);
-  }
-
-  // Not "live" on open: every stream starts with gateway.status, which says whether it is.
-  source.onerror = () => {
-    if (source.readyState === EventSource.CLOSED) {
-      setState("stopped"); // a non-200 answer: retrying cannot help
-    } else if (state !== "reconnecting") {
-      reconnects += 1;
-      setState("reconnecting");
-    }
-  };
-  source.onmessage = (message) => {
-    if (message.lastEventId) {
-      cursor = message.lastEventId;
-      if (storageKey) writeStorage(storageKey, cursor);
-    }
-    options.onEvent?.(/** @type {KumihoEvent} */ (JSON.parse(message.data)));
-  };
-  source.addEventListener("gateway.reset", (message) => {
-    options.onReset?.(/** @type {KumihoReset} */ (JSON.parse(/** @type {MessageEvent} */ (message).data)));
-  });
-  source.addEventListener("gateway.status", (message) => {
-    status = /** @type {KumihoStatus} */ (JSON.parse(/** @type {MessageEvent} */ (message).data));
-    options.onStatus?.(status);
-    setState(status.upstream === "live" ? "live" : "upstream-down");
-  });
-  source.addEventListener("gateway.error", (message) => {
-    const error = /** @type {KumihoError} */ (JSON.parse(/** @type {MessageEvent} */ (message).data));
-    options.onError?.(error);
-    if (error.retryable) return; // the stream ends and EventSource comes back after retry:
-    source.close();
-    setState("stopped");
-  });
-
   return {
-    close() {
-      source.close();
-      setState("stopped");
-    },
-    state: () => state,
-    cursor: () => cursor,
-    reconnects: () => reconnects,
-    status: () => status,
-    forget() {
-      if (storageKey) removeStorage(storageKey);
-    },
+    routing_key: entries(options.routingKey),
+    kref: entries(options.kref),
+    details,
+    author: entries(options.author),
+    username: entries(options.username),
   };
 }
+
+/** The filter as query parameters (lists comma-joined). @param {Filter} filter */
+function filterQuery(filter) {
+  const params = new URLSearchParams();
+  for (const name of /** @type {const} */ (["routing_key", "kref", "author", "username"])) {
+    if (filter[name].length) params.set(name, filter[name].join(","));
+  }
+  for (const [key, patterns] of Object.entries(filter.details)) {
+    params.set(`details.${key}`, patterns.join(","));
+  }
+  return params;
+}
+
+// The gateway allows this many patterns in one list; a union with more is left unfiltered.
+const MAX_ENTRIES = 16;
+
+/**
+ * A filter that lets through every event any of ``filters`` wants (and maybe more):
+ * each part is the union of that part of every filter, or nothing when one does not ask for it.
+ * @param {Filter[]} filters @returns {Filter}
+ */
+function union(filters) {
+  /** @param {(f: Filter) => string[]|undefined} part */
+  const joined = (part) => {
+    const all = filters.map(part);
+    if (!all.length || all.some((list) => !list?.length)) return [];
+    const merged = entries(all.flat());
+    return merged.length > MAX_ENTRIES ? [] : merged;
+  };
+  /** @type {Object<string, string[]>} */
+  const details = {};
+  for (const key of new Set(filters.flatMap((f) => Object.keys(f.details)))) {
+    const patterns = joined((f) => f.details[key]);
+    if (patterns.length) details[key] = patterns;
+  }
+  return {
+    routing_key: joined((f) => f.routing_key),
+    kref: joined((f) => f.kref),
+    details: Object.fromEntries(Object.entries(details).sort()),
+    author: joined((f) => f.author),
+    username: joined((f) => f.username),
+  };
+}
+
+// The gateway's matching rules (gateway/matching.py; tests/test_tabs.py holds the two to
+// agreement). Routing keys split on ".", krefs on "/": "*" alone is one segment, "*" inside
+// one any run but the separator, "#" or "**" any number of segments. Details and actors are
+// whole-value globs where "*" is any run of characters.
+const MATCH_ALL = new Set(["", "*", "#", "**"]);
+const MULTI = new Set(["#", "**"]);
+/** @param {string} text */
+const escape = (text) => text.replace(/[.*+?^${}()|[\]\\/-]/g, "\\$&");
+
+/** @param {string} pattern @param {string} sep @returns {((value: string) => boolean)|null} null: everything */
+function segmentMatcher(pattern, sep) {
+  if (MATCH_ALL.has(pattern)) return null;
+  /** @type {string[]} */
+  const parts = [];
+  for (const part of pattern.split(sep)) {
+    if (!(MULTI.has(part) && parts.length && MULTI.has(parts[parts.length - 1]))) parts.push(part);
+  }
+  if (parts.length === 1 && MULTI.has(parts[0])) return null;
+  const s = escape(sep);
+  let regex = "";
+  parts.forEach((part, i) => {
+    const last = i === parts.length - 1;
+    if (MULTI.has(part)) {
+      // Trailing: "a.#" matches "a" and "a.b.c"; elsewhere any number of whole segments.
+      if (last) regex = regex ? `${regex.slice(0, -s.length)}(?:${s}.*)?` : ".*";
+      else regex += `(?:[^${s}]*${s})*`;
+      return;
+    }
+    regex += part === "*" ? `[^${s}]+` : [...part].map((c) => (c === "*" ? `[^${s}]*` : escape(c))).join("");
+    if (!last) regex += s;
+  });
+  const compiled = new RegExp(`^(?:${regex})$`, "s");
+  return (value) => compiled.test(value);
+}
+
+/** @param {string} pattern @returns {((value: string) => boolean)|null} */
+function globMatcher(pattern) {
+  if (pattern === "*") return null;
+  const compiled = new RegExp(`^${pattern.split("*").map(escape).join(".*")}$`, "s");
+  return (value) => compiled.test(value);
+}
+
+/** @param {string[]} patterns @param {(p: string) => ((v: string) => boolean)|null} compile */
+function anyOf(patterns, compile) {
+  const matchers = patterns.map(compile);
+  if (!matchers.length || matchers.includes(null)) return null;
+  return (/** @type {string} */ value) => matchers.some((match) => /** @type {Function} */ (match)(value));
+}
+
+/**
+ * Whether an event is one a filter wants, by the gateway's rules.
+ * @param {Filter} filter @returns {(event: KumihoEvent) => boolean}
+ */
+export function matcher(filter) {
+  /** @type {((event: KumihoEvent) => boolean)[]} */
+  const checks = [];
+  const routing = anyOf(filter.routing_key, (p) => segmentMatcher(p, "."));
+  if (routing) checks.push((e) => routing(e.routing_key));
+  const kref = anyOf(filter.kref, (p) => segmentMatcher(p, "/"));
+  // A kref matches with or without its "?r=..." query.
+  if (kref) checks.push((e) => kref(e.kref) || (e.kref.includes("?") && kref(e.kref.slice(0, e.kref.indexOf("?")))));
+  for (const [key, patterns] of Object.entries(filter.details)) {
+    const value = anyOf(patterns, globMatcher) || (() => true); // "*": the detail is there
+    checks.push((e) => Object.hasOwn(e.details || {}, key) && value(e.details[key]));
+  }
+  const author = anyOf(filter.author, globMatcher);
+  if (author) checks.push((e) => author(e.author));
+  const username = anyOf(filter.username, globMatcher);
+  if (username) checks.push((e) => username(e.username));
+  return (event) => checks.every((check) => check(event));
+}
+
+// -- one subscription, whichever connection feeds it --------------------------
+
+// How many delivered cursors a feed remembers to drop repeats (a leader change, a catch-up's overlap).
+const REMEMBERED = 2048;
+
+class Feed {
+  /**
+   * @param {SubscribeOptions} options @param {Filter} filter
+   * @param {string|null} storageKey @param {string} cursor
+   */
+  constructor(options, filter, storageKey, cursor) {
+    this.options = options;
+    this.filter = filter;
+    this.wants = matcher(filter);
+    this.storageKey = storageKey;
+    this.cursor = cursor;
+    /** @type {ConnectionState} */
+    this.state = "connecting";
+    this.reconnects = 0;
+    /** @type {KumihoStatus|null} */
+    this.status = null;
+    /** @type {"leader"|"follower"|"own"} */
+    this.role = "own";
+    this.closed = false;
+    /** @type {() => void} */
+    this.onClose = () => {};
+    this.delivered = new Set();
+    this.storedAt = 0;
+  }
+
+  /** @returns {Feed} the public face */
+  api() {
+    return /** @type {any} */ ({
+      close: () => this.close(),
+      state: () => this.state,
+      cursor: () => this.cursor,
+      reconnects: () => this.reconnects,
+      status: () => this.status,
+      role: () => this.role,
+      forget: () => {
+        if (this.storageKey) removeStorage(this.storageKey);
+      },
+    });
+  }
+
+  /** @param {ConnectionState} next */
+  setState(next) {
+    if (next === this.state || this.state === "stopped") return;
+    if (next === "reconnecting") this.reconnects += 1;
+    this.state = next;
+    this.options.onStateChange?.(next, this.reconnects);
+  }
+
+  /** Hand an event to the page once, and remember its cursor. @param {KumihoEvent} event */
+  deliver(event) {
+    if (this.closed) return;
+    if (event.cursor) {
+      if (this.delivered.has(event.cursor)) return;
+      this.delivered.add(event.cursor);
+      if (this.delivered.size > REMEMBERED) this.delivered.delete(this.delivered.values().next().value);
+      this.advance(event.cursor, true);
+    }
+    this.options.onEvent?.(event);
+  }
+
+  /** The position to resume from; an unwanted event's is stored at most once a second. */
+  advance(/** @type {string} */ cursor, now = false) {
+    this.cursor = cursor;
+    if (!this.storageKey || (!now && Date.now() - this.storedAt < 1000)) return;
+    this.storedAt = Date.now();
+    writeStorage(this.storageKey, cursor);
+  }
+
+  /** @param {KumihoStatus} status */
+  report(status) {
+    this.status = status;
+    this.options.onStatus?.(status);
+    this.setState(status.upstream === "live" ? "live" : "upstream-down");
+  }
+
+  /** @param {KumihoError} error */
+  fail(error) {
+    this.options.onError?.(error);
+    if (!error.retryable) this.close();
+  }
+
+  close() {
+    if (this.closed) return;
+    if (this.storageKey && this.cursor) writeStorage(this.storageKey, this.cursor);
+    this.closed = true;
+    this.setState("stopped");
+    this.onClose();
+  }
+}
+
+/** @param {MessageEvent|Event} message */
+const json = (message) => JSON.parse(/** @type {MessageEvent} */ (message).data);
+
+/**
+ * The gateway URL with the filter, the credential and a start.
+ * @param {SubscribeOptions} options @param {Filter} filter @param {{cursor: string, from: string}} start
+ */
+function streamUrl(options, filter, start) {
+  const url = new URL(options.url || "/events", location.href);
+  for (const [name, value] of filterQuery(filter)) url.searchParams.set(name, value);
+  if (options.consumerGroup) url.searchParams.set("consumer_group", options.consumerGroup);
+  if (start.cursor) url.searchParams.set("cursor", start.cursor);
+  else if (start.from) url.searchParams.set("from", start.from);
+  if (options.accessToken) url.searchParams.set("access_token", options.accessToken);
+  return url;
+}
+
+/**
+ * Feed one subscription from an EventSource of its own (no sharing).
+ * @param {Feed} feed @param {{cursor: string, from: string}} start
+ */
+function ownConnection(feed, start) {
+  const source = new EventSource(streamUrl(feed.options, feed.filter, start), {
+    withCredentials: Boolean(feed.options.withCredentials),
+  });
+  feed.onClose = () => source.close();
+  listen(source, feed.options, {
+    event: (message) => {
+      const event = json(message);
+      if (message.lastEventId) feed.advance(message.lastEventId, true);
+      feed.options.onEvent?.(event); // no repeats to drop: EventSource resumes exactly
+    },
+    status: (status) => feed.report(status),
+    reset: (reset) => feed.options.onReset?.(reset),
+    error: (error) => feed.fail(error),
+    state: (state) => feed.setState(state),
+  });
+}
+
+/**
+ * Wire an EventSource's frames to handlers.
+ * @param {EventSource} source @param {SubscribeOptions} options
+ * @param {{event: (m: MessageEvent) => void, status: (s: KumihoStatus) => void,
+ *          reset: (r: KumihoReset) => void, error: (e: KumihoError) => void,
+ *          state: (s: ConnectionState) => void, open?: () => void}} on
+ */
+function listen(source, options, on) {
+  // Not "live" on open: every stream starts with gateway.status, which says whether it is.
+  source.onopen = () => on.open?.();
+  source.onerror = () => {
+    // CLOSED: a non-200 answer, which retrying cannot help.
+    on.state(source.readyState === EventSource.CLOSED ? "stopped" : "reconnecting");
+  };
+  source.onmessage = on.event;
+  source.addEventListener("gateway.status", (m) => on.status(json(m)));
+  source.addEventListener("gateway.reset", (m) => on.reset(json(m)));
+  source.addEventListener("gateway.error", (m) => {
+    const error = json(m);
+    if (!error.retryable) source.close(); // else the stream ends and EventSource comes back after retry:
+    on.error(error);
+  });
+}
+
+// -- the shared connection ------------------------------------------------------
+
+/** @type {Map<string, Hub>} */
+const hubs = new Map();
+
+/** The hub of this page for one gateway URL and credential. @param {SubscribeOptions} options */
+function hubFor(options) {
+  const url = new URL(options.url || "/events", location.href);
+  // Tabs share only what they would have asked for alike: same gateway, same credential.
+  const key = [url.href, options.withCredentials ? "cookies" : "", fingerprint(options.accessToken || "")].join(" ");
+  let hub = hubs.get(key);
+  if (!hub) {
+    hub = new Hub(key, options);
+    hubs.set(key, hub);
+  }
+  return hub;
+}
+
+/** A short FNV-1a digest: tokens are not written into lock and channel names. @param {string} text */
+function fingerprint(text) {
+  let hash = 0x811c9dc5;
+  for (let i = 0; i < text.length; i += 1) hash = Math.imul(hash ^ text.charCodeAt(i), 0x01000193);
+  return text ? (hash >>> 0).toString(36) : "";
+}
+
+// A catch-up poll waits this long for a first event; none means the past is read.
+const CATCH_UP_WAIT_S = 2;
+// Joins and leaves within this many milliseconds change the shared stream once.
+const SETTLE_MS = 25;
+
+/**
+ * The tabs of one origin, for one gateway and credential: this tab's subscriptions, every
+ * tab's filters, and (in the leader) the one EventSource. Messages on the channel:
+ * join/leave/bye (a tab's subscriptions), roll (a new leader asks them again), covered
+ * (the stream now carries these subscriptions' events), and event/status/reset/error/state
+ * (what the stream said).
+ */
+class Hub {
+  /** @param {string} key @param {SubscribeOptions} options */
+  constructor(key, options) {
+    this.key = key;
+    this.options = options;
+    this.tab = Math.random().toString(36).slice(2) + Date.now().toString(36);
+    /** @type {Map<string, Shared>} this tab's subscriptions, by id */
+    this.local = new Map();
+    /** @type {Map<string, Filter>} every tab's, by "tab/id" */
+    this.registry = new Map();
+    this.position = ""; // the last id the shared stream relayed
+    this.leading = false;
+    /** @type {EventSource|null} */
+    this.source = null;
+    this.streamQuery = "";
+    this.streamOpen = false;
+    /** @type {KumihoStatus|null} the stream's last gateway.status, for subscriptions that join later */
+    this.lastStatus = null;
+    this.closed = false;
+    /** @type {Set<string>} what the open stream was asked to carry */
+    this.carried = new Set();
+    this.settle = 0;
+    this.channel = new BroadcastChannel(`kumiho-events ${key}`);
+    this.channel.onmessage = (m) => this.receive(m.data);
+    this.abort = new AbortController();
+    /** @type {(() => void)|null} */
+    this.releaseLock = null;
+    navigator.locks
+      .request(`kumiho-events ${key}`, { signal: this.abort.signal }, () => {
+        this.lead();
+        return new Promise((resolve) => (this.releaseLock = () => resolve(undefined)));
+      })
+      .catch(() => {}); // aborted: this page stopped before its turn came
+    this.onPageHide = () => {
+      // Closed here, the stream cannot report its end to the other tabs as an error.
+      this.source?.close();
+      for (const shared of this.local.values()) shared.feed.advance(shared.feed.cursor, true);
+      this.post({ type: "bye", tab: this.tab });
+    };
+    addEventListener("pagehide", this.onPageHide);
+  }
+
+  /** @param {Feed} feed @param {{cursor: string, from: string}} start */
+  add(feed, start) {
+    const shared = new Shared(this, feed, start);
+    this.local.set(shared.id, shared);
+    feed.onClose = () => this.remove(shared);
+    shared.begin();
+  }
+
+  /** @param {Shared} shared */
+  join(shared) {
+    this.post({ type: "join", tab: this.tab, id: shared.id, filter: shared.feed.filter });
+  }
+
+  /** @param {Shared} shared */
+  remove(shared) {
+    this.local.delete(shared.id);
+    this.post({ type: "leave", tab: this.tab, id: shared.id });
+    if (this.local.size) return;
+    // Nothing left here: hand the connection (and this tab's place in the queue) on.
+    this.closed = true;
+    clearTimeout(this.settle);
+    this.source?.close();
+    this.abort.abort();
+    this.releaseLock?.();
+    this.channel.close();
+    removeEventListener("pagehide", this.onPageHide);
+    hubs.delete(this.key);
+  }
+
+  /** To every tab, this one included. @param {Object} message */
+  post(message) {
+    this.channel.postMessage(message);
+    this.receive(message);
+  }
+
+  /** @param {any} message */
+  receive(message) {
+    switch (message.type) {
+      case "join":
+        this.registry.set(`${message.tab}/${message.id}`, message.filter);
+        this.changed();
+        break;
+      case "leave":
+        this.registry.delete(`${message.tab}/${message.id}`);
+        this.changed();
+        break;
+      case "bye":
+        for (const name of [...this.registry.keys()]) {
+          if (name.startsWith(`${message.tab}/`)) this.registry.delete(name);
+        }
+        this.changed();
+        break;
+      case "roll": // a new leader: tell it again what this tab reads
+        for (const shared of this.local.values()) {
+          if (shared.joined) this.join(shared);
+          shared.feed.setState(shared.feed.state === "connecting" ? "connecting" : "reconnecting");
+        }
+        break;
+      case "covered":
+        for (const name of message.names) {
+          const [tab, id] = name.split("/");
+          if (tab === this.tab) this.local.get(id)?.covered(message.status);
+        }
+        break;
+      case "event": {
+        this.position = message.id || this.position;
+        const event = JSON.parse(message.data);
+        for (const shared of this.local.values()) shared.relayed(event, message.id);
+        break;
+      }
+      case "status":
+        this.lastStatus = message.status;
+        for (const shared of this.local.values()) shared.status(message.status);
+        break;
+      case "reset":
+        for (const shared of this.local.values()) shared.reset(message.reset);
+        break;
+      case "error":
+        for (const shared of this.local.values()) if (shared.joined) shared.feed.fail(message.error);
+        break;
+      case "state":
+        for (const shared of this.local.values()) if (shared.joined) shared.feed.setState(message.state);
+        break;
+    }
+  }
+
+  /** This tab got the lock: open the stream where the last leader stopped. */
+  lead() {
+    this.leading = true;
+    for (const shared of this.local.values()) shared.feed.role = "leader";
+    this.post({ type: "roll" });
+    this.open();
+  }
+
+  /** After joins and leaves settle, reopen the stream when what it must carry changed. */
+  changed() {
+    if (!this.leading || this.closed || this.settle) return;
+    this.settle = setTimeout(() => {
+      this.settle = 0;
+      if (!this.source || this.wanted() !== this.streamQuery) this.open();
+      else this.cover();
+    }, SETTLE_MS);
+  }
+
+  /** The query of a stream that carries every tab's subscriptions. */
+  wanted() {
+    return filterQuery(union([...this.registry.values()])).toString();
+  }
+
+  /** Tell the subscriptions the open stream carries that it does (each acts on it once). */
+  cover() {
+    // Not yet open, or asking for less than the tabs now want: the next open does it.
+    if (!this.streamOpen || this.wanted() !== this.streamQuery) return;
+    const names = [...this.registry.keys()].filter((name) => !this.carried.has(name));
+    for (const name of names) this.carried.add(name);
+    if (names.length) this.post({ type: "covered", names, status: this.lastStatus });
+  }
+
+  /** (Re)open the one EventSource for the union of every tab's filters, from the last id relayed. */
+  open() {
+    this.source?.close();
+    this.carried = new Set();
+    const filter = union([...this.registry.values()]);
+    this.streamQuery = filterQuery(filter).toString();
+    this.streamOpen = false;
+    if (!this.registry.size) {
+      this.source = null; // nothing to read yet: the first join opens it
+      return;
+    }
+    const source = new EventSource(streamUrl(this.options, filter, { cursor: this.position, from: "" }), {
+      withCredentials: Boolean(this.options.withCredentials),
+    });
+    this.source = source;
+    listen(source, this.options, {
+      // Open means the gateway accepted the filters and opened its side (on the hosted
+      // route, whose signals are comments, it is the only sign): what it reads from here on
+      // carries every joined subscription's events.
+      open: () => {
+        this.streamOpen = true;
+        this.cover();
+      },
+      event: (m) => this.post({ type: "event", id: m.lastEventId, data: m.data }),
+      status: (status) => this.post({ type: "status", status }),
+      reset: (reset) => this.post({ type: "reset", reset }),
+      error: (error) => this.post({ type: "error", error }),
+      state: (state) => {
+        this.streamOpen = false;
+        if (state === "stopped") this.refused(source);
+        else this.post({ type: "state", state });
+      },
+    });
+  }
+
+  /**
+   * The gateway answered the stream with an error status, which EventSource does not show:
+   * ask the same question as a poll to learn why. A refusal stops every subscription with
+   * it; anything else (a proxy's 502, a tab leaving mid-request) is tried again.
+   * @param {EventSource} source
+   */
+  async refused(source) {
+    this.post({ type: "state", state: "reconnecting" });
+    for (let attempt = 0; ; attempt += 1) {
+      await pause(attempt);
+      if (this.closed || this.source !== source) return;
+      const answer = await poll(this.options, union([...this.registry.values()]), { cursor: "", from: "latest" }, 0);
+      if (this.closed || this.source !== source) return;
+      if (answer.error) {
+        this.post({ type: "error", error: answer.error });
+        return;
+      }
+      if (answer.body) {
+        this.open();
+        return;
+      }
+    }
+  }
+}
+
+let nextId = 0;
+
+/**
+ * One subscription on the shared stream. It joins (the leader widens the stream to carry it),
+ * waits to be covered, reads what it missed with polls while it keeps what the stream relays,
+ * then delivers the kept events it has not delivered, and from then on each relayed event it wants.
+ */
+class Shared {
+  /** @param {Hub} hub @param {Feed} feed @param {{cursor: string, from: string}} start */
+  constructor(hub, feed, start) {
+    this.hub = hub;
+    this.feed = feed;
+    this.start = start;
+    this.id = String((nextId += 1));
+    this.joined = false;
+    this.carried = false; // the stream carries its events (from then on they are relayed here)
+    this.live = false;
+    /** @type {KumihoEvent[]} relayed while catching up */
+    this.kept = [];
+    this.keptCursors = new Set();
+    feed.role = hub.leading ? "leader" : "follower";
+  }
+
+  async begin() {
+    // A refused filter would break the stream every tab shares: ask the gateway first.
+    const check = await this.poll({ cursor: "", from: "latest" }, 0);
+    if (check === null || this.feed.closed) return;
+    this.joined = true;
+    this.hub.join(this);
+  }
+
+  /**
+   * The stream now carries this subscription: read the past, if asked for, then go live.
+   * @param {KumihoStatus|null} status the stream's last
+   */
+  async covered(status) {
+    if (this.carried || this.feed.closed) return;
+    this.carried = true;
+    this.feed.status ||= status;
+    let { cursor, from } = this.start;
+    if (cursor || (from && from !== "latest")) {
+      for (;;) {
+        const answer = await this.poll({ cursor, from }, CATCH_UP_WAIT_S);
+        if (answer === null) return;
+        if (answer.reset) this.feed.options.onReset?.(answer.reset);
+        let met = false; // reached what the stream relayed: the rest is kept already
+        for (const event of answer.events) {
+          if (this.keptCursors.has(event.cursor)) {
+            met = true;
+            break;
+          }
+          this.feed.deliver(event);
+        }
+        if (answer.cursor) {
+          cursor = answer.cursor;
+          this.feed.advance(cursor, true);
+        }
+        if (met || !answer.events.length) break;
+      }
+    }
+    this.live = true;
+    for (const event of this.kept) this.feed.deliver(event);
+    this.kept = [];
+    this.keptCursors.clear();
+    if (this.feed.status) this.feed.report(this.feed.status);
+  }
+
+  /** @param {KumihoEvent} event @param {string} id */
+  relayed(event, id) {
+    if (!this.carried) return; // not carried yet: the catch-up reads it
+    if (!this.feed.wants(event)) {
+      if (this.live && id) this.feed.advance(id);
+      return;
+    }
+    if (this.live) this.feed.deliver(event);
+    else {
+      this.kept.push(event);
+      this.keptCursors.add(event.cursor);
+    }
+  }
+
+  /** @param {KumihoStatus} status */
+  status(status) {
+    if (!this.joined) return;
+    if (this.live) this.feed.report(status);
+    else this.feed.status = status; // reported once caught up: not "live" before that
+  }
+
+  /** @param {KumihoReset} reset */
+  reset(reset) {
+    if (this.joined) this.feed.options.onReset?.(reset);
+  }
+
+  /**
+   * One /events/poll answer for this subscription's filters, retried while the gateway asks
+   * to; null when the feed stopped (refused: reported as an error).
+   * @param {{cursor: string, from: string}} start @param {number} wait seconds
+   * @returns {Promise<{events: KumihoEvent[], cursor: string|null, more: boolean, reset: KumihoReset|null}|null>}
+   */
+  async poll(start, wait) {
+    for (let attempt = 0; !this.feed.closed; attempt += 1) {
+      const answer = await poll(this.feed.options, this.feed.filter, start, wait);
+      if (answer.error) {
+        this.feed.fail(answer.error);
+        return null;
+      }
+      if (answer.body) return answer.body;
+      if (this.feed.state !== "connecting") this.feed.setState("reconnecting");
+      await pause(attempt);
+    }
+    return null;
+  }
+}
+
+/**
+ * One GET of /events/poll (next to the stream's URL): the answer, a refusal (the gateway's
+ * error envelope, when retrying cannot help), or neither (unreachable, or asked to retry).
+ * @param {SubscribeOptions} options @param {Filter} filter
+ * @param {{cursor: string, from: string}} start @param {number} wait seconds
+ * @returns {Promise<{body?: any, error?: KumihoError}>}
+ */
+async function poll(options, filter, start, wait) {
+  const url = streamUrl(options, filter, start);
+  url.pathname = `${url.pathname.replace(/\/stream$/, "")}/poll`;
+  url.searchParams.set("timeout", String(wait));
+  url.searchParams.set("max_events", "1000");
+  try {
+    const response = await fetch(url, { credentials: options.withCredentials ? "include" : "same-origin" });
+    const body = await response.json();
+    if (response.ok) return { body };
+    if (response.status < 500 && response.status !== 429) return { error: { ...body.error, retryable: false } };
+  } catch {
+    /* unreachable, or not the gateway's JSON */
+  }
+  return {};
+}
+
+/** Back off before retry ``attempt`` (0, 1, ...): 250 ms doubling up to 5 s. @param {number} attempt */
+const pause = (attempt) => new Promise((resolve) => setTimeout(resolve, Math.min(250 * 2 ** attempt, 5000)));
 
 // localStorage may be unavailable (privacy modes, sandboxed frames): degrade to memory.
 function readStorage(key) {

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -245,7 +246,8 @@ def test_reload_resumes_from_the_stored_cursor(
     first = devserver.publish("revision.created", kref, count=3)
     page.goto(gateway.url + f"/?from=beginning&kref=kref://{project}/**")
     wait_until(lambda: _row_cursors(page) == first, 10, "the first three rows")
-    assert page.evaluate("localStorage.getItem('kumiho-events:cursor')") == first[-1]
+    key = f"kumiho-events:cursor?{urlencode({'kref': f'kref://{project}/**'}, safe='*')}"
+    assert page.evaluate("(key) => localStorage.getItem(key)", key) == first[-1]
     requests: list[str] = []
     page.on("request", lambda r: requests.append(r.url) if "/events" in r.url else None)
     page.reload()

@@ -1,0 +1,371 @@
+"""One browser, one connection: kumiho-events.js shares a stream across tabs and subscriptions.
+
+Real headless Chromium over plain HTTP/1.1 (no proxy): the tabs of one origin
+elect a leader with Web Locks, it holds one EventSource for the union of every
+subscription, and relays each event on a BroadcastChannel to the tabs whose
+filters want it. The gateway's ``kumiho_gateway_client_streams_open`` says how
+many streams the browser holds. The matcher the tabs filter with is held to
+the gateway's by a property test.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway._proto import kumiho_pb2
+from gateway.matching import EventFilter
+from tests.conftest import FAST, DevServer, Gateway, unique_project, wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+CLIENT = '{client="127.0.0.1"}'
+
+
+# -- the matcher: JavaScript and Python agree -----------------------------------
+
+_SEGMENTS = ["a", "b", "ab", "*", "a*", "*b", "**", "#", "", "x-y", "(", "+", "$"]
+_VALUE_SEGMENTS = ["a", "b", "ab", "abb", "x-y", "(", "+", "$", "", "\n", "é", "🦊"]
+_GLOB_CHARS = "ab*.(+$\\\n?/"
+
+
+def _joined(parts: list[str], sep: str) -> st.SearchStrategy[str]:
+    return st.lists(st.sampled_from(parts), min_size=1, max_size=4).map(sep.join)
+
+
+_filters = st.fixed_dictionaries(
+    {
+        "routing_key": st.lists(_joined(_SEGMENTS, "."), max_size=3),
+        "kref": st.lists(_joined(_SEGMENTS, "/").map(lambda p: f"kref://{p}"), max_size=3),
+        "details": st.dictionaries(
+            st.sampled_from(["tag", "kind"]),
+            st.lists(st.text(_GLOB_CHARS, min_size=1, max_size=4), min_size=1, max_size=3),
+            max_size=2,
+        ),
+        "author": st.lists(st.text(_GLOB_CHARS, min_size=1, max_size=4), max_size=2),
+        "username": st.lists(st.text(_GLOB_CHARS, min_size=1, max_size=4), max_size=2),
+    }
+)
+_events = st.fixed_dictionaries(
+    {
+        "routing_key": _joined(_VALUE_SEGMENTS, "."),
+        "kref": st.tuples(
+            _joined(_VALUE_SEGMENTS, "/"), st.sampled_from(["", "?r=1", "?r=2&t=a"])
+        ).map(lambda t: f"kref://{t[0]}{t[1]}"),
+        "details": st.dictionaries(
+            st.sampled_from(["tag", "kind", "n"]), st.text(_GLOB_CHARS, max_size=5), max_size=3
+        ),
+        "author": st.text(_GLOB_CHARS, max_size=5),
+        "username": st.text(_GLOB_CHARS, max_size=5),
+    }
+)
+
+
+def _gateway_wants(f: dict[str, Any], e: dict[str, Any]) -> bool:
+    event_filter = EventFilter(
+        routing_keys=tuple(f["routing_key"]),
+        krefs=tuple(f["kref"]),
+        details=tuple((k, tuple(v)) for k, v in f["details"].items()),
+        authors=tuple(f["author"]),
+        usernames=tuple(f["username"]),
+    )
+    event = kumiho_pb2.Event(
+        routing_key=e["routing_key"],
+        kref=kumiho_pb2.Kref(uri=e["kref"]),
+        details=e["details"],
+        author=e["author"],
+        username=e["username"],
+    )
+    return event_filter.wants(event)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(_filters, _events), min_size=40, max_size=40))
+def test_the_browser_matcher_agrees_with_the_gateway(cases: list[tuple[Any, Any]]) -> None:
+    payload = json.dumps([{"filter": f, "event": e} for f, e in cases])
+    out = subprocess.run(
+        ["node", str(ROOT / "tests/js/match.mjs")],
+        input=payload,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    assert json.loads(out) == [_gateway_wants(f, e) for f, e in cases]
+
+
+# -- tabs in one browser ------------------------------------------------------------
+
+# Each tab's subscriptions, as kumiho-events.js options (the project is filled in).
+TABS: list[list[dict[str, Any]]] = [
+    [{"kref": "kref://{p}/**"}],
+    [{"routingKey": "revision.*"}],
+    [{"routingKey": ["item.*.created", "revision.deleted"]}],
+    [{"details": {"tag": "approved"}}],
+    [{"routingKey": "revision.tagged", "details": {"tag": ["approved", "publ*"]}}],
+    [{"username": "mina*"}],
+    [{"kref": ["kref://{p}/shots/**"]}],
+    [{"author": "u-7"}, {"routingKey": "#", "kref": "kref://{p}/chars/**"}],  # two in one page
+]
+
+# What the tests publish, round-robin: (routing key, kref path, details, author, username).
+KINDS = [
+    ("revision.tagged", "chars/hero.model?r=1", {"tag": "approved"}, "u-1", "mina.park"),
+    ("revision.tagged", "chars/hero.model?r=2", {"tag": "wip"}, "u-7", "sam"),
+    ("item.model.created", "shots/sq010.comp", {}, "u-2", "aiko"),
+    ("revision.deleted", "shots/sq010.comp?r=3", {"tag": "published"}, "u-7", "mina.c"),
+    ("revision.tagged", "shots/sq020.comp?r=1", {"tag": "published"}, "u-3", "aiko"),
+    ("bundle.created", "lib/set.bundle", {"kind": "set"}, "u-1", "sam"),
+]
+
+
+def _options(options: dict[str, Any], project: str) -> dict[str, Any]:
+    def fill(value: Any) -> Any:
+        if isinstance(value, str):
+            return value.replace("{p}", project)
+        if isinstance(value, list):
+            return [fill(v) for v in value]
+        if isinstance(value, dict):
+            return {k: fill(v) for k, v in value.items()}
+        return value
+
+    return fill(options)
+
+
+def _filter(options: dict[str, Any]) -> EventFilter:
+    def listed(value: Any) -> tuple[str, ...]:
+        return tuple(value) if isinstance(value, list) else (value,) if value else ()
+
+    return EventFilter(
+        routing_keys=listed(options.get("routingKey")),
+        krefs=listed(options.get("kref")),
+        details=tuple((k, listed(v)) for k, v in options.get("details", {}).items()),
+        authors=listed(options.get("author")),
+        usernames=listed(options.get("username")),
+    )
+
+
+class Published:
+    """Every event a test published (cursor and what a filter sees of it), in order."""
+
+    def __init__(self, devserver: DevServer, project: str) -> None:
+        self.devserver = devserver
+        self.project = project
+        self.events: list[tuple[str, kumiho_pb2.Event]] = []
+        self._lock = threading.Lock()
+
+    def publish(self, count: int) -> None:
+        for _ in range(count):
+            with self._lock:
+                key, path, details, author, username = KINDS[len(self.events) % len(KINDS)]
+                kref = f"kref://{self.project}/{path}"
+                [cursor] = self.devserver.publish(
+                    key, kref, details, author=author, username=username
+                )
+                event = kumiho_pb2.Event(
+                    routing_key=key,
+                    kref=kumiho_pb2.Kref(uri=kref),
+                    details=details,
+                    author=author,
+                    username=username,
+                )
+                self.events.append((cursor, event))
+
+    def wanted(self, options: dict[str, Any], since: int = 0) -> list[str]:
+        """The cursors a subscription with these options must see, from event ``since`` on."""
+        f = _filter(options)
+        with self._lock:
+            return [cursor for cursor, event in self.events[since:] if f.wants(event)]
+
+
+SUBSCRIBE = """async ([subscriptions, extra]) => {
+  const { subscribe } = await import("/kumiho-events.js");
+  window.got = subscriptions.map(() => []);
+  window.errors = [];
+  window.feeds = subscriptions.map((options, i) => subscribe({
+    ...options, ...extra,
+    onEvent: (e) => window.got[i].push(e.cursor),
+    onError: (e) => window.errors.push(e.code),
+  }));
+}"""
+
+
+class Tab:
+    """A page of the gateway's origin that subscribes with kumiho-events.js."""
+
+    def __init__(self, context: Any, gateway: Gateway, subscriptions: list[dict[str, Any]]):
+        self.page = context.new_page()
+        self.gateway = gateway
+        self.subscriptions = subscriptions
+        self.requests: list[str] = []
+        self.page.on("request", lambda r: self.requests.append(r.url))
+        self.open(since=0)
+
+    def open(self, since: int) -> None:
+        """Load the page and subscribe; ``since``: how many events were published before."""
+        self.since = since
+        # Any page of the origin will do: the library is all the page runs.
+        self.page.goto(self.gateway.url + "/healthz")
+        self.page.evaluate(SUBSCRIBE, [self.subscriptions, {}])
+
+    def got(self) -> list[list[str]]:
+        result: list[list[str]] = self.page.evaluate("window.got")
+        return result
+
+    def states(self) -> list[str]:
+        result: list[str] = self.page.evaluate("window.feeds.map((f) => f.state())")
+        return result
+
+    def role(self) -> str:
+        result: str = self.page.evaluate("window.feeds[0].role()")
+        return result
+
+
+@pytest.fixture
+def browser(chromium: Any) -> Iterator[Any]:
+    """One browser profile: its pages share locks, channels and storage, as tabs do."""
+    context = chromium.new_context()
+    yield context
+    context.close()
+
+
+def _live(tabs: list[Tab]) -> None:
+    wait_until(
+        lambda: all(state == "live" for tab in tabs for state in tab.states()),
+        20,
+        "every subscription of every tab live",
+    )
+
+
+def _received(tabs: list[Tab], published: Published) -> None:
+    """Every tab gets exactly its wanted events since it opened, in order: no gap, no repeat."""
+
+    def expected(tab: Tab) -> list[list[str]]:
+        return [published.wanted(options, tab.since) for options in tab.subscriptions]
+
+    def done() -> bool:
+        return all(tab.got() == expected(tab) for tab in tabs)
+
+    try:
+        wait_until(done, 20, "every tab's events")
+    except AssertionError:
+        for tab in tabs:
+            assert tab.got() == expected(tab), tab.subscriptions
+        raise
+
+
+def test_eight_tabs_cost_one_connection_and_each_sees_its_own_events(
+    browser: Any, make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *FAST)
+    project = unique_project()
+    subscriptions = [[_options(o, project) for o in tab] for tab in TABS]
+    tabs = [Tab(browser, gateway, s) for s in subscriptions]
+    _live(tabs)
+    # Six would be the most HTTP/1.1 allows; one is what the browser holds.
+    assert gateway.metric("kumiho_gateway_client_streams_open", CLIENT) == 1
+    assert gateway.metric("kumiho_gateway_streams_open") == 1
+    assert sorted(tab.role() for tab in tabs) == ["follower"] * 7 + ["leader"]
+
+    published = Published(devserver, project)
+    published.publish(24)
+    _received(tabs, published)
+    assert all(tab.page.evaluate("window.errors") == [] for tab in tabs)
+    # Sanity of the table: the filters really split the events.
+    assert len({tuple(map(len, tab.got())) for tab in tabs}) > 4
+
+    # The leader goes while events keep coming: another tab takes over from the last id.
+    [leader] = [tab for tab in tabs if tab.role() == "leader"]
+    rest = [tab for tab in tabs if tab is not leader]
+    publisher = threading.Thread(target=published.publish, args=(30,))
+    publisher.start()
+    wait_until(lambda: len(published.events) >= 30, 20, "publishing under way")
+    leader.page.close()
+    publisher.join(30)
+    published.publish(6)  # after the hand-over for certain
+    _received(rest, published)
+    assert sorted(tab.role() for tab in rest) == ["follower"] * 6 + ["leader"]
+    wait_until(
+        lambda: gateway.metric("kumiho_gateway_client_streams_open", CLIENT) == 1,
+        10,
+        "the old leader's stream to close",
+    )
+
+
+def test_a_reloaded_tab_resumes_from_its_stored_cursor_on_the_shared_stream(
+    browser: Any, make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *FAST)
+    project = unique_project()
+    everything = {"kref": f"kref://{project}/**"}
+    tagged = {"routingKey": "revision.tagged", "details": {"tag": "approved"}}
+    first = Tab(browser, gateway, [everything])
+    second = Tab(browser, gateway, [tagged])
+    _live([first, second])
+    published = Published(devserver, project)
+    published.publish(12)
+    _received([first, second], published)
+
+    for tab in (first, second):  # the first leader, then the tab that took over from it
+        assert tab.role() == "leader"
+        other = second if tab is first else first
+        stored = tab.page.evaluate("window.feeds[0].cursor()")
+        tab.page.goto("about:blank")
+        assert other.page.evaluate("window.feeds[0].role()") == "leader"  # within the goto
+        since = len(published.events)
+        published.publish(7)  # while the tab is away
+        tab.requests.clear()
+        tab.open(since)
+        tab.since = since
+        _live([first, second])
+        published.publish(5)
+        # The reloaded tab: exactly what it missed, then what came after; the other: no seam.
+        _received([first, second], published)
+        assert tab.role() == "follower"
+        assert any("/events/poll" in url and f"cursor={stored}" in url for url in tab.requests)
+        # Back on the shared stream: one connection from this browser.
+        assert gateway.metric("kumiho_gateway_client_streams_open", CLIENT) == 1
+
+
+def test_without_web_locks_each_subscription_has_its_own_eventsource(
+    browser: Any, make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *FAST)
+    project = unique_project()
+    browser.add_init_script(
+        "Object.defineProperty(Navigator.prototype, 'locks', { get: () => undefined })"
+    )
+    tab = Tab(browser, gateway, [{"routingKey": "revision.*"}, {"kref": f"kref://{project}/**"}])
+    _live([tab])
+    assert tab.page.evaluate("window.feeds.map((f) => f.role())") == ["own", "own"]
+    assert gateway.metric("kumiho_gateway_client_streams_open", CLIENT) == 2
+    published = Published(devserver, project)
+    published.publish(8)
+    _received([tab], published)
+
+
+def test_a_refused_filter_stops_only_its_own_subscription(
+    browser: Any, make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *FAST)
+    project = unique_project()
+    good = {"kref": f"kref://{project}/**"}
+    tab = Tab(browser, gateway, [good, {"routingKey": "x" * 300}, {"details": {"bad key": "a"}}])
+    wait_until(lambda: tab.states() == ["live", "stopped", "stopped"], 20, "one live, two refused")
+    assert tab.page.evaluate("window.errors") == ["invalid_parameter", "invalid_parameter"]
+    published = Published(devserver, project)
+    published.publish(4)
+    wait_until(lambda: tab.got()[0] == published.wanted(good), 10, "the good one's events")
+    assert tab.got()[1:] == [[], []]
+    assert gateway.metric("kumiho_gateway_client_streams_open", CLIENT) == 1
