@@ -11,6 +11,7 @@ the gateway's by a property test.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
@@ -368,4 +369,87 @@ def test_a_refused_filter_stops_only_its_own_subscription(
     published.publish(4)
     wait_until(lambda: tab.got()[0] == published.wanted(good), 10, "the good one's events")
     assert tab.got()[1:] == [[], []]
+    assert gateway.metric("kumiho_gateway_client_streams_open", CLIENT) == 1
+
+
+def test_a_tab_that_starts_at_the_beginning_reads_the_past_then_shares_the_stream(
+    browser: Any, make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *FAST)
+    project = unique_project()
+    published = Published(devserver, project)
+    published.publish(9)  # before any tab
+    live = Tab(browser, gateway, [{"routingKey": ["revision.tagged", "revision.deleted"]}])
+    _live([live])
+    live.since = len(published.events)
+    history = [{"routingKey": "revision.*", "from": "beginning", "kref": f"kref://{project}/**"}]
+    past = Tab(browser, gateway, history)
+    publisher = threading.Thread(target=published.publish, args=(12,))
+    publisher.start()  # while the second tab reads the past
+    _live([live, past])
+    publisher.join(30)
+    published.publish(3)
+    _received([live, past], published)
+    assert past.role() == "follower"
+    # Both tabs ask for routing keys only, so the shared stream asks for their union.
+    wanted = "routing_key=revision.*%2Crevision.deleted%2Crevision.tagged"
+    assert any(f"/events?{wanted}" in url for url in live.requests)
+    assert gateway.metric("kumiho_gateway_client_streams_open", CLIENT) == 1
+
+
+def test_tabs_ride_out_a_gateway_restart_and_an_upstream_outage(
+    browser: Any, make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *FAST, "--retry-ms", "300")
+    project = unique_project()
+    tabs = [Tab(browser, gateway, [o]) for o in ({"kref": f"kref://{project}/**"}, *TABS[3])]
+    _live(tabs)
+    published = Published(devserver, project)
+    published.publish(6)
+    _received(tabs, published)
+
+    gateway.stop(signal.SIGKILL)
+    wait_until(
+        lambda: all(tab.states() == ["reconnecting"] for tab in tabs), 10, "tabs reconnecting"
+    )
+    published.publish(6)  # while the gateway is down
+    gateway.start()
+    _live(tabs)
+    published.publish(6)
+    _received(tabs, published)
+
+    devserver.stop(signal.SIGKILL)
+    wait_until(lambda: all(tab.states() == ["upstream-down"] for tab in tabs), 20, "upstream down")
+    devserver.start()
+    _live(tabs)
+    published.publish(6)
+    _received(tabs, published)
+    assert gateway.metric("kumiho_gateway_client_streams_open", CLIENT) == 1
+
+
+def test_the_runnable_example_shares_one_connection(
+    browser: Any, make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *FAST)
+    pages = [browser.new_page() for _ in range(3)]
+    for page in pages:
+        page.goto(gateway.url + "/tabs.html")
+    for page in pages:
+        page.wait_for_function(
+            "[0, 1].every((i) => document.querySelector(`#state-${i}`).textContent === 'live')",
+            timeout=20_000,
+        )
+    kref = f"kref://{unique_project()}/hero.model?r=1"
+    devserver.publish("revision.tagged", kref, {"tag": "approved"})
+    for page in pages:
+        for list_id in ("#list-0", "#list-1"):
+            page.wait_for_function(
+                f"document.querySelector('{list_id}').textContent.includes('{kref}')",
+                timeout=10_000,
+            )
+    roles = sorted(page.locator("#role").inner_text() for page in pages)
+    assert roles == ["holds the connection"] + ["reads through another tab"] * 2
     assert gateway.metric("kumiho_gateway_client_streams_open", CLIENT) == 1
