@@ -140,6 +140,28 @@ CHROMIUM_READER = """async ([url, n]) => new Promise((resolve, reject) => {
     es.onerror = () => { if (es.readyState === EventSource.CLOSED) reject(new Error('closed')); };
 })"""
 
+# kumiho-events.js, asked for what the URL asks (it reads the past with /events/poll
+# and goes on with the stream shared by the browser's tabs).
+LIBRARY_READER = """async ([url, n]) => {
+    const { subscribe } = await import('/kumiho-events.js');
+    const params = new URL(url).searchParams;
+    const details = {};
+    for (const [name, value] of params) {
+        if (name.startsWith('details.')) details[name.slice('details.'.length)] = value;
+    }
+    return new Promise((resolve) => {
+        const out = [];
+        const feed = subscribe({
+            from: params.get('from'), kref: params.get('kref'), details, storageKey: null,
+            routingKey: params.get('routing_key') || [],
+            onEvent: (e) => {
+                out.push([e.cursor, JSON.stringify(e)]);
+                if (out.length === n) { feed.close(); resolve(out); }
+            },
+        });
+    });
+}"""
+
 # The package's ESM build imports './fetch' and './parse' the Node way, without
 # extensions: an import map points the browser at the files.
 FETCH_READER_PAGE = """<!doctype html><meta charset="utf-8">
@@ -177,11 +199,18 @@ def fetch_event_source_page(page_server: Callable[[dict[str, str]], PageServer])
     return server
 
 
+# The same sequence through a list and a detail filter: before each event come two the
+# filter drops (a routing key not in the list, a detail that does not match).
+FILTER = "routing_key=item.model.created,revision.tagged&details.lane=a"
+
+
+@pytest.mark.parametrize("filtered", [False, True], ids=["everything", "lists-and-details"])
 def test_every_client_sees_the_same_sequence(
     chromium: Any,
     make_devserver: Callable[..., DevServer],
     make_gateway: Callable[..., Gateway],
     fetch_event_source_page: PageServer,
+    filtered: bool,
 ) -> None:
     devserver = make_devserver()
     gateway = make_gateway(
@@ -189,25 +218,31 @@ def test_every_client_sees_the_same_sequence(
     )
     project = unique_project()
     cursors: list[str] = []
-    for i, details in enumerate(HARD):
-        cursors += devserver.publish(
-            "item.model.created",
-            f"kref://{project}/狐/{i}.model",
-            details,
-            without_cursor=i == NO_CURSOR_INDEX,
-        )
+    expected_details = []
+    for i, hard in enumerate(HARD):
+        kref = f"kref://{project}/狐/{i}.model"
+        details = {**hard, "lane": "a"} if filtered else hard
+        if filtered:
+            devserver.publish("revision.deleted", kref, details)
+            devserver.publish("item.model.created", kref, {**hard, "lane": "b"})
+        key = "revision.tagged" if filtered and i % 2 else "item.model.created"
+        cursors += devserver.publish(key, kref, details, without_cursor=i == NO_CURSOR_INDEX)
+        expected_details.append(details)
     assert cursors[NO_CURSOR_INDEX] == ""
     expected_ids = [
         c or cursors[i - 1] for i, c in enumerate(cursors)
     ]  # retained, as the spec says
     n = len(HARD)
     url = f"{gateway.url}/events?from=beginning&kref=kref://{project}/**"
+    if filtered:
+        url += f"&{FILTER}"
 
     context = chromium.new_context()
     try:
         page = context.new_page()
         page.goto(gateway.url + "/healthz")
         chromium_pairs = page.evaluate(CHROMIUM_READER, [url, n])
+        library_pairs = page.evaluate(LIBRARY_READER, [url, n])
         page.goto(fetch_event_source_page.origin + "/index.html")
         page.wait_for_function("window.ready === true")
         fetch_pairs = page.evaluate("([url, n]) => window.read(url, n)", [url, n])
@@ -216,6 +251,7 @@ def test_every_client_sees_the_same_sequence(
 
     results: dict[str, Record] = {
         "Chromium EventSource": [(i, json.loads(d)) for i, d in chromium_pairs],
+        "kumiho-events.js (in Chromium)": _with_retained_ids(list(map(tuple, library_pairs))),
         "@microsoft/fetch-event-source (in Chromium)": _with_retained_ids(
             [(i, d) for i, d in fetch_pairs]
         ),
@@ -226,7 +262,7 @@ def test_every_client_sees_the_same_sequence(
     }
     reference = results["httpx-sse"]
     assert [i for i, _ in reference] == expected_ids
-    assert [d["details"] for _, d in reference] == HARD
+    assert [d["details"] for _, d in reference] == expected_details
     assert [d["cursor"] for _, d in reference] == cursors
     for client, record in results.items():
         assert record == reference, f"{client} saw a different sequence"
