@@ -462,6 +462,8 @@ function fingerprint(text) {
 const CATCH_UP_WAIT_S = 2;
 // Joins and leaves within this many milliseconds change the shared stream once.
 const SETTLE_MS = 25;
+// How long a new leader waits for the tabs to say what they read before it forgets the rest.
+const ROLL_CALL_MS = 2000;
 
 /**
  * The tabs of one origin, for one gateway and credential: this tab's subscriptions, every
@@ -489,6 +491,8 @@ class Hub {
     /** @type {KumihoStatus|null} the stream's last gateway.status, for subscriptions that join later */
     this.lastStatus = null;
     this.closed = false;
+    /** @type {Set<string>} the tabs that answered the last roll call (in the leader) */
+    this.answered = new Set();
     /** @type {Set<string>} what the open stream was asked to carry */
     this.carried = new Set();
     this.settle = 0;
@@ -552,6 +556,7 @@ class Hub {
     switch (message.type) {
       case "join":
         this.registry.set(`${message.tab}/${message.id}`, message.filter);
+        this.answered.add(message.tab);
         this.changed();
         break;
       case "leave":
@@ -571,6 +576,7 @@ class Hub {
         }
         break;
       case "covered":
+        this.position ||= message.position; // a tab that joined after the last event learns it here
         for (const name of message.names) {
           const [tab, id] = name.split("/");
           if (tab === this.tab) this.local.get(id)?.covered(message.status);
@@ -602,8 +608,17 @@ class Hub {
   lead() {
     this.leading = true;
     for (const shared of this.local.values()) shared.feed.role = "leader";
+    this.answered = new Set([this.tab]);
     this.post({ type: "roll" });
     this.open();
+    // A tab that crashed never said bye: what no tab answers for is dropped after a while.
+    setTimeout(() => {
+      if (this.closed) return;
+      for (const name of [...this.registry.keys()]) {
+        if (!this.answered.has(name.split("/")[0])) this.registry.delete(name);
+      }
+      this.changed();
+    }, ROLL_CALL_MS);
   }
 
   /** After joins and leaves settle, reopen the stream when what it must carry changed. */
@@ -627,7 +642,7 @@ class Hub {
     if (!this.streamOpen || this.wanted() !== this.streamQuery) return;
     const names = [...this.registry.keys()].filter((name) => !this.carried.has(name));
     for (const name of names) this.carried.add(name);
-    if (names.length) this.post({ type: "covered", names, status: this.lastStatus });
+    if (names.length) this.post({ type: "covered", names, status: this.lastStatus, position: this.position });
   }
 
   /** (Re)open the one EventSource for the union of every tab's filters, from the last id relayed. */

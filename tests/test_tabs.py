@@ -453,3 +453,27 @@ def test_the_runnable_example_shares_one_connection(
     roles = sorted(page.locator("#role").inner_text() for page in pages)
     assert roles == ["holds the connection"] + ["reads through another tab"] * 2
     assert gateway.metric("kumiho_gateway_client_streams_open", CLIENT) == 1
+
+
+def test_a_tab_that_opened_after_the_last_event_takes_over_from_it(
+    browser: Any, make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *FAST)
+    project = unique_project()
+    everything = {"kref": f"kref://{project}/**"}
+    first = Tab(browser, gateway, [everything])
+    _live([first])
+    published = Published(devserver, project)
+    published.publish(3)
+    _received([first], published)
+    second = Tab(browser, gateway, [everything])  # it has seen no event relayed
+    second.since = len(published.events)
+    _live([second])
+    first.page.close()
+    wait_until(lambda: second.role() == "leader", 10, "the second tab to lead")
+    published.publish(4)
+    _received([second], published)
+    # It resumed where the stream was, not at "latest": nothing published meanwhile is lost.
+    last = published.events[2][0]
+    assert any("/events?" in url and f"cursor={last}" in url for url in second.requests)
