@@ -10,6 +10,7 @@ the gateway's by a property test.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -18,12 +19,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
 from gateway._proto import kumiho_pb2
 from gateway.matching import EventFilter
+from gateway.metrics import ClientStreams
 from tests.conftest import FAST, DevServer, Gateway, unique_project, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -477,3 +481,40 @@ def test_a_tab_that_opened_after_the_last_event_takes_over_from_it(
     # It resumed where the stream was, not at "latest": nothing published meanwhile is lost.
     last = published.events[2][0]
     assert any("/events?" in url and f"cursor={last}" in url for url in second.requests)
+
+
+def test_the_client_stream_count_follows_each_address_and_forgets_it(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    gateway = make_gateway(make_devserver().address, *FAST)
+    # All of 127/8 is this machine: three client addresses without leaving it.
+    sources = ["127.0.0.2", "127.0.0.2", "127.0.0.3"]
+    with contextlib.ExitStack() as stack:
+        for source in sources:
+            transport = httpx.HTTPTransport(local_address=source)
+            client = stack.enter_context(httpx.Client(transport=transport, timeout=30))
+            response = stack.enter_context(client.stream("GET", gateway.url + "/events"))
+            assert response.status_code == 200
+        wait_until(lambda: gateway.metric("kumiho_gateway_streams_open") == 3, 10, "streams")
+        assert gateway.metric("kumiho_gateway_client_streams_open", '{client="127.0.0.2"}') == 2
+        assert gateway.metric("kumiho_gateway_client_streams_open", '{client="127.0.0.3"}') == 1
+    wait_until(lambda: gateway.metric("kumiho_gateway_streams_open") == 0, 10, "closed")
+    text = httpx.get(gateway.url + "/metrics").text
+    assert "127.0.0.2" not in text and "127.0.0.3" not in text  # no series left behind
+
+
+def test_past_the_address_limit_streams_count_as_other(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ClientStreams, "LIMIT", 2)
+    registry = CollectorRegistry()
+    streams = ClientStreams(registry, multiprocess=False)
+    labels = [streams.opened(a) for a in ("10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.1")]
+    assert labels == ["10.0.0.1", "10.0.0.2", "other", "10.0.0.1"]
+
+    def value(client: str) -> float | None:
+        return registry.get_sample_value("kumiho_gateway_client_streams_open", {"client": client})
+
+    assert (value("10.0.0.1"), value("other")) == (2, 1)
+    for label in labels:
+        streams.closed(label)
+    assert [value(c) for c in ("10.0.0.1", "10.0.0.2", "other")] == [None, None, None]
+    assert streams.opened("10.0.0.4") == "10.0.0.4"  # room again

@@ -30,6 +30,8 @@ from tests.conftest import (
 
 KREF = "kref://p/workers.model"
 
+CLIENT = '{client="127.0.0.1"}'
+
 
 def worker_pids(gateway: Gateway) -> set[int]:
     """The live worker processes (the parent's other child is multiprocessing's tracker)."""
@@ -110,6 +112,7 @@ def test_every_scrape_gives_the_pool_s_numbers(
             pid, text = scrape(gateway.url)
             answered.add(pid)
             assert sample(text, "kumiho_gateway_streams_open") == streams, (pid, held)
+            assert sample(text, "kumiho_gateway_client_streams_open", CLIENT) == streams
             assert sample(text, "kumiho_gateway_events_delivered_total") == streams * events
             assert sample(text, "kumiho_gateway_stream_duration_seconds_count") == 0
             assert sample(text, "kumiho_gateway_workers") == 2
@@ -127,6 +130,7 @@ def test_every_scrape_gives_the_pool_s_numbers(
     for _ in range(10):
         _, text = scrape(gateway.url)
         assert sample(text, "kumiho_gateway_streams_open") == 0
+        assert sample(text, "kumiho_gateway_client_streams_open", CLIENT) in (0, None)
         assert sample(text, "kumiho_gateway_stream_duration_seconds_count") == streams
         assert sample(text, "kumiho_gateway_stream_closes_total", '{cause="client"}') == streams
 
