@@ -317,6 +317,7 @@ class Panel {
       onStateChange: mine((state) => {
         this.state = state;
         if (state === "reconnecting") this.status = null;
+        if (state === "live") this.error = null; // a retryable error is over
         dashboard.renderStatus();
       }),
       onError: mine((error) => {
@@ -431,7 +432,7 @@ class Panel {
     this.element.querySelector(".peak").textContent = String(peak);
     this.element.querySelector(".total").textContent = String(total);
     this.renderKeys();
-    this.element.querySelector(".panel-stats").textContent = `${this.entries.length} kept`;
+    this.element.querySelector(".panel-stats").textContent = `${this.entries.length} rows kept`;
     this.element.querySelector(".empty").hidden = this.tbody.childElementCount > 0;
   }
 

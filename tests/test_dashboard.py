@@ -344,6 +344,47 @@ def test_reload_restores_the_rows_and_resumes_without_duplicate_or_gap(
     assert any(f"cursor={first[-1]}" in url for url in requests)
 
 
+def test_a_page_that_died_before_saving_its_rows_still_misses_nothing(
+    chromium: Any, make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *FAST)
+    project = unique_project()
+    kref = f"kref://{project}/d.model"
+    url = gateway.url + f"/?from=beginning&kref=kref://{project}/**"
+    first = devserver.publish("revision.created", kref, count=3)
+    context = chromium.new_context(viewport=WIDE)
+    page = context.new_page()
+    page.goto(url)
+    wait_until(lambda: _row_cursors(page) == first, 10, "three rows")
+    panel_id = page.get_attribute(FIRST, "data-panel-id")
+    saved = f"JSON.parse(localStorage.getItem('kumiho-dashboard:panel:{panel_id}:events'))"
+    page.wait_for_function(f"{saved}?.entries.length === 3", timeout=10_000)  # saved each second
+    state = context.storage_state()
+    context.close()
+    # As if the page died between the library storing the third cursor and the
+    # dashboard saving the third row: the rows end one event before the cursor.
+    [origin] = [o for o in state["origins"] if o["origin"] == gateway.url]
+    stored = {item["name"]: item for item in origin["localStorage"]}
+    assert stored[f"kumiho-dashboard:panel:{panel_id}:cursor"]["value"] == first[-1]
+    rows = stored[f"kumiho-dashboard:panel:{panel_id}:events"]
+    kept = json.loads(rows["value"])
+    assert [e["data"]["cursor"] for e in kept["entries"]] == first
+    kept["entries"] = kept["entries"][:2]
+    rows["value"] = json.dumps(kept)
+    context = chromium.new_context(viewport=WIDE, storage_state=state)
+    try:
+        page = context.new_page()
+        page.goto(url)
+        wait_until(lambda: _row_cursors(page) == first, 10, "the third row again, once")
+        _wait_live(page)
+        second = devserver.publish("revision.created", kref, count=2)
+        wait_until(lambda: len(_row_cursors(page)) >= 5, 10, "the new rows")
+        assert _row_cursors(page) == first + second
+    finally:
+        context.close()
+
+
 def test_columns_keep_their_widths_as_long_rows_arrive(
     page: Any, make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
 ) -> None:
@@ -532,9 +573,9 @@ def test_screenshots_wide_narrow_and_dark(
         page.wait_for_function(
             f"document.querySelectorAll('{FIRST} .key-count').length >= 5", timeout=10_000
         )
-        page.click(f"{FIRST} tbody tr.event >> nth=3")  # one event open
         page.screenshot(path=str(SCREENSHOTS / "dashboard.png"))
         page.click("#theme")
+        page.click(f"{FIRST} tbody tr.event >> nth=2")  # one event open
         assert page.evaluate("getComputedStyle(document.body).backgroundColor") == (
             "rgb(20, 22, 26)"
         )
