@@ -12,6 +12,7 @@ import { subscribe } from "./kumiho-events.js";
 const MAX_ROWS = 300; // per panel: shown, and kept across reloads
 const WINDOW_S = 300; // the chart's five minutes, one bar a second
 const TOP_KEYS = 12; // routing keys listed per panel
+const MAX_KEYS = 500; // routing keys counted per panel: a day of odd keys stays small
 const PANELS_KEY = "kumiho-dashboard:panels";
 const THEME_KEY = "kumiho-dashboard:theme";
 const FILTER_NAMES = ["routing_key", "kref", "details", "author", "username"];
@@ -29,7 +30,14 @@ const panelKey = (id, what) => `kumiho-dashboard:panel:${id}:${what}`;
  */
 
 /** @returns {Filters} */
-const noFilters = () => ({ routing_key: "", kref: "", details: "", author: "", username: "", from: "latest" });
+const noFilters = () => ({
+  routing_key: "",
+  kref: "",
+  details: "",
+  author: "",
+  username: "",
+  from: "latest",
+});
 
 // -- storage: may be full or unavailable (privacy modes); the page works without it --
 const store = {
@@ -73,9 +81,9 @@ function setupTheme() {
     } catch {
       /* this page only */
     }
-    redrawCharts();
+    renderPanels();
   });
-  matchMedia("(prefers-color-scheme: dark)").addEventListener("change", redrawCharts);
+  matchMedia("(prefers-color-scheme: dark)").addEventListener("change", renderPanels);
 }
 
 function readTheme() {
@@ -178,14 +186,16 @@ function drawChart(canvas, counts) {
   });
   const total = counts.reduce((sum, n) => sum + n, 0);
   Object.assign(canvas.dataset, { total: String(total), peak: String(peak), bar });
-  canvas.setAttribute("aria-label", `events per second over the last 5 minutes: peak ${peak}, total ${total}`);
+  const label = `events per second over the last 5 minutes: peak ${peak}, total ${total}`;
+  canvas.setAttribute("aria-label", label);
   return { total, peak };
 }
 
 // -- a panel -------------------------------------------------------------------
 /**
- * A kept row: an event or a gap, with the time it arrived (for the chart).
- * @typedef {{type: "event", data: object, at: number} | {type: "gap", data: object, at: number}} Entry
+ * A kept row: an event or a gap (data: the event, or the gateway.reset), with
+ * the time it arrived in ms (for the chart).
+ * @typedef {{type: "event"|"gap", data: object, at: number}} Entry
  */
 
 class Panel {
@@ -265,12 +275,16 @@ class Panel {
     const { elements } = this.form;
     const filters = noFilters();
     for (const name of FILTER_NAMES) filters[name] = elements[name].value.trim();
-    filters.from = elements.from.value === "timestamp" ? new Date(elements.at.value).toISOString() : elements.from.value;
+    // A local time as the UTC instant it is: the same wherever the link is opened.
+    const atTime = elements.from.value === "timestamp";
+    filters.from = atTime ? new Date(elements.at.value).toISOString() : elements.from.value;
     return filters;
   }
 
   title() {
-    const parts = FILTER_NAMES.filter((name) => this.filters[name]).map((name) => `${name.replace("_", " ")} ${this.filters[name]}`);
+    const parts = FILTER_NAMES.filter((name) => this.filters[name]).map(
+      (name) => `${name.replace("_", " ")} ${this.filters[name]}`,
+    );
     return parts.length ? parts.join(" · ") : "all events";
   }
 
@@ -346,8 +360,7 @@ class Panel {
   add(entry) {
     this.entries.push(entry);
     if (entry.type === "event") {
-      const key = asText(entry.data.routing_key);
-      this.counts.set(key, (this.counts.get(key) || 0) + 1);
+      this.count(asText(entry.data.routing_key));
       const second = Math.floor(entry.at / 1000);
       this.buckets.set(second, (this.buckets.get(second) || 0) + 1);
       dashboard.arrived(entry.data);
@@ -356,6 +369,15 @@ class Panel {
     this.dirty = true;
     if (!dashboard.paused) this.renderRows();
     dashboard.scheduleRender();
+  }
+
+  count(key) {
+    if (!this.counts.has(key) && this.counts.size >= MAX_KEYS) {
+      let rarest = key;
+      for (const [other, n] of this.counts) if (n < (this.counts.get(rarest) ?? Infinity)) rarest = other;
+      this.counts.delete(rarest);
+    }
+    this.counts.set(key, (this.counts.get(key) || 0) + 1);
   }
 
   trimEntries() {
@@ -493,7 +515,8 @@ class Panel {
     this.chartCounts(); // drops seconds outside the window
     const base = { counts: [...this.counts], buckets: [...this.buckets] };
     for (let keep = this.entries.length; ; keep = Math.floor(keep / 2)) {
-      if (store.set(panelKey(this.id, "events"), { ...base, entries: this.entries.slice(this.entries.length - keep) })) return;
+      const entries = this.entries.slice(this.entries.length - keep);
+      if (store.set(panelKey(this.id, "events"), { ...base, entries })) return;
       if (keep === 0) return;
     }
   }
@@ -549,7 +572,14 @@ function detailRow(event) {
   actions.className = "detail-actions";
   const note = span("", "copied");
   note.setAttribute("role", "status");
-  actions.append(copyButton("copy kref", event.kref, note), copyButton("copy cursor", event.cursor, note), note);
+  let timer = 0;
+  const tell = (text) => {
+    note.textContent = text;
+    clearTimeout(timer);
+    timer = setTimeout(() => (note.textContent = ""), 2000);
+  };
+  const copyKref = copyButton("copy kref", event.kref, tell);
+  actions.append(copyKref, copyButton("copy cursor", event.cursor, tell), note);
   const pre = document.createElement("pre");
   pre.textContent = JSON.stringify(event, null, 2);
   td.append(actions, pre);
@@ -557,19 +587,18 @@ function detailRow(event) {
   return tr;
 }
 
-function copyButton(label, value, note) {
+/** @param {(text: string) => void} tell  shows the user what happened */
+function copyButton(label, value, tell) {
   const button = document.createElement("button");
   button.type = "button";
   button.textContent = label;
   button.addEventListener("click", async () => {
     try {
       await navigator.clipboard.writeText(asText(value));
-      note.textContent = "copied";
+      tell("copied");
     } catch {
-      note.textContent = "could not copy";
+      tell("could not copy"); // no permission, or not a secure context
     }
-    clearTimeout(note.timer);
-    note.timer = setTimeout(() => (note.textContent = ""), 2000);
   });
   return button;
 }
@@ -588,8 +617,7 @@ const dashboard = {
       panel.restore();
       this.mount(panel);
     }
-    writeUrl(this.panels[0].filters);
-    this.saveLayout();
+    this.saveLayout(); // and the URL, which now names the first panel's filters
     for (const panel of this.panels) panel.start();
     this.render();
   },
@@ -598,6 +626,7 @@ const dashboard = {
   mount(panel) {
     this.panels.push(panel);
     $("panels").append(panel.element);
+    resized.observe(panel.canvas);
     this.renumber();
   },
 
@@ -618,6 +647,7 @@ const dashboard = {
     panel.close();
     panel.forgetStorage();
     panel.element.remove();
+    resized.unobserve(panel.canvas);
     this.panels = this.panels.filter((p) => p !== panel);
     this.renumber();
     this.saveLayout();
@@ -676,7 +706,8 @@ const dashboard = {
     if (badge.textContent !== text) badge.textContent = text;
     const down = this.panels.find((panel) => panel.state === "upstream-down" && panel.status);
     $("upstream").textContent = down ? upstreamText(down.status) : "";
-    $("reconnects").textContent = String(Math.max(0, ...this.panels.map((p) => p.feed?.reconnects() ?? 0)));
+    const reconnects = this.panels.map((panel) => panel.feed?.reconnects() ?? 0);
+    $("reconnects").textContent = String(Math.max(0, ...reconnects));
   },
 
   /** Events per second over all panels; an event two panels both show counts once. */
@@ -694,12 +725,12 @@ const dashboard = {
     this.renderQueued = true;
     requestAnimationFrame(() => {
       this.renderQueued = false;
-      for (const panel of this.panels) panel.render();
+      renderPanels();
     });
   },
 
   render() {
-    for (const panel of this.panels) panel.render();
+    renderPanels();
     this.renderStatus();
     this.renderRate();
     this.renderWaiting();
@@ -710,14 +741,18 @@ const dashboard = {
   },
 };
 
-function redrawCharts() {
+function renderPanels() {
   for (const panel of dashboard.panels) panel.render();
 }
+
+// A chart is drawn at its element's size in device pixels: redraw when that changes.
+const resized = new ResizeObserver(renderPanels);
 
 /** The saved panels; a link naming other filters replaces the first panel's. */
 function initialLayout() {
   const saved = store.get(PANELS_KEY);
-  const layout = Array.isArray(saved) ? saved.filter((p) => p && typeof p.id === "string" && p.filters) : [];
+  const valid = (p) => p && typeof p.id === "string" && p.filters;
+  const layout = Array.isArray(saved) ? saved.filter(valid) : [];
   const linked = filtersFromUrl();
   if (!layout.length) return [{ id: "1", filters: linked || noFilters() }];
   layout.forEach((p) => (p.filters = { ...noFilters(), ...p.filters }));
@@ -734,7 +769,8 @@ function setupControls() {
   $("clear").addEventListener("click", () => dashboard.clear());
   $("add-panel").addEventListener("click", () => dashboard.add());
   document.addEventListener("keydown", (event) => {
-    if (event.target.closest("input, select, textarea") || event.metaKey || event.ctrlKey || event.altKey) return;
+    const typing = event.target.closest("input, select, textarea");
+    if (typing || event.metaKey || event.ctrlKey || event.altKey) return;
     if (event.key === "p") dashboard.setPaused(!dashboard.paused);
     else if (event.key === "c") dashboard.clear();
     else if (event.key === "/") {
@@ -750,9 +786,8 @@ function setupControls() {
   setInterval(() => dashboard.renderRate(), 250);
   setInterval(() => {
     dashboard.save();
-    redrawCharts(); // the chart moves on a second even when nothing arrives
+    renderPanels(); // the chart moves on a second even when nothing arrives
   }, 1000);
-  new ResizeObserver(redrawCharts).observe($("panels"));
 }
 
 setupTheme();
