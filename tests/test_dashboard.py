@@ -385,6 +385,38 @@ def test_a_page_that_died_before_saving_its_rows_still_misses_nothing(
         context.close()
 
 
+def test_a_gap_is_a_marked_row_kept_across_a_reload(
+    page: Any, make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *FAST)
+    project = unique_project()
+    page.goto(gateway.url + f"/?kref=kref://{project}/**")
+    _wait_live(page)
+    panel_id = page.get_attribute(FIRST, "data-panel-id")
+    page.evaluate(
+        f"localStorage.setItem('kumiho-dashboard:panel:{panel_id}:cursor', 'no-such-cursor')"
+    )
+    page.reload()  # resumes from a cursor the upstream does not know
+    gap = f"{FIRST} tbody tr.gap"
+    page.wait_for_selector(gap, timeout=10_000)
+    text = page.locator(gap).inner_text()
+    assert "gateway.reset" in text and "requested no-such-cursor" in text
+    assert "resumed from" in text
+    _wait_live(page)
+    [cursor] = devserver.publish("revision.created", f"kref://{project}/g.model")
+    wait_until(lambda: _row_cursors(page) == [cursor], 10, "the event after the gap")
+    order = f"{FIRST} tbody tr"
+    newest_first = ["event", "gap"]
+    assert page.eval_on_selector_all(order, "rows => rows.map(r => r.className)") == newest_first
+    page.reload()
+    assert page.eval_on_selector_all(order, "rows => rows.map(r => r.className)") == newest_first
+    _wait_live(page)
+    [later] = devserver.publish("revision.created", f"kref://{project}/g.model")
+    wait_until(lambda: _row_cursors(page) == [cursor, later], 10, "the next event")
+    assert page.locator(gap).count() == 1  # the kept cursor resumed without a new gap
+
+
 def test_columns_keep_their_widths_as_long_rows_arrive(
     page: Any, make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
 ) -> None:
