@@ -157,7 +157,8 @@ const sameFilters = (a, b) => [...FILTER_NAMES, "from"].every((name) => (a[name]
 /**
  * Bars of events per second, oldest left, in the theme's colours (read from
  * the CSS at every draw, so a theme switch shows at the next one). What was
- * drawn is also left on the element (data-total, data-peak, data-bar) for
+ * drawn is also left on the element (data-total, data-peak, data-seconds:
+ * how many bars, data-bar: their colour) for
  * people and tests that cannot read pixels.
  * @param {HTMLCanvasElement} canvas
  * @param {number[]} counts  WINDOW_S per-second counts, oldest first
@@ -185,7 +186,8 @@ function drawChart(canvas, counts) {
     ctx.fillRect(x, height - h, Math.max(1, Math.floor((i + 1) * step) - x - (step >= 3 ? 1 : 0)), h);
   });
   const total = counts.reduce((sum, n) => sum + n, 0);
-  Object.assign(canvas.dataset, { total: String(total), peak: String(peak), bar });
+  const seconds = counts.filter((n) => n > 0).length;
+  Object.assign(canvas.dataset, { total: String(total), peak: String(peak), seconds: String(seconds), bar });
   const label = `events per second over the last 5 minutes: peak ${peak}, total ${total}`;
   canvas.setAttribute("aria-label", label);
   return { total, peak };

@@ -148,6 +148,7 @@ def test_the_chart_draws_each_seconds_events_in_the_theme_colours(
         f"document.querySelector('{canvas}').dataset.total === '7'", timeout=10_000
     )
     assert 1 <= int(page.get_attribute(canvas, "data-peak")) <= 7
+    assert 1 <= int(page.get_attribute(canvas, "data-seconds")) <= 7
     assert page.locator(f"{FIRST} .chart .total").inner_text() == "7"
     assert page.get_attribute(canvas, "data-bar") == "#2457d6"
     assert _bar_pixels(page, LIGHT_BAR) > 0
@@ -591,7 +592,7 @@ def test_the_badge_is_never_live_while_the_upstream_is_down(
 def test_screenshots_wide_narrow_and_dark(
     chromium: Any, make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
 ) -> None:
-    devserver = make_devserver("--activity", "8")
+    devserver = make_devserver("--activity", "12")
     gateway = make_gateway(devserver.address, *FAST)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     enough = f"document.querySelectorAll('{FIRST} tbody tr.event').length >= 25"
@@ -599,9 +600,12 @@ def test_screenshots_wide_narrow_and_dark(
     narrow = chromium.new_context(viewport={"width": 380, "height": 700}, color_scheme="light")
     try:
         page = wide.new_page()
-        page.goto(gateway.url + "/?from=beginning")
+        page.goto(gateway.url + "/")  # live activity only: a chart of several seconds
         _wait_live(page)
-        page.wait_for_function(enough, timeout=10_000)
+        page.wait_for_function(enough, timeout=15_000)
+        page.wait_for_function(
+            f"document.querySelector('{FIRST} canvas').dataset.seconds >= 4", timeout=15_000
+        )
         page.wait_for_function(
             f"document.querySelectorAll('{FIRST} .key-count').length >= 5", timeout=10_000
         )
