@@ -272,7 +272,10 @@ def test_panels_each_show_their_own_events_and_survive_a_reload(
         f"document.activeElement.closest('.panel') === document.querySelector('{second}')"
     )
     page.fill(f"{second} input[name=kref]", f"kref://{project}/b/**")
-    page.fill(f"{second} input[name=details]", "tag=approved")
+    details = f"{second} input[name=details]"
+    page.fill(details, "approved")  # not key=value: the form refuses it
+    assert page.eval_on_selector(details, "input => input.matches(':invalid')")
+    page.fill(details, "tag=approved")
     page.fill(f"{second} input[name=username]", "mina.park")
     page.select_option(f"{second} select[name=from]", "beginning")
     page.click(f"{second} button[type=submit]")
