@@ -96,7 +96,7 @@
  * @property {() => string} cursor       the last cursor seen ("" if none)
  * @property {() => number} reconnects   how many times the connection was lost and retried
  * @property {() => KumihoStatus|null} status  the upstream's last reported state
- * @property {() => void} forget         drop the stored cursor (start afresh next time)
+ * @property {() => void} forget         drop the stored cursor and stop storing it (start afresh next time)
  * @property {() => "leader"|"follower"|"own"} role  whether this tab holds the shared connection,
  *                                                   reads it through another tab, or has a connection of its own
  */
@@ -316,6 +316,7 @@ class Feed {
       role: () => this.role,
       forget: () => {
         if (this.storageKey) removeStorage(this.storageKey);
+        this.storageKey = null; // and nothing written there again, not even at close
       },
     });
   }
@@ -510,7 +511,7 @@ class Hub {
     this.onPageHide = () => {
       // Closed here, the stream cannot report its end to the other tabs as an error.
       this.source?.close();
-      for (const shared of this.local.values()) shared.feed.advance(shared.feed.cursor, true);
+      for (const { feed } of this.local.values()) if (feed.cursor) feed.advance(feed.cursor, true);
       this.post({ type: "bye", tab: this.tab });
     };
     addEventListener("pagehide", this.onPageHide);

@@ -1,13 +1,12 @@
-"""A real headless Chromium against the gateway: the dashboard, EventSource, CORS, credentials."""
+"""A real headless Chromium against the gateway: EventSource, the library, CORS, credentials.
+
+The dashboard's own tests are in test_dashboard.py.
+"""
 
 from __future__ import annotations
 
-import signal
-import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -17,16 +16,9 @@ from tests.conftest import (
     DevServer,
     Gateway,
     PageServer,
-    free_port,
     unique_project,
     wait_until,
 )
-
-ROOT = Path(__file__).resolve().parent.parent
-# Not tracked (.gitignore): a test run leaves the tree clean. docs/dashboard.png
-# is a copy of it, refreshed by hand when the dashboard changes.
-SCREENSHOT = ROOT / "docs" / "screenshots" / "dashboard.png"
-QUICK_RETRY = ("--retry-ms", "300")
 
 
 @pytest.fixture
@@ -35,147 +27,6 @@ def page(chromium: Any) -> Any:
     page = context.new_page()
     yield page
     context.close()
-
-
-def _row_cursors(page: Any) -> list[str]:
-    """The cursors of the event rows, oldest first (the table is newest first)."""
-    return list(
-        reversed(
-            page.eval_on_selector_all(
-                "#events tr:not(.gap)", "rows => rows.map(r => r.dataset.cursor)"
-            )
-        )
-    )
-
-
-def test_a_utc_start_time_survives_the_dashboard_in_any_time_zone(
-    chromium: Any, make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
-) -> None:
-    gateway = make_gateway(make_devserver().address, *FAST)
-    instant = "2026-01-02T03:04:05.000Z"
-    for zone, local in (
-        ("Asia/Tokyo", "2026-01-02T12:04:05"),
-        ("America/Denver", "2026-01-01T20:04:05"),
-    ):
-        context = chromium.new_context(timezone_id=zone)
-        page = context.new_page()
-        page.goto(gateway.url + f"/?from={instant}")
-        assert page.input_value("input[name=at]") == local  # shown in the viewer's time
-        page.click("button[type=submit]")  # the form writes the URL back from the input
-        page.wait_for_function("location.search.includes('from=')", timeout=5_000)
-        sent = page.evaluate("new URLSearchParams(location.search).get('from')")
-        assert sent == instant  # the same instant, not shifted by the zone
-        context.close()
-
-
-def test_dashboard_shows_published_events_within_two_seconds(
-    page: Any, make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
-) -> None:
-    devserver = make_devserver("--activity", "8")
-    gateway = make_gateway(devserver.address, *FAST)
-    page.goto(gateway.url + "/?from=beginning")
-    page.wait_for_function(
-        "document.querySelector('#state').dataset.state === 'live'", timeout=10_000
-    )
-    project = unique_project()
-    kref = f"kref://{project}/chars/hero.model?r=1"
-    published = time.monotonic()
-    devserver.publish(
-        "revision.tagged", kref, {"tag": "approved"}, author="u-1f2a", username="mina.park"
-    )
-    page.wait_for_selector(f"#events td.kref:text-is('{kref}')", timeout=2_000)
-    assert time.monotonic() - published < 2.0
-    # The readouts move: rate, cursor, no reconnects.
-    page.wait_for_function("Number(document.querySelector('#rate').textContent) > 0", timeout=5_000)
-    assert page.locator("#cursor").inner_text() != "none"
-    assert page.locator("#reconnects").inner_text() == "0"
-    # Pause keeps receiving and counts; resume renders what waited.
-    page.keyboard.press("p")
-    before = page.locator("#events tr").count()
-    page.wait_for_function(
-        "/\\d+ waiting/.test(document.querySelector('#waiting').textContent)", timeout=5_000
-    )
-    assert page.locator("#events tr").count() == before
-    page.click("#pause")
-    page.wait_for_function(
-        f"document.querySelectorAll('#events tr').length > {before}", timeout=5_000
-    )
-    page.wait_for_timeout(1500)  # let the table fill for the screenshot (not a synchronisation)
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOT))
-    assert SCREENSHOT.stat().st_size > 10_000
-
-
-def test_dashboard_works_on_a_narrow_screen_in_dark_mode(
-    chromium: Any, make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
-) -> None:
-    devserver = make_devserver()
-    gateway = make_gateway(devserver.address, *FAST)
-    context = chromium.new_context(viewport={"width": 380, "height": 700}, color_scheme="dark")
-    try:
-        page = context.new_page()
-        project = unique_project()
-        devserver.publish("item.model.created", f"kref://{project}/a/hero.model", {"kind": "model"})
-        page.goto(gateway.url + f"/?from=beginning&kref=kref://{project}/**")
-        page.wait_for_selector("#events tr")
-        background = page.evaluate("getComputedStyle(document.body).backgroundColor")
-        assert background == "rgb(20, 22, 26)"  # the dark theme
-        assert page.evaluate("document.documentElement.scrollWidth") <= 380  # no sideways scroll
-        # Keyboard: '/' focuses the filters, Tab reaches the buttons.
-        page.keyboard.press("/")
-        assert page.evaluate("document.activeElement.name") == "routing_key"
-        page.click("#theme")
-        assert page.evaluate("document.documentElement.dataset.theme") == "light"
-    finally:
-        context.close()
-
-
-def test_page_reconnects_after_a_gateway_restart_without_gap_or_duplicate(
-    page: Any, make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
-) -> None:
-    devserver = make_devserver()
-    gateway = make_gateway(devserver.address, *FAST, *QUICK_RETRY)
-    project = unique_project()
-    kref = f"kref://{project}/shots/sq010.comp"
-    page.goto(gateway.url + f"/?from=beginning&kref=kref://{project}/**")
-    page.wait_for_function("document.querySelector('#state').dataset.state === 'live'")
-    first = devserver.publish("revision.created", kref, count=5)
-    wait_until(lambda: len(_row_cursors(page)) == 5, 10, "five rows")
-    gateway.stop(signal.SIGKILL)
-    page.wait_for_function("document.querySelector('#state').dataset.state === 'reconnecting'")
-    second = devserver.publish("revision.created", kref, count=5)  # while the gateway is down
-    gateway.start()
-    third = devserver.publish("revision.created", kref, count=2)
-    wait_until(lambda: len(_row_cursors(page)) >= 12, 20, "the page to catch up by itself")
-    assert _row_cursors(page) == first + second + third
-    assert page.locator("#reconnects").inner_text() == "1"
-    assert page.locator("#state").inner_text() == "live"
-
-
-def test_the_badge_is_never_live_while_the_upstream_is_down(
-    page: Any, make_gateway: Callable[..., Gateway], tmp_path: Path
-) -> None:
-    port = free_port()
-    gateway = make_gateway(f"127.0.0.1:{port}", *FAST)
-    # Every state the badge takes, from the first paint on.
-    page.add_init_script(
-        """document.addEventListener('DOMContentLoaded', () => {
-            window.badgeStates = [];
-            const badge = document.querySelector('#state');
-            new MutationObserver(() => window.badgeStates.push(badge.dataset.state))
-                .observe(badge, {attributes: true, attributeFilter: ['data-state']});
-        });"""
-    )
-    page.goto(gateway.url + "/")
-    page.wait_for_function("document.querySelector('#state').dataset.state === 'upstream-down'")
-    assert "upstream unavailable (UNAVAILABLE)" in page.locator("#upstream").inner_text()
-    devserver = DevServer(tmp_path / "late.sqlite3", port=port).start()
-    try:
-        page.wait_for_function("document.querySelector('#state').dataset.state === 'live'")
-        assert page.evaluate("window.badgeStates") == ["upstream-down", "live"]
-        assert page.locator("#upstream").inner_text() == ""
-    finally:
-        devserver.stop(signal.SIGKILL)
 
 
 def test_the_api_docs_render_with_nothing_from_another_host(
@@ -234,27 +85,6 @@ def test_named_events_reach_add_event_listener(
     )
     assert got["tagged"] == ["approved"]
     assert len(got["created"]) == 1 and got["message"] == 0
-
-
-def test_reload_resumes_from_the_stored_cursor(
-    page: Any, make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
-) -> None:
-    devserver = make_devserver()
-    gateway = make_gateway(devserver.address, *FAST)
-    project = unique_project()
-    kref = f"kref://{project}/r.model"
-    first = devserver.publish("revision.created", kref, count=3)
-    page.goto(gateway.url + f"/?from=beginning&kref=kref://{project}/**")
-    wait_until(lambda: _row_cursors(page) == first, 10, "the first three rows")
-    key = f"kumiho-events:cursor?{urlencode({'kref': f'kref://{project}/**'}, safe='*')}"
-    assert page.evaluate("(key) => localStorage.getItem(key)", key) == first[-1]
-    requests: list[str] = []
-    page.on("request", lambda r: requests.append(r.url) if "/events" in r.url else None)
-    page.reload()
-    page.wait_for_function("document.querySelector('#state').dataset.state === 'live'")
-    second = devserver.publish("revision.created", kref, count=2)
-    wait_until(lambda: _row_cursors(page) == second, 10, "only the new rows after the reload")
-    assert any(f"cursor={first[-1]}" in url for url in requests)
 
 
 def test_the_library_sends_lists_and_detail_filters(
