@@ -8,7 +8,7 @@ connected minus RSS before, over M).
     python bench/fanout.py [--clients 1,100,1000] [--rate 20] [--seconds 10]
                            [--no-hub | --compare]
                            [--response lean|sse-starlette|compare [--passes 2]]
-                           [--filters N]
+                           [--filters N] [--workers N]
 
 ``--response sse-starlette`` answers /events with sse-starlette's full
 EventSourceResponse (``sse_starlette_gateway.py``) instead of the gateway's lean
@@ -21,6 +21,10 @@ then the clients spread over N different filters (routing-key lists, kref
 subtrees, detail filters: ``diverse_filter``, all matching every event), and
 prints both tables and the ratios: the price of matching many filters on one
 shared upstream stream.
+
+``--workers N`` runs the gateway as N worker processes (``serve --workers``):
+the CPU and RSS columns then add up the pool's processes, and the upstream
+streams are at most one per worker and credential.
 
 Everything runs on 127.0.0.1; each round is bounded by its duration plus a deadline.
 """
@@ -119,10 +123,23 @@ def diverse_filter(j: int) -> str:
     return f"?details.tag=approved,f{j}&routing_key=revision.*"  # a detail filter
 
 
+def pool(gw: psutil.Process) -> list[psutil.Process]:
+    """The gateway's process and its workers (with --workers)."""
+    return [gw, *gw.children(recursive=True)]
+
+
+def cpu_seconds(gw: psutil.Process) -> float:
+    return sum(sum(p.cpu_times()[:2]) for p in pool(gw))
+
+
+def rss_bytes(gw: psutil.Process) -> int:
+    return sum(p.memory_info().rss for p in pool(gw))
+
+
 async def round_(
     m: int, args: argparse.Namespace, gw_port: int, dev_addr: str, gw: psutil.Process
 ) -> dict[str, float]:
-    rss0 = gw.memory_info().rss
+    rss0 = rss_bytes(gw)
     stop = asyncio.Event()
     if args.filters is None:
         clients = [Client() for _ in range(m)]
@@ -134,10 +151,10 @@ async def round_(
     tasks = [asyncio.create_task(c.run(gw_port, stop)) for c in clients]
     await asyncio.wait_for(asyncio.gather(*(c.connected.wait() for c in clients)), 60)
     await asyncio.sleep(1)  # let the gateway settle before measuring (not a synchronisation)
-    rss1 = gw.memory_info().rss
+    rss1 = rss_bytes(gw)
     with DevServerClient(dev_addr) as control:
         upstream = control.stats().open_streams
-    cpu0 = sum(gw.cpu_times()[:2])
+    cpu0 = cpu_seconds(gw)
     t0 = time.monotonic()
     halt = threading.Event()
     sent = await asyncio.to_thread(publish, dev_addr, args.rate, args.seconds, halt)
@@ -145,7 +162,7 @@ async def round_(
     while sum(c.received for c in clients) < sent * m and time.monotonic() < end:  # noqa: ASYNC110
         await asyncio.sleep(0.05)  # polling the clients' counters, with a deadline
     elapsed = time.monotonic() - t0
-    cpu = sum(gw.cpu_times()[:2]) - cpu0
+    cpu = cpu_seconds(gw) - cpu0
     stop.set()
     for t in tasks:
         t.cancel()
@@ -182,6 +199,7 @@ def print_table(
     print(
         f"fanout: {args.rate:g} events/s for {args.seconds:g}s, hub {'off' if no_hub else 'on'}, "
         f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}"
+        + (f", {args.workers} gateway workers" if args.workers > 1 else "")
     )
     width = max((len(x) for x in labels), default=0)
     first = ("response".ljust(width),) if labels else ()
@@ -296,7 +314,8 @@ def run_rounds(
     args: argparse.Namespace, no_hub: bool, response: str = "lean", show: bool = True
 ) -> list[dict[str, float]]:
     service = ("--auth", "service", "--api-keys", KEY) if args.filters is not None else ()
-    stack = start_stack(no_hub, *service, launcher=LAUNCHERS[response])
+    workers = ("--workers", str(args.workers)) if args.workers > 1 else ()
+    stack = start_stack(no_hub, *service, *workers, launcher=LAUNCHERS[response])
     try:
         rows = []
         for m in (int(x) for x in args.clients.split(",")):
@@ -335,6 +354,9 @@ def main() -> None:
         metavar="N",
         help="in --auth service: one filter for every client, then N different lists, "
         "in one run, and the ratios",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="gateway worker processes (default: 1)"
     )
     args = parser.parse_args()
     raise_fd_limit()

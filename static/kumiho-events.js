@@ -504,6 +504,7 @@ class Hub {
     this.releaseLock = null;
     navigator.locks
       .request(`kumiho-events ${key}`, { signal: this.abort.signal }, () => {
+        if (this.closed) return undefined; // stopped as the lock came: pass it on
         this.lead();
         return new Promise((resolve) => (this.releaseLock = () => resolve(undefined)));
       })
