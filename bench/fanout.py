@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import statistics
 import sys
@@ -157,10 +158,17 @@ async def round_(
     cpu0 = cpu_seconds(gw)
     t0 = time.monotonic()
     halt = threading.Event()
-    sent = await asyncio.to_thread(publish, dev_addr, args.rate, args.seconds, halt)
-    end = time.monotonic() + 10
-    while sum(c.received for c in clients) < sent * m and time.monotonic() < end:  # noqa: ASYNC110
-        await asyncio.sleep(0.05)  # polling the clients' counters, with a deadline
+    # The instrument must not add pauses of its own to the latency it measures:
+    # the clients' process collects no garbage while they read.
+    gc.collect()
+    gc.disable()
+    try:
+        sent = await asyncio.to_thread(publish, dev_addr, args.rate, args.seconds, halt)
+        end = time.monotonic() + 10
+        while sum(c.received for c in clients) < sent * m and time.monotonic() < end:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)  # polling the clients' counters, with a deadline
+    finally:
+        gc.enable()
     elapsed = time.monotonic() - t0
     cpu = cpu_seconds(gw) - cpu0
     stop.set()

@@ -119,6 +119,9 @@ class GatewayServer(uvicorn.Server):
         self.should_exit = True
 
 
+GC_THRESHOLDS = (50_000, 50, 100)  # CPython's defaults: (700, 10, 10)
+
+
 async def serve(
     settings: Settings,
     announce: str = "",
@@ -148,6 +151,11 @@ async def serve(
     # frozen, full collections stop walking it: they took 70-90 ms each at
     # 1,000 open streams, the whole p99 of bench/fanout.py.
     gc.freeze()
+    # What streams allocate as they run is nearly all short-lived: a young
+    # collection every 50,000 allocations rather than every 700 makes the full
+    # ones (25-45 ms each at 1,000 streams) rarer and costs less CPU per
+    # delivery (BENCHMARKS.md, "Garbage collection").
+    gc.set_threshold(*GC_THRESHOLDS)
     if announce:
         print(announce, flush=True)
     await GatewayServer(config, lifecycle, settings).serve(sockets)  # type: ignore[arg-type]
