@@ -13,15 +13,26 @@ const MAX_ROWS = 300; // per panel: shown, and kept across reloads
 const WINDOW_S = 300; // the chart's five minutes, one bar a second
 const TOP_KEYS = 12; // routing keys listed per panel
 const MAX_KEYS = 500; // routing keys counted per panel: a day of odd keys stays small
-const PANELS_KEY = "kumiho-dashboard:panels";
+const WORKSPACES_KEY = "kumiho-dashboard:workspaces"; // [{id, seen}]
+const MAX_WORKSPACES = 16;
 const THEME_KEY = "kumiho-dashboard:theme";
 const FILTER_NAMES = ["routing_key", "kref", "details", "author", "username"];
 // Worst first: the badge shows the worst state of any panel, so it is "live"
 // only when every feed is (and a feed is live only while the upstream is).
 const STATE_ORDER = ["stopped", "upstream-down", "reconnecting", "connecting", "live"];
+// Whose connection the panels read (kumiho-events.js shares one among the browser's tabs).
+const CONNECTION = {
+  leader: "connection held by this tab",
+  follower: "connection shared from another tab",
+  own: "a connection per panel",
+};
 
 const $ = (id) => document.getElementById(id);
-const panelKey = (id, what) => `kumiho-dashboard:panel:${id}:${what}`;
+// The keys of this tab's workspace (see claimWorkspace); "" is the first one's.
+let workspace = "";
+const workspaceKey = (id) => `kumiho-dashboard:${id ? `${id}:` : ""}`;
+const panelsKey = () => `${workspaceKey(workspace)}panels`;
+const panelKey = (id, what) => `${workspaceKey(workspace)}panel:${id}:${what}`;
 
 /**
  * What a panel filters on, as the first panel's URL carries it.
@@ -65,6 +76,75 @@ const store = {
     }
   },
 };
+
+// -- workspaces: dashboard tabs never write over each other's panels and rows --
+/**
+ * Picks the storage this tab keeps its panels, rows and cursors in. A tab holds
+ * its workspace's Web Lock while it lives and remembers the workspace in
+ * sessionStorage, so a reload gets its own back. A new tab (or the browser
+ * after a restart) takes the most recently used workspace no open tab holds,
+ * rows and all; when every one is open, it starts a new one with the panels
+ * (not the rows) of the most recent. Without Web Locks there is one workspace.
+ */
+async function claimWorkspace() {
+  if (typeof navigator.locks?.request !== "function") return;
+  const listed = store.get(WORKSPACES_KEY);
+  const known = (Array.isArray(listed) ? listed : []).filter((w) => w && typeof w.id === "string");
+  if (!known.some((w) => w.id === "")) known.push({ id: "", seen: 0 });
+  known.sort((a, b) => b.seen - a.seen);
+  let mine = null;
+  try {
+    mine = sessionStorage.getItem("kumiho-dashboard:workspace");
+  } catch {
+    /* a new workspace each time */
+  }
+  for (const id of new Set([...(mine === null ? [] : [mine]), ...known.map((w) => w.id)])) {
+    if (await holdWorkspace(id)) return useWorkspace(id, known);
+  }
+  const id = `w${Math.random().toString(36).slice(2, 10)}`;
+  await holdWorkspace(id);
+  const template = store.get(`${workspaceKey(known[0].id)}panels`);
+  if (template) store.set(`${workspaceKey(id)}panels`, template);
+  useWorkspace(id, known);
+}
+
+/** Whether this tab now holds the workspace (until it goes), or another tab does. */
+function holdWorkspace(id) {
+  return new Promise((resolve) => {
+    navigator.locks
+      .request(`kumiho-dashboard workspace ${id}`, { ifAvailable: true }, (lock) => {
+        resolve(lock !== null);
+        return lock ? new Promise(() => {}) : undefined;
+      })
+      .catch(() => resolve(false));
+  });
+}
+
+/** Record the choice; the least recently used workspaces past MAX_WORKSPACES go, keys and all. */
+function useWorkspace(id, known) {
+  workspace = id;
+  try {
+    sessionStorage.setItem("kumiho-dashboard:workspace", id);
+  } catch {
+    /* chosen again on a reload */
+  }
+  const list = [{ id, seen: Date.now() }, ...known.filter((w) => w.id !== id)];
+  for (const { id: old } of list.splice(MAX_WORKSPACES)) {
+    const prefix = workspaceKey(old);
+    for (const key of storedKeys()) {
+      if (key.startsWith(`${prefix}panel`)) store.remove(key);
+    }
+  }
+  store.set(WORKSPACES_KEY, list);
+}
+
+function storedKeys() {
+  try {
+    return Object.keys(localStorage);
+  } catch {
+    return [];
+  }
+}
 
 // -- theme -------------------------------------------------------------------
 function setupTheme() {
@@ -663,7 +743,7 @@ const dashboard = {
   },
 
   saveLayout() {
-    store.set(PANELS_KEY, this.panels.map(({ id, filters }) => ({ id, filters })));
+    store.set(panelsKey(), this.panels.map(({ id, filters }) => ({ id, filters })));
     writeUrl(this.panels[0].filters);
   },
 
@@ -710,6 +790,7 @@ const dashboard = {
     $("upstream").textContent = down ? upstreamText(down.status) : "";
     const reconnects = this.panels.map((panel) => panel.feed?.reconnects() ?? 0);
     $("reconnects").textContent = String(Math.max(0, ...reconnects));
+    $("connection").textContent = CONNECTION[this.panels[0]?.feed?.role()] || "";
   },
 
   /** Events per second over all panels; an event two panels both show counts once. */
@@ -752,7 +833,7 @@ const resized = new ResizeObserver(renderPanels);
 
 /** The saved panels; a link naming other filters replaces the first panel's. */
 function initialLayout() {
-  const saved = store.get(PANELS_KEY);
+  const saved = store.get(panelsKey());
   const valid = (p) => p && typeof p.id === "string" && p.filters;
   const layout = Array.isArray(saved) ? saved.filter(valid) : [];
   const linked = filtersFromUrl();
@@ -777,7 +858,7 @@ function setupControls() {
     else if (event.key === "c") dashboard.clear();
     else if (event.key === "/") {
       event.preventDefault();
-      dashboard.panels[0].form.elements.routing_key.focus();
+      dashboard.panels[0]?.form.elements.routing_key.focus();
     }
   });
   // Rows are saved a second at a time, and whenever the page may go away.
@@ -794,4 +875,4 @@ function setupControls() {
 
 setupTheme();
 setupControls();
-dashboard.load();
+claimWorkspace().then(() => dashboard.load());

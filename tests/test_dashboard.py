@@ -631,3 +631,47 @@ def test_screenshots_wide_narrow_and_dark(
     finally:
         wide.close()
         narrow.close()
+
+
+def test_dashboard_tabs_share_one_connection_and_say_which_tab_holds_it(
+    chromium: Any, make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *FAST)
+    project = unique_project()
+    context = chromium.new_context(viewport=WIDE)
+    try:
+        tabs = [context.new_page() for _ in range(3)]
+        for tab, key in zip(tabs, ("revision.*", "item.*.created", ""), strict=True):
+            tab.goto(gateway.url + f"/?routing_key={key}&kref=kref://{project}/**")
+            _wait_live(tab)
+        holders = [tab.locator("#connection").inner_text() for tab in tabs]
+        assert (
+            holders == ["connection held by this tab"] + ["connection shared from another tab"] * 2
+        )
+        clients = '{client="127.0.0.1"}'
+        assert gateway.metric("kumiho_gateway_client_streams_open", clients) == 1
+        tabs[0].close()  # the holder goes: the next tab takes the connection over
+        wait_until(
+            lambda: tabs[1].locator("#connection").inner_text() == "connection held by this tab",
+            10,
+            "the second tab to hold the connection",
+        )
+        kref = f"kref://{project}/hero.model"
+        [created] = devserver.publish("item.model.created", kref)
+        [tagged] = devserver.publish("revision.tagged", kref, {"tag": "approved"})
+        wait_until(lambda: _row_cursors(tabs[1]) == [created], 10, "the second tab's event")
+        wait_until(lambda: _row_cursors(tabs[2]) == [created, tagged], 10, "the third tab's")
+        _wait_live(tabs[1])
+        assert gateway.metric("kumiho_gateway_client_streams_open", clients) == 1
+        # Each tab keeps its own panels and rows: a reload brings back its own, not the
+        # last writer's, and misses nothing published meanwhile.
+        for tab in tabs[1:]:
+            tab.reload()
+        [later] = devserver.publish("item.anim.created", kref)
+        wait_until(lambda: _row_cursors(tabs[1]) == [created, later], 10, "the second tab's")
+        wait_until(lambda: _row_cursors(tabs[2]) == [created, tagged, later], 10, "the third's")
+        assert tabs[1].input_value(f"{FIRST} input[name=routing_key]") == "item.*.created"
+        assert tabs[2].input_value(f"{FIRST} input[name=routing_key]") == ""
+    finally:
+        context.close()
