@@ -11,6 +11,7 @@ the gateway's by a property test.
 from __future__ import annotations
 
 import contextlib
+import http.server
 import json
 import signal
 import subprocess
@@ -518,3 +519,68 @@ def test_past_the_address_limit_streams_count_as_other(monkeypatch: pytest.Monke
         streams.closed(label)
     assert [value(c) for c in ("10.0.0.1", "10.0.0.2", "other")] == [None, None, None]
     assert streams.opened("10.0.0.4") == "10.0.0.4"  # room again
+
+
+class _BadGateway(http.server.BaseHTTPRequestHandler):
+    """What a proxy answers while the gateway behind it is down."""
+
+    def do_GET(self) -> None:
+        self.send_response(502)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+        self.server.hits += 1  # type: ignore[attr-defined]
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_a_proxy_502_does_not_stop_the_tabs_as_it_stops_eventsource(
+    browser: Any, make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *FAST, "--retry-ms", "300")
+    project = unique_project()
+    tabs = [Tab(browser, gateway, [o]) for o in ({"kref": f"kref://{project}/**"}, *TABS[3])]
+    _live(tabs)
+    published = Published(devserver, project)
+    published.publish(3)
+    _received(tabs, published)
+
+    gateway.stop(signal.SIGKILL)
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", gateway.port), _BadGateway)
+    proxy.hits = 0  # type: ignore[attr-defined]
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        # The stream's retry meets the 502 (EventSource gives up), then the poll asking why.
+        wait_until(lambda: proxy.hits >= 2, 20, "502s answered")  # type: ignore[attr-defined]
+        published.publish(3)  # while the gateway is down
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    gateway.start()
+    _live(tabs)
+    published.publish(3)
+    _received(tabs, published)
+    assert all(tab.page.evaluate("window.errors") == [] for tab in tabs)
+    assert gateway.metric("kumiho_gateway_client_streams_open", CLIENT) == 1
+
+
+def test_a_revoked_token_stops_every_tab_with_the_gateways_error(
+    browser: Any, make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver("--token", "tok-a=studio-a")
+    gateway = make_gateway(devserver.address, *FAST, "--auth", "passthrough")
+    project = unique_project()
+    tabs = [
+        Tab(browser, gateway, [{**o, "accessToken": "tok-a"}])
+        for o in ({"kref": f"kref://{project}/**"}, {"routingKey": "revision.*"})
+    ]
+    _live(tabs)
+    assert sorted(tab.role() for tab in tabs) == ["follower", "leader"]
+    devserver.stop()
+    devserver.args = ["--token", "tok-b=studio-b"]  # tok-a is no longer valid
+    devserver.start()
+    wait_until(lambda: all(tab.states() == ["stopped"] for tab in tabs), 20, "every tab stopped")
+    for tab in tabs:
+        assert tab.page.evaluate("window.errors") == ["unauthenticated"]
+    assert "tok-a" not in gateway.log()
