@@ -403,17 +403,25 @@ def test_a_tab_that_starts_at_the_beginning_reads_the_past_then_shares_the_strea
     assert gateway.metric("kumiho_gateway_client_streams_open", CLIENT) == 1
 
 
-def test_tabs_ride_out_a_gateway_restart_and_an_upstream_outage(
+def _two_tabs_live(
     browser: Any, make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
-) -> None:
+) -> tuple[DevServer, Gateway, list[Tab], Published]:
+    """Two tabs (everything in a project; a detail filter), live, with three events read."""
     devserver = make_devserver()
     gateway = make_gateway(devserver.address, *FAST, "--retry-ms", "300")
     project = unique_project()
     tabs = [Tab(browser, gateway, [o]) for o in ({"kref": f"kref://{project}/**"}, *TABS[3])]
     _live(tabs)
     published = Published(devserver, project)
-    published.publish(6)
+    published.publish(3)
     _received(tabs, published)
+    return devserver, gateway, tabs, published
+
+
+def test_tabs_ride_out_a_gateway_restart_and_an_upstream_outage(
+    browser: Any, make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver, gateway, tabs, published = _two_tabs_live(browser, make_devserver, make_gateway)
 
     gateway.stop(signal.SIGKILL)
     wait_until(
@@ -537,14 +545,7 @@ class _BadGateway(http.server.BaseHTTPRequestHandler):
 def test_a_proxy_502_does_not_stop_the_tabs_as_it_stops_eventsource(
     browser: Any, make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
 ) -> None:
-    devserver = make_devserver()
-    gateway = make_gateway(devserver.address, *FAST, "--retry-ms", "300")
-    project = unique_project()
-    tabs = [Tab(browser, gateway, [o]) for o in ({"kref": f"kref://{project}/**"}, *TABS[3])]
-    _live(tabs)
-    published = Published(devserver, project)
-    published.publish(3)
-    _received(tabs, published)
+    _, gateway, tabs, published = _two_tabs_live(browser, make_devserver, make_gateway)
 
     gateway.stop(signal.SIGKILL)
     proxy = http.server.ThreadingHTTPServer(("127.0.0.1", gateway.port), _BadGateway)
