@@ -754,7 +754,7 @@ class Shared {
         if (answer.reset) this.feed.options.onReset?.(answer.reset);
         let met = false; // reached what the stream relayed: the rest is kept already
         for (const event of answer.events) {
-          if (this.keptCursors.has(event.cursor)) {
+          if (event.cursor && this.keptCursors.has(event.cursor)) {
             met = true;
             break;
           }
@@ -784,7 +784,7 @@ class Shared {
     if (this.live) this.feed.deliver(event);
     else {
       this.kept.push(event);
-      this.keptCursors.add(event.cursor);
+      if (event.cursor) this.keptCursors.add(event.cursor);
     }
   }
 
