@@ -452,11 +452,28 @@ function hubFor(options) {
   return hub;
 }
 
-/** A short FNV-1a digest: tokens are not written into lock and channel names. @param {string} text */
+// Four lanes of xor-multiply hashing, each with its own start and odd multiplier.
+const LANES = [
+  [0x811c9dc5, 0x01000193],
+  [0x9e3779b9, 0x5bd1e995],
+  [0x7f4a7c15, 0x85ebca6b],
+  [0x2545f491, 0xc2b2ae35],
+];
+
+/**
+ * A 128-bit digest, so that tokens are not written into lock and channel names and two
+ * credentials never meet on one by chance. Not SubtleCrypto: it is missing on plain-http
+ * pages other than localhost, and this must be synchronous.
+ * @param {string} text
+ */
 function fingerprint(text) {
-  let hash = 0x811c9dc5;
-  for (let i = 0; i < text.length; i += 1) hash = Math.imul(hash ^ text.charCodeAt(i), 0x01000193);
-  return text ? (hash >>> 0).toString(36) : "";
+  if (!text) return "";
+  return LANES.map(([start, multiplier]) => {
+    let hash = start;
+    for (let i = 0; i < text.length; i += 1) hash = Math.imul(hash ^ text.charCodeAt(i), multiplier);
+    hash ^= hash >>> 15; // the last characters reach the low bits too
+    return (Math.imul(hash, multiplier) >>> 0).toString(36);
+  }).join(".");
 }
 
 // A catch-up poll waits this long for a first event; none means the past is read.

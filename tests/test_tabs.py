@@ -585,3 +585,25 @@ def test_a_revoked_token_stops_every_tab_with_the_gateways_error(
     for tab in tabs:
         assert tab.page.evaluate("window.errors") == ["unauthenticated"]
     assert "tok-a" not in gateway.log()
+
+
+def test_tabs_with_different_tokens_never_share_a_stream_or_an_event(
+    browser: Any, make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver("--token", "tok-a=studio-a", "--token", "tok-b=studio-b")
+    gateway = make_gateway(devserver.address, *FAST, "--auth", "passthrough")
+    tabs = {
+        tenant: [Tab(browser, gateway, [{"accessToken": f"tok-{tenant[-1]}"}]) for _ in range(2)]
+        for tenant in ("studio-a", "studio-b")
+    }
+    everyone = [tab for pair in tabs.values() for tab in pair]
+    _live(everyone)
+    # One stream per credential, each shared by its own two tabs.
+    assert gateway.metric("kumiho_gateway_client_streams_open", CLIENT) == 2
+    for pair in tabs.values():
+        assert sorted(tab.role() for tab in pair) == ["follower", "leader"]
+    sent = {t: devserver.publish("item.created", f"kref://{t}/x", count=3, tenant=t) for t in tabs}
+    for tenant, pair in tabs.items():
+        for tab in pair:
+            wait_until(lambda t=tab, s=sent[tenant]: t.got() == [s], 10, f"{tenant}'s events")
+    assert "tok-a" not in gateway.log() and "tok-b" not in gateway.log()
