@@ -105,8 +105,12 @@ def test_dashboard_shows_published_events_within_two_seconds(
 ) -> None:
     devserver = make_devserver("--activity", "8")
     gateway = make_gateway(devserver.address, *FAST)
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
     page.goto(gateway.url + "/?from=beginning")
     _wait_live(page)
+    # Nothing from another host: no CDN, no font, no analytics.
+    assert requested and all(url.startswith(gateway.url) for url in requested), requested
     project = unique_project()
     kref = f"kref://{project}/chars/hero.model?r=1"
     published = time.monotonic()
