@@ -370,6 +370,10 @@ class _CatchUp:
         cursor = getattr(item, "cursor", "")
         if cursor and self._handover(cursor):
             self.handed_over = True
+            # The shared feed counts unwanted events afresh: bring the client's id
+            # up to here first, so that it never lags more than one interval.
+            if advance := self._skips.flush(cursor):
+                self._sink.put(advance)
             return False  # stop the catch-up stream: the shared feed continues
         return ok
 

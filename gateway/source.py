@@ -154,6 +154,13 @@ class Skips:
         """A wanted event went out: its id is the client's resume point."""
         self._count = 0
 
+    def flush(self, cursor: str) -> Advance | None:
+        """An Advance to ``cursor`` now if unwanted events passed since the client's last frame."""
+        if not self._count or not cursor:
+            return None
+        self._count = 0
+        return Advance(cursor)
+
 
 @dataclass(frozen=True, slots=True)
 class Failure:
