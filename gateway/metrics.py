@@ -252,9 +252,10 @@ class ClientStreams:
 
     A browser over HTTP/1.1 stalls at six connections to a host, so this is
     the number to watch. Addresses are labels, so at most ``LIMIT`` of them
-    are told apart in a process; streams from any further address count as
-    "other". Behind a proxy the address is the proxy's unless uvicorn is told
-    to trust its forwarded headers.
+    are told apart in a process (at a time; in a worker of a pool, ever, since
+    its file keeps every label it wrote); streams from any further address
+    count as "other". Behind a proxy the address is the proxy's unless uvicorn
+    is told to trust its forwarded headers.
     """
 
     LIMIT = 256
@@ -269,10 +270,12 @@ class ClientStreams:
         )
         self._multiprocess = multiprocess
         self._open: dict[str, int] = {}
+        self._labels: set[str] = set()  # the labels that exist now (in a pool: ever did)
 
     def opened(self, client: str) -> str:
         """Count a stream from ``client``; returns the label to give ``closed``."""
-        label = client if client in self._open or len(self._open) < self.LIMIT else "other"
+        label = client if client in self._labels or len(self._labels) < self.LIMIT else "other"
+        self._labels.add(label)
         self._open[label] = self._open.get(label, 0) + 1
         self._gauge.labels(label).inc()
         return label
@@ -284,6 +287,7 @@ class ClientStreams:
             del self._open[label]
             if not self._multiprocess:  # a worker's file keeps the label, at 0
                 self._gauge.remove(label)
+                self._labels.discard(label)
 
 
 def _check_multiprocess(directory: str) -> None:

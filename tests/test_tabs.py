@@ -527,6 +527,11 @@ def test_past_the_address_limit_streams_count_as_other(monkeypatch: pytest.Monke
         streams.closed(label)
     assert [value(c) for c in ("10.0.0.1", "10.0.0.2", "other")] == [None, None, None]
     assert streams.opened("10.0.0.4") == "10.0.0.4"  # room again
+    # A worker of a pool cannot drop a label from its file: past the limit, "other" for good.
+    pooled = ClientStreams(CollectorRegistry(), multiprocess=True)
+    for label in [pooled.opened(a) for a in ("10.0.0.1", "10.0.0.2")]:
+        pooled.closed(label)
+    assert pooled.opened("10.0.0.3") == "other"
 
 
 class _BadGateway(http.server.BaseHTTPRequestHandler):
