@@ -298,12 +298,19 @@ def test_curl_reads_the_stream(stack: tuple[DevServer, Gateway], project: str) -
     )
     assert proc.stdout is not None
     ids: list[str] = []
+    frame_id = ""
     try:
         for line in proc.stdout:
+            # An event's frame has data; an id-only frame (past other projects'
+            # events) only moves the id.
             if line.startswith("id: "):
-                ids.append(line.strip().removeprefix("id: "))
+                frame_id = line.strip().removeprefix("id: ")
+            elif line.startswith("data: ") and frame_id:
+                ids.append(frame_id)
                 if len(ids) == 2:
                     break
+            elif line == "\n":
+                frame_id = ""
     finally:
         proc.kill()
         proc.wait()

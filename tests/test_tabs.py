@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 import pytest
@@ -143,6 +144,21 @@ def _options(options: dict[str, Any], project: str) -> dict[str, Any]:
         return value
 
     return fill(options)
+
+
+def _query(options: dict[str, Any]) -> dict[str, str]:
+    """The gateway's query for kumiho-events.js options (lists comma-joined, sorted)."""
+
+    def joined(value: str | list[str]) -> str:
+        return ",".join(sorted(value if isinstance(value, list) else [value]))
+
+    names = ("routingKey", "routing_key"), ("kref", "kref"), ("author", "author")
+    query = {name: joined(options[o]) for o, name in names if options.get(o)}
+    if options.get("username"):
+        query["username"] = joined(options["username"])
+    for key, value in sorted(options.get("details", {}).items()):
+        query[f"details.{key}"] = joined(value)
+    return query
 
 
 def _filter(options: dict[str, Any]) -> EventFilter:
@@ -327,6 +343,10 @@ def test_a_reloaded_tab_resumes_from_its_stored_cursor_on_the_shared_stream(
         stored = tab.page.evaluate("window.feeds[0].cursor()")
         tab.page.goto("about:blank")
         assert other.page.evaluate("window.feeds[0].role()") == "leader"  # within the goto
+        # Stored as the tab went, under the subscription's own default key:
+        # "kumiho-events:cursor?" and its filters.
+        key = "kumiho-events:cursor?" + urlencode(_query(tab.subscriptions[0]), safe="*")
+        assert other.page.evaluate("(key) => localStorage.getItem(key)", key) == stored
         since = len(published.events)
         published.publish(7)  # while the tab is away
         tab.requests.clear()
@@ -357,6 +377,22 @@ def test_without_web_locks_each_subscription_has_its_own_eventsource(
     assert gateway.metric("kumiho_gateway_client_streams_open", CLIENT) == 2
     published = Published(devserver, project)
     published.publish(8)
+    _received([tab], published)
+
+
+def test_shared_false_and_a_consumer_group_keep_a_connection_of_their_own(
+    browser: Any, make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver("--tier", "enterprise")
+    gateway = make_gateway(devserver.address, *FAST)
+    project = unique_project()
+    own = [{"kref": f"kref://{project}/**", "shared": False}, {"consumerGroup": "render-farm"}]
+    tab = Tab(browser, gateway, [{"kref": f"kref://{project}/**"}, *own])
+    _live([tab])
+    assert tab.page.evaluate("window.feeds.map((f) => f.role())") == ["leader", "own", "own"]
+    assert gateway.metric("kumiho_gateway_client_streams_open", CLIENT) == 3
+    published = Published(devserver, project)
+    published.publish(4)
     _received([tab], published)
 
 
@@ -401,6 +437,21 @@ def test_a_tab_that_starts_at_the_beginning_reads_the_past_then_shares_the_strea
     wanted = "routing_key=revision.*%2Crevision.deleted%2Crevision.tagged"
     assert any(f"/events?{wanted}" in url for url in live.requests)
     assert gateway.metric("kumiho_gateway_client_streams_open", CLIENT) == 1
+
+
+def test_a_union_past_16_patterns_asks_for_everything_and_each_still_gets_its_own(
+    browser: Any, make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *FAST)
+    project = unique_project()
+    keys = [f"k{i}.created" for i in range(17)]  # the gateway takes 16 patterns a list
+    tab = Tab(browser, gateway, [{"routingKey": key} for key in keys])
+    _live([tab])
+    streams = [url for url in tab.requests if urlsplit(url).path == "/events"]
+    assert streams and "routing_key" not in streams[-1], streams
+    cursors = [devserver.publish(key, f"kref://{project}/a")[0] for key in [*keys, "k99.created"]]
+    wait_until(lambda: tab.got() == [[c] for c in cursors[:17]], 10, "one event for each")
 
 
 def _two_tabs_live(
