@@ -75,6 +75,13 @@ const store = {
       /* nothing stored */
     }
   },
+  keys() {
+    try {
+      return Object.keys(localStorage);
+    } catch {
+      return [];
+    }
+  },
 };
 
 // -- workspaces: dashboard tabs never write over each other's panels and rows --
@@ -131,19 +138,11 @@ function useWorkspace(id, known) {
   const list = [{ id, seen: Date.now() }, ...known.filter((w) => w.id !== id)];
   for (const { id: old } of list.splice(MAX_WORKSPACES)) {
     const prefix = workspaceKey(old);
-    for (const key of storedKeys()) {
+    for (const key of store.keys()) {
       if (key.startsWith(`${prefix}panel`)) store.remove(key);
     }
   }
   store.set(WORKSPACES_KEY, list);
-}
-
-function storedKeys() {
-  try {
-    return Object.keys(localStorage);
-  } catch {
-    return [];
-  }
 }
 
 // -- theme -------------------------------------------------------------------

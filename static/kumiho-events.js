@@ -362,9 +362,14 @@ class Feed {
     if (!error.retryable) this.close();
   }
 
+  /** Store the cursor now (advance() stores an unwanted event's at most once a second). */
+  flush() {
+    if (this.storageKey && this.cursor) writeStorage(this.storageKey, this.cursor);
+  }
+
   close() {
     if (this.closed) return;
-    if (this.storageKey && this.cursor) writeStorage(this.storageKey, this.cursor);
+    this.flush();
     this.closed = true;
     this.setState("stopped");
     this.onClose();
@@ -397,7 +402,7 @@ function ownConnection(feed, start) {
     withCredentials: Boolean(feed.options.withCredentials),
   });
   feed.onClose = () => source.close();
-  listen(source, feed.options, {
+  listen(source, {
     event: (message) => {
       const event = json(message);
       if (message.lastEventId) feed.advance(message.lastEventId, true);
@@ -412,12 +417,12 @@ function ownConnection(feed, start) {
 
 /**
  * Wire an EventSource's frames to handlers.
- * @param {EventSource} source @param {SubscribeOptions} options
+ * @param {EventSource} source
  * @param {{event: (m: MessageEvent) => void, status: (s: KumihoStatus) => void,
  *          reset: (r: KumihoReset) => void, error: (e: KumihoError) => void,
  *          state: (s: ConnectionState) => void, open?: () => void}} on
  */
-function listen(source, options, on) {
+function listen(source, on) {
   // Not "live" on open: every stream starts with gateway.status, which says whether it is.
   source.onopen = () => on.open?.();
   source.onerror = () => {
@@ -529,7 +534,7 @@ class Hub {
     this.onPageHide = () => {
       // Closed here, the stream cannot report its end to the other tabs as an error.
       this.source?.close();
-      for (const { feed } of this.local.values()) if (feed.cursor) feed.advance(feed.cursor, true);
+      for (const { feed } of this.local.values()) feed.flush();
       this.post({ type: "bye", tab: this.tab });
     };
     addEventListener("pagehide", this.onPageHide);
@@ -591,7 +596,7 @@ class Hub {
       case "roll": // a new leader: tell it again what this tab reads
         for (const shared of this.local.values()) {
           if (shared.joined) this.join(shared);
-          shared.feed.setState(shared.feed.state === "connecting" ? "connecting" : "reconnecting");
+          if (shared.feed.state !== "connecting") shared.feed.setState("reconnecting");
         }
         break;
       case "covered":
@@ -679,7 +684,7 @@ class Hub {
       withCredentials: Boolean(this.options.withCredentials),
     });
     this.source = source;
-    listen(source, this.options, {
+    listen(source, {
       // Open means the gateway accepted the filters and opened its side (on the hosted
       // route, whose signals are comments, it is the only sign): what it reads from here on
       // carries every joined subscription's events.
