@@ -16,7 +16,6 @@ A ``**`` inside a segment (``hero**``) is ambiguous and refused (ValueError).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -33,39 +32,94 @@ def _match_all(_: str) -> bool:
     return True
 
 
+def glob_matcher(pattern: str) -> Matcher:
+    """A whole-value match where ``*`` stands for any run of characters (details, actors).
+
+    Linear in the value: the first and last pieces anchor the ends and each
+    piece between is taken at its leftmost place after the one before (which
+    leaves the most room for the rest), so no choice is ever undone.
+    """
+    if pattern == "*":
+        return _match_all
+    pieces = pattern.split("*")
+    if len(pieces) == 1:
+        return pattern.__eq__
+    first, *middle, last = pieces
+    least = len(first) + len(last)
+
+    def matches(value: str) -> bool:
+        if len(value) < least or not value.startswith(first) or not value.endswith(last):
+            return False
+        at, end = len(first), len(value) - len(last)
+        for piece in middle:
+            found = value.find(piece, at, end)
+            if found < 0:
+                return False
+            at = found + len(piece)
+        return True
+
+    return matches
+
+
+Run = tuple[Matcher, ...]  # one matcher per segment, for consecutive segments
+
+
+def _segment(part: str) -> Matcher:
+    """One segment of a pattern: ``*`` alone is any non-empty segment, inside one a glob."""
+    return bool if part == "*" else glob_matcher(part)
+
+
+def _run_at(run: Run, segments: list[str], at: int) -> bool:
+    return all(match(segments[at + i]) for i, match in enumerate(run))
+
+
+def _exactly(run: Run, segments: list[str]) -> bool:
+    return len(segments) == len(run) and _run_at(run, segments, 0)
+
+
 @lru_cache(maxsize=256)
 def compile_pattern(pattern: str, sep: str) -> Matcher:
-    """A predicate that tells whether a value matches ``pattern``; ValueError if it is invalid."""
+    """A predicate that tells whether a value matches ``pattern``; ValueError if it is invalid.
+
+    The pattern is cut at its multi-wildcards into runs of one-segment
+    matchers; the value's segments must start with the first run and end
+    with the last, and hold the runs between in order, each taken at its
+    leftmost place: time linear in segments times pattern, never more.
+    """
     if pattern in _MATCH_ALL:
         return _match_all
-    s = re.escape(sep)
-    parts: list[str] = []
+    runs: list[list[Matcher]] = [[]]
     for part in pattern.split(sep):
         if "**" in part and part != "**":
             raise ValueError(f"'**' must be a whole segment, not part of {part!r}")
-        # "**.**" is "**": consecutive multi-wildcards match what one matches.
-        if not (part in _MULTI and parts and parts[-1] in _MULTI):
-            parts.append(part)
-    if parts in (["#"], ["**"]):
-        return _match_all
-    regex = ""
-    for i, part in enumerate(parts):
-        last = i == len(parts) - 1
         if part in _MULTI:
-            if last:
-                # Trailing multi-wildcard: "a.#" matches "a" and "a.b.c".
-                regex = regex[: -len(s)] + f"(?:{s}.*)?" if regex else ".*"
-            else:
-                regex += f"(?:[^{s}]*{s})*"
-            continue
-        if part == "*":
-            regex += f"[^{s}]+"
+            # "**.**" is "**": consecutive multi-wildcards match what one matches.
+            if runs[-1] or len(runs) == 1:
+                runs.append([])
         else:
-            regex += "".join(f"[^{s}]*" if c == "*" else re.escape(c) for c in part)
-        if not last:
-            regex += s
-    compiled = re.compile(regex, re.DOTALL)
-    return lambda value: compiled.fullmatch(value) is not None
+            runs[-1].append(_segment(part))
+    if len(runs) == 2 and not runs[0] and not runs[1]:
+        return _match_all
+    if len(runs) == 1:
+        only = tuple(runs[0])
+        return lambda value: _exactly(only, value.split(sep))
+    first, *middle, last = (tuple(run) for run in runs)
+
+    def matches(value: str) -> bool:
+        segments = value.split(sep)
+        end = len(segments) - len(last)
+        if end < len(first) or not _run_at(first, segments, 0) or not _run_at(last, segments, end):
+            return False
+        at = len(first)
+        for run in middle:
+            while at + len(run) <= end and not _run_at(run, segments, at):
+                at += 1
+            if at + len(run) > end:
+                return False
+            at += len(run)
+        return True
+
+    return matches
 
 
 def routing_key_matcher(pattern: str) -> Matcher:
@@ -107,14 +161,6 @@ def _any(patterns: tuple[str, ...], compile_one: Callable[[str], Matcher]) -> Ma
     if len(matchers) == 1:
         return matchers[0]
     return lambda value: any(match(value) for match in matchers)
-
-
-def glob_matcher(pattern: str) -> Matcher:
-    """A whole-value match where ``*`` stands for any run of characters (details, actors)."""
-    if pattern == "*":
-        return _match_all
-    compiled = re.compile(".*".join(map(re.escape, pattern.split("*"))), re.DOTALL)
-    return lambda value: compiled.fullmatch(value) is not None
 
 
 Check = Callable[[kumiho_pb2.Event], bool]
