@@ -206,43 +206,77 @@ function union(filters) {
 // The gateway's matching rules (gateway/matching.py; tests/test_tabs.py holds the two to
 // agreement). Routing keys split on ".", krefs on "/": "*" alone is one segment, "*" inside
 // one any run but the separator, "#" or "**" any number of segments. Details and actors are
-// whole-value globs where "*" is any run of characters.
+// whole-value globs where "*" is any run of characters. As there, no choice is ever undone
+// (each glob piece and each run of segments is taken at its leftmost place), so no pattern
+// can make matching take more than value times pattern.
 const MATCH_ALL = new Set(["", "*", "#", "**"]);
 const MULTI = new Set(["#", "**"]);
-/** @param {string} text */
-const escape = (text) => text.replace(/[.*+?^${}()|[\]\\/-]/g, "\\$&");
+
+/** @param {string} pattern @returns {((value: string) => boolean)|null} null: everything */
+function globMatcher(pattern) {
+  if (pattern === "*") return null;
+  const pieces = pattern.split("*");
+  if (pieces.length === 1) return (value) => value === pattern;
+  const first = pieces[0];
+  const last = pieces[pieces.length - 1];
+  const middle = pieces.slice(1, -1);
+  return (value) => {
+    if (value.length < first.length + last.length || !value.startsWith(first) || !value.endsWith(last)) {
+      return false;
+    }
+    const end = value.length - last.length;
+    let at = first.length;
+    for (const piece of middle) {
+      const found = value.indexOf(piece, at);
+      if (found < 0 || found + piece.length > end) return false;
+      at = found + piece.length;
+    }
+    return true;
+  };
+}
+
+/** @typedef {((segment: string) => boolean)[]} Run  one matcher per consecutive segment */
+
+/** @param {Run} run @param {string[]} segments @param {number} at */
+const runAt = (run, segments, at) => run.every((match, i) => match(segments[at + i]));
 
 /** @param {string} pattern @param {string} sep @returns {((value: string) => boolean)|null} null: everything */
 function segmentMatcher(pattern, sep) {
   if (MATCH_ALL.has(pattern)) return null;
-  /** @type {string[]} */
-  const parts = [];
+  /** @type {Run[]} runs of one-segment matchers, cut at the multi-wildcards */
+  const runs = [[]];
   for (const part of pattern.split(sep)) {
-    if (!(MULTI.has(part) && parts.length && MULTI.has(parts[parts.length - 1]))) parts.push(part);
-  }
-  if (parts.length === 1 && MULTI.has(parts[0])) return null;
-  const s = escape(sep);
-  let regex = "";
-  parts.forEach((part, i) => {
-    const last = i === parts.length - 1;
     if (MULTI.has(part)) {
-      // Trailing: "a.#" matches "a" and "a.b.c"; elsewhere any number of whole segments.
-      if (last) regex = regex ? `${regex.slice(0, -s.length)}(?:${s}.*)?` : ".*";
-      else regex += `(?:[^${s}]*${s})*`;
-      return;
+      // "**.**" is "**": consecutive multi-wildcards match what one matches.
+      if (runs[runs.length - 1].length || runs.length === 1) runs.push([]);
+    } else {
+      const nonEmpty = (/** @type {string} */ segment) => segment !== "";
+      runs[runs.length - 1].push(part === "*" ? nonEmpty : /** @type {(s: string) => boolean} */ (globMatcher(part)));
     }
-    regex += part === "*" ? `[^${s}]+` : [...part].map((c) => (c === "*" ? `[^${s}]*` : escape(c))).join("");
-    if (!last) regex += s;
-  });
-  const compiled = new RegExp(`^(?:${regex})$`, "s");
-  return (value) => compiled.test(value);
-}
-
-/** @param {string} pattern @returns {((value: string) => boolean)|null} */
-function globMatcher(pattern) {
-  if (pattern === "*") return null;
-  const compiled = new RegExp(`^${pattern.split("*").map(escape).join(".*")}$`, "s");
-  return (value) => compiled.test(value);
+  }
+  if (runs.length === 2 && !runs[0].length && !runs[1].length) return null;
+  if (runs.length === 1) {
+    const only = runs[0];
+    return (value) => {
+      const segments = value.split(sep);
+      return segments.length === only.length && runAt(only, segments, 0);
+    };
+  }
+  const first = runs[0];
+  const last = runs[runs.length - 1];
+  const middle = runs.slice(1, -1);
+  return (value) => {
+    const segments = value.split(sep);
+    const end = segments.length - last.length;
+    if (end < first.length || !runAt(first, segments, 0) || !runAt(last, segments, end)) return false;
+    let at = first.length;
+    for (const run of middle) {
+      while (at + run.length <= end && !runAt(run, segments, at)) at += 1;
+      if (at + run.length > end) return false;
+      at += run.length;
+    }
+    return true;
+  };
 }
 
 /** @param {string[]} patterns @param {(p: string) => ((v: string) => boolean)|null} compile */

@@ -108,6 +108,43 @@ def test_the_browser_matcher_agrees_with_the_gateway(cases: list[tuple[Any, Any]
     assert json.loads(out) == [_gateway_wants(f, e) for f, e in cases]
 
 
+def test_the_browser_matcher_takes_the_worst_patterns_in_linear_time() -> None:
+    # The patterns that took a backtracking matcher seconds to hours, each
+    # against the value built for it; node must answer at once.
+    worst = [
+        ({"username": ["*" * 16 + "x"]}, {"username": "a" * 20}),
+        (
+            {"details": {"kind": ["a" + "*a" * 126 + "*b"]}},
+            {"details": {"kind": "a" * 100_000 + "c"}},
+        ),
+        ({"routing_key": [".".join(["*e*e*e*x"] * 4)]}, {"routing_key": ".".join(["e" * 28] * 4)}),
+        ({"routing_key": ["#." + "*." * 126 + "x"]}, {"routing_key": "e." * 50_000 + "x"}),
+        ({"kref": ["kref://**/" + "*e" * 500 + "*x"]}, {"kref": "kref://p/" + "e" * 100_000}),
+    ]
+    empty = {"routing_key": [], "kref": [], "details": {}, "author": [], "username": []}
+    blank = {"routing_key": "a", "kref": "kref://p/s/i.model", "details": {}, "author": "u"}
+    cases = [({**empty, **f}, {**blank, "username": "u", **e}) for f, e in worst]
+    out = subprocess.run(
+        ["node", str(ROOT / "tests/js/match.mjs")],
+        input=json.dumps([{"filter": f, "event": e} for f, e in cases]),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=20,
+    ).stdout
+    assert (
+        json.loads(out)
+        == [_gateway_wants(f, e) for f, e in cases]
+        == [
+            False,
+            False,
+            False,
+            True,
+            False,
+        ]
+    )
+
+
 # -- tabs in one browser ------------------------------------------------------------
 
 # Each tab's subscriptions, as kumiho-events.js options (the project is filled in).
