@@ -32,6 +32,7 @@ from gateway.errors import GatewayError
 from gateway.formats import Format, format_for
 from gateway.hub import Hub
 from gateway.lifecycle import Lifecycle
+from gateway.looplag import LoopLag
 from gateway.metrics import CONTENT_TYPE, Metrics
 from gateway.poll import Batch, collect
 from gateway.pump import Pump, jittered_retry_ms
@@ -114,11 +115,14 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await upstream.start()
+        lag = LoopLag(metrics.loop_lag)
+        lag.start()
         # A worker of a pool writes its process metrics for the others' scrapes.
         sampler = asyncio.ensure_future(metrics.sample_forever()) if metrics.directory else None
         try:
             yield
         finally:
+            lag.stop()
             if sampler is not None:
                 sampler.cancel()
                 metrics.sample()  # what the last streams counted

@@ -120,6 +120,13 @@ class Metrics:
             buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600),
             registry=r,
         )
+        self.loop_lag = Histogram(
+            "kumiho_gateway_event_loop_lag_seconds",
+            "How late the event loop ran a timer due every 50 ms (a step that blocks delays "
+            "every stream)",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
         self.upstream_shared_streams = Gauge(
             "kumiho_gateway_hub_upstream_streams",
             "Shared upstream streams open in the hub",
