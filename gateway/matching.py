@@ -70,7 +70,11 @@ def _segment(part: str) -> Matcher:
 
 
 def _run_at(run: Run, segments: list[str], at: int) -> bool:
-    return all(match(segments[at + i]) for i, match in enumerate(run))
+    for match in run:  # a loop, not all(...): this runs per event and filter
+        if not match(segments[at]):
+            return False
+        at += 1
+    return True
 
 
 def _exactly(run: Run, segments: list[str]) -> bool:
