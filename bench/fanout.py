@@ -34,12 +34,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import multiprocessing
 import os
 import statistics
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import psutil
@@ -53,6 +55,11 @@ SENT = b'"sent":"'
 LAUNCHERS = {
     "lean": ("-m", "gateway"),
     "sse-starlette": (str(Path(__file__).with_name("sse_starlette_gateway.py")),),
+}
+# --floors: what the gateway is measured against (floors.py), in the same run.
+FLOORS = {
+    "bare uvicorn": (str(Path(__file__).with_name("floors.py")), "uvicorn"),
+    "raw transports": (str(Path(__file__).with_name("floors.py")), "raw"),
 }
 
 
@@ -97,6 +104,48 @@ class Client:
             writer.close()
 
 
+CONNECT_BATCH = 500  # connections a client process opens at a time
+
+
+async def read_clients(queries: list[tuple[str, str | None]], port: int, conn: Connection) -> None:
+    """One client process: open every stream, then answer the parent's "count" and "stop"."""
+    clients = [Client(query, key) for query, key in queries]
+    stop = asyncio.Event()
+    tasks = []
+    for i in range(0, len(clients), CONNECT_BATCH):
+        batch = clients[i : i + CONNECT_BATCH]
+        tasks += [asyncio.create_task(c.run(port, stop)) for c in batch]
+        await asyncio.wait_for(asyncio.gather(*(c.connected.wait() for c in batch)), 60)
+    # The instrument must not add pauses of its own to the latency it measures:
+    # a client process collects no garbage while it reads.
+    gc.collect()
+    gc.disable()
+    conn.send("connected")
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    def command() -> None:
+        if conn.recv() == "count":
+            conn.send(sum(c.received for c in clients))
+        elif not done.done():
+            done.set_result(None)
+
+    loop.add_reader(conn.fileno(), command)
+    await done
+    loop.remove_reader(conn.fileno())
+    stop.set()
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    conn.send((sum(c.received for c in clients), [x for c in clients for x in c.latencies]))
+
+
+def client_process(queries: list[tuple[str, str | None]], port: int, conn: Connection) -> None:
+    raise_fd_limit()
+    with asyncio.Runner(loop_factory=client_loop()) as runner:
+        runner.run(read_clients(queries, port, conn))
+
+
 def publish(address: str, rate: float, seconds: float, stop: threading.Event) -> int:
     sent = 0
     start = time.monotonic()
@@ -137,46 +186,65 @@ def rss_bytes(gw: psutil.Process) -> int:
     return sum(p.memory_info().rss for p in pool(gw))
 
 
-async def round_(
+def queries(m: int, args: argparse.Namespace) -> list[tuple[str, str | None]]:
+    """Each client's query and key."""
+    if args.filters is None:
+        return [("", None)] * m
+    if args.diverse:
+        filters = [diverse_filter(j) for j in range(args.filters)]
+        return [(filters[i % args.filters], KEY) for i in range(m)]
+    return [("?routing_key=revision.created", KEY)] * m
+
+
+def round_(
     m: int, args: argparse.Namespace, gw_port: int, dev_addr: str, gw: psutil.Process
 ) -> dict[str, float]:
     rss0 = rss_bytes(gw)
-    stop = asyncio.Event()
-    if args.filters is None:
-        clients = [Client() for _ in range(m)]
-    elif args.diverse:
-        filters = [diverse_filter(j) for j in range(args.filters)]
-        clients = [Client(filters[i % args.filters], KEY) for i in range(m)]
-    else:
-        clients = [Client("?routing_key=revision.created", KEY) for _ in range(m)]
-    tasks = [asyncio.create_task(c.run(gw_port, stop)) for c in clients]
-    await asyncio.wait_for(asyncio.gather(*(c.connected.wait() for c in clients)), 60)
-    await asyncio.sleep(1)  # let the gateway settle before measuring (not a synchronisation)
-    rss1 = rss_bytes(gw)
-    with DevServerClient(dev_addr) as control:
-        upstream = control.stats().open_streams
-    cpu0 = cpu_seconds(gw)
-    t0 = time.monotonic()
-    halt = threading.Event()
-    # The instrument must not add pauses of its own to the latency it measures:
-    # the clients' process collects no garbage while they read.
-    gc.collect()
-    gc.disable()
+    # The clients spread over processes, so no one reader's queue is the latency measured.
+    procs = min(args.client_procs, m)
+    mine = queries(m, args)
+    fork = multiprocessing.get_context("fork")
+    readers = []
+    for k in range(procs):
+        parent, child = fork.Pipe()
+        proc = fork.Process(target=client_process, args=(mine[k::procs], gw_port, child))
+        proc.start()
+        readers.append((proc, parent))
     try:
-        sent = await asyncio.to_thread(publish, dev_addr, args.rate, args.seconds, halt)
+        for _, conn in readers:
+            if not conn.poll(120):
+                raise SystemExit(f"{m} clients did not connect within 120 s")
+            conn.recv()
+        time.sleep(1)  # let the gateway settle before measuring (not a synchronisation)
+        rss1 = rss_bytes(gw)
+        with DevServerClient(dev_addr) as control:
+            upstream = control.stats().open_streams
+        cpu0 = cpu_seconds(gw)
+        t0 = time.monotonic()
+        sent = publish(dev_addr, args.rate, args.seconds, threading.Event())
+
+        def received() -> int:
+            for _, conn in readers:
+                conn.send("count")
+            return sum(conn.recv() for _, conn in readers)
+
         end = time.monotonic() + 10
-        while sum(c.received for c in clients) < sent * m and time.monotonic() < end:  # noqa: ASYNC110
-            await asyncio.sleep(0.05)  # polling the clients' counters, with a deadline
+        while received() < sent * m and time.monotonic() < end:
+            time.sleep(0.05)  # polling the clients' counters, with a deadline
+        elapsed = time.monotonic() - t0
+        cpu = cpu_seconds(gw) - cpu0
+        delivered, latencies = 0, []
+        for _, conn in readers:
+            conn.send("stop")
+            got, seen = conn.recv()
+            delivered += got
+            latencies += seen
     finally:
-        gc.enable()
-    elapsed = time.monotonic() - t0
-    cpu = cpu_seconds(gw) - cpu0
-    stop.set()
-    for t in tasks:
-        t.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    delivered = sum(c.received for c in clients)
-    latencies = sorted(x for c in clients for x in c.latencies)
+        for proc, _ in readers:
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()
+    latencies.sort()
     q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [0.0] * 99
     return {
         "clients": m, "sent": sent, "delivered": delivered, "expected": sent * m,
@@ -323,18 +391,48 @@ def run_rounds(
 ) -> list[dict[str, float]]:
     service = ("--auth", "service", "--api-keys", KEY) if args.filters is not None else ()
     workers = ("--workers", str(args.workers)) if args.workers > 1 else ()
-    stack = start_stack(no_hub, *service, *workers, launcher=LAUNCHERS[response])
+    stack = start_stack(no_hub, *service, *workers, launcher={**LAUNCHERS, **FLOORS}[response])
     try:
         rows = []
         for m in (int(x) for x in args.clients.split(",")):
-            with asyncio.Runner(loop_factory=client_loop()) as runner:
-                rows.append(runner.run(round_(m, args, stack.gw_port, stack.dev_addr, stack.gw)))
+            rows.append(round_(m, args, stack.gw_port, stack.dev_addr, stack.gw))
             time.sleep(1)  # let the previous round's connections close (not a synchronisation)
     finally:
         stop_stack(stack)
     if show:
         print_table(rows, args, no_hub)
     return rows
+
+
+def compare_floors(args: argparse.Namespace) -> None:
+    """For each worker count: the gateway, then each floor, on the same clients; one table."""
+    rows: list[dict[str, float]] = []
+    labels: list[str] = []
+    ratios: list[tuple[str, dict[str, float], dict[str, float], dict[str, float]]] = []
+    for workers in args.workers_list:
+        args.workers = workers
+        runs = {name: run_rounds(args, False, name, show=False) for name in ("lean", *FLOORS)}
+        for name, got in runs.items():
+            rows += got
+            labels += [f"{'gateway' if name == 'lean' else name}, {workers} proc"] * len(got)
+        for gateway, uvicorn_, raw in zip(*runs.values(), strict=True):
+            ratios.append((f"{workers} proc", gateway, uvicorn_, raw))
+    args.workers = max(args.workers_list)
+    print_table(rows, args, False, labels)
+    print()
+    print("gateway / floor, same run")
+    header = ("processes", "clients", "CPU/raw", "CPU/uvicorn", "p99 - raw p99 ms",
+              "p99/raw", "RSS/raw", "gateway RSS KiB/stream")  # fmt: skip
+    print(" | ".join(header))
+    for procs, g, u, r in ratios:
+        cells = (
+            procs, f"{g['clients']:.0f}", ratio(g["cpu_us"], r["cpu_us"]),
+            ratio(g["cpu_us"], u["cpu_us"]), f"{g['p99_ms'] - r['p99_ms']:+.1f}",
+            ratio(g["p99_ms"], r["p99_ms"]), ratio(g["rss_kib"], r["rss_kib"]),
+            f"{g['rss_kib']:.1f}",
+        )  # fmt: skip
+        print(" | ".join(c.rjust(len(h)) for c, h in zip(cells, header, strict=True)))
+    check_delivered(rows, labels)
 
 
 def main() -> None:
@@ -364,13 +462,33 @@ def main() -> None:
         "in one run, and the ratios",
     )
     parser.add_argument(
-        "--workers", type=int, default=1, help="gateway worker processes (default: 1)"
+        "--workers",
+        default="1",
+        help="gateway worker processes (default: 1); with --floors a list, e.g. 1,2",
+    )
+    parser.add_argument(
+        "--floors",
+        action="store_true",
+        help="the gateway, a bare uvicorn app and raw asyncio transports, each writing "
+        "every event to every client, in one run (floors.py), and the ratios",
+    )
+    parser.add_argument(
+        "--client-procs",
+        type=int,
+        default=2,
+        help="processes the clients are spread over (default: %(default)s)",
     )
     args = parser.parse_args()
+    args.workers_list = [int(x) for x in args.workers.split(",")]
+    if len(args.workers_list) > 1 and not args.floors:
+        parser.error("a list of --workers needs --floors")
+    args.workers = args.workers_list[0]
     raise_fd_limit()
     if args.compare and args.response != "lean":
         parser.error("--compare (hub vs no-hub) runs the lean response only")
-    if args.filters is not None:
+    if args.floors:
+        compare_floors(args)
+    elif args.filters is not None:
         compare_filters(args)
     elif args.compare:
         print_ratios(run_rounds(args, False), run_rounds(args, True))
