@@ -223,6 +223,64 @@ def test_polls_open_at_sigterm_answer_at_once_and_lose_nothing(
     assert "Traceback" not in log and "ERROR" not in log
 
 
+class _SilentUpstream(threading.Thread):
+    """A host that accepts connections and never answers: an upstream hung mid-handshake."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.connections: list[socket.socket] = []
+
+    def run(self) -> None:
+        with contextlib.suppress(OSError):  # closed by close()
+            while len(self.connections) < 100:  # bounded: a gateway makes one or two
+                self.connections.append(self.listener.accept()[0])
+
+    def close(self) -> None:
+        self.listener.close()
+        for connection in self.connections:
+            connection.close()
+
+
+@BOTH_MODES
+def test_a_poll_still_opening_at_sigterm_gets_a_503_at_once(
+    make_gateway: Callable[..., Gateway],
+) -> None:
+    upstream = _SilentUpstream()
+    upstream.start()
+    try:
+        # The poll would wait 30 s for the upstream's first word; uvicorn's own
+        # graceful timeout is 5 s.
+        gateway = make_gateway(
+            upstream.address, *FAST, "--open-timeout", "30", "--shutdown-grace", "20"
+        )
+        assert gateway.proc is not None
+        answers: list[httpx.Response] = []
+        params = {"timeout": 30}
+        polling = threading.Thread(
+            target=lambda: answers.append(
+                httpx.get(gateway.url + "/events/poll", params=params, timeout=60)
+            ),
+            daemon=True,
+        )
+        polling.start()
+        wait_until(lambda: bool(upstream.connections), 15, "the poll to call the upstream")
+        gateway.proc.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        polling.join(30)
+        elapsed = time.monotonic() - sent
+        assert gateway.proc.wait(15) == 0
+    finally:
+        upstream.close()
+    [response] = answers
+    assert elapsed < 3, elapsed  # at once, not after uvicorn's cut
+    assert response.status_code == 503, response.text
+    error = response.json()["error"]
+    assert error["code"] == "draining" and error["retryable"] is True
+    assert error["retry_after_ms"] >= 2000
+
+
 def test_a_second_sigterm_exits_at_once(
     make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
 ) -> None:
