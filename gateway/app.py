@@ -191,13 +191,15 @@ def create_app(
             request.headers.get("accept"),
         )
 
+    def source_for(subscription: Subscription) -> Source:
+        """The subscription's source, shared (the hub) or its own, not opened yet."""
+        if hub is not None:
+            return hub.source(subscription)
+        return UpstreamSource(upstream, subscription, settings, metrics)
+
     async def opened(subscription: Subscription) -> Source:
         """The subscription's source, opened (refusals raise GatewayError before any byte)."""
-        source: Source = (
-            hub.source(subscription)
-            if hub is not None
-            else UpstreamSource(upstream, subscription, settings, metrics)
-        )
+        source = source_for(subscription)
         try:
             await source.open()
         except BaseException:
@@ -268,6 +270,16 @@ def create_app(
     async def hosted_stream(request: Request) -> Response:
         return await stream(request, hosted=True)
 
+    def draining() -> GatewayError:
+        """A poll's answer while the gateway shuts down: retry (another replica answers)."""
+        return GatewayError(
+            503,
+            "draining",
+            "the gateway is shutting down; poll again (another replica answers)",
+            retryable=True,
+            retry_after_ms=jittered_retry_ms(settings.retry_ms),
+        )
+
     async def poll(request: Request) -> Response:
         query = _query(request)
         subscription = subscribe(request, query)
@@ -282,23 +294,23 @@ def create_app(
                 "between polls would be lost to the group); stream /events instead",
             )
         if lifecycle.draining:
-            raise GatewayError(
-                503,
-                "draining",
-                "the gateway is shutting down; poll again (another replica answers)",
-                retryable=True,
-                retry_after_ms=jittered_retry_ms(settings.retry_ms),
-            )
+            raise draining()
         if request.method == "HEAD":  # validated; no upstream call for it
             return Response(headers=HEADERS, media_type="application/json")
-        source = await opened(subscription)
         batch = Batch(max_events, subscription.cursor)
+        # Drained like a stream: at SIGTERM the poll answers at once, while it
+        # opens as while it waits (one that starts during the drain, at once).
+        lifecycle.add(batch)
         try:
-            await collect(source, batch, timeout, disconnected(request.receive))
+            await collect(source_for(subscription), batch, timeout, disconnected(request.receive))
         finally:
-            source.close()
+            lifecycle.discard(batch)
         if batch.failure is not None and not batch.events:
             raise batch.failure  # with events, the next poll meets it
+        if batch.drained and not batch.events:
+            # An empty 200 would say "nothing new": the client would take it as
+            # caught up. It polls again instead, with the same cursor, elsewhere.
+            raise draining()
         return Response(batch.answer(), headers=HEADERS, media_type="application/json")
 
     poll_responses: dict[int | str, dict[str, Any]] = {

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
+import functools
 import logging
 import secrets
 from collections.abc import Callable, Sequence
@@ -291,13 +292,18 @@ class Hub:
             # events nobody asked for, once per person.
             filtering = "upstream" if settings.auth == "passthrough" else "gateway"
         self._covering = filtering == "gateway"
-        self._starting: dict[ChannelKey, asyncio.Future[Channel]] = {}
+        self._starting: dict[ChannelKey, _Opening] = {}
 
     def source(self, subscription: Subscription) -> HubSource:
         return HubSource(self, subscription)
 
     async def channel(self, subscription: Subscription) -> Channel:
-        """The live channel for this subscription's key, started on first use."""
+        """The live channel for this subscription's key, started on first use.
+
+        Requests that find it opening wait for that same opening. It goes on
+        while any of them waits: the one that began it may leave (its client
+        hung up) without cutting off the others. When all have left, it stops.
+        """
         if self._covering:
             asked = EventFilter()
         else:
@@ -308,26 +314,41 @@ class Hub:
         channel = self._channels.get(key)
         if channel is not None and not channel.closed:
             return channel
-        starting = self._starting.get(key)
-        if starting is not None:
-            return await asyncio.shield(starting)
-        future: asyncio.Future[Channel] = asyncio.get_running_loop().create_future()
-        self._starting[key] = future
-        live = replace(subscription, filter=asked, cursor=None, start="latest", from_timestamp=None)
+        opening = self._starting.get(key)
+        if opening is None:
+            live = replace(
+                subscription, filter=asked, cursor=None, start="latest", from_timestamp=None
+            )
+            opening = self._starting[key] = _Opening(asyncio.ensure_future(self._open(key, live)))
+            opening.task.add_done_callback(functools.partial(self._opened, key, opening))
+        opening.waiting += 1
+        try:
+            # Shielded: one waiter's cancellation is its own, not the opening's.
+            return await asyncio.shield(opening.task)
+        finally:
+            opening.waiting -= 1
+            if not opening.waiting and not opening.task.done():
+                # Nobody wants it any more: stop it, and let a later request begin afresh
+                # (rather than join an opening about to end as cancelled).
+                opening.task.cancel()
+                self._opened(key, opening)
+
+    def _opened(self, key: ChannelKey, opening: _Opening, *_: object) -> None:
+        """``opening`` is over (or abandoned): the next request for ``key`` looks again."""
+        if self._starting.get(key) is opening:
+            del self._starting[key]
+
+    async def _open(self, key: ChannelKey, live: Subscription) -> Channel:
+        """Start the channel for ``key``; 401/403 and the like reach every waiting request."""
         channel = Channel(
             key, UpstreamSource(self.upstream, live, self.settings, self.metrics), self
         )
         try:
             await channel.start()
-        except BaseException as exc:
+        except BaseException:
             channel.close()
-            future.set_exception(exc)
-            future.exception()  # retrieved: waiters re-raise it themselves
             raise
-        finally:
-            del self._starting[key]
         self._channels[key] = channel
-        future.set_result(channel)
         channel.idle()  # closes after the linger unless someone joins
         return channel
 
@@ -339,6 +360,14 @@ class Hub:
     def forget(self, channel: Channel) -> None:
         if self._channels.get(channel.key) is channel:
             del self._channels[channel.key]
+
+
+class _Opening:
+    """A channel being opened, and how many requests wait for it."""
+
+    def __init__(self, task: asyncio.Task[Channel]) -> None:
+        self.task = task
+        self.waiting = 0
 
 
 class _CatchUp:

@@ -1,9 +1,11 @@
-"""The process's lifecycle: which streams are open, and draining them on shutdown.
+"""The process's lifecycle: which streams and polls are open, and draining them on shutdown.
 
 On SIGTERM (see ``server.py``) the gateway first reports not-ready, then asks
 every open stream to end: each flushes what it holds, writes a jittered
 ``retry:`` line and closes, so its client reconnects (to another replica)
-with its Last-Event-ID and loses nothing. Only then does the server stop.
+with its Last-Event-ID and loses nothing. Each open poll answers at once
+with the events it has gathered and their cursor, or, with none, a 503 to
+poll again elsewhere. Only then does the server stop.
 """
 
 from __future__ import annotations
@@ -17,11 +19,11 @@ log = logging.getLogger("gateway.lifecycle")
 
 class Drainable(Protocol):
     def drain(self) -> None:
-        """End the stream soon: flush, write a retry: line, close."""
+        """End soon: a stream flushes, writes a retry: line and closes; a poll answers."""
 
 
 class Lifecycle:
-    """Open streams and the draining flag, shared by the routes and the server."""
+    """Open streams and polls, and the draining flag, shared by the routes and the server."""
 
     def __init__(self) -> None:
         self.draining = False

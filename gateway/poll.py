@@ -1,10 +1,11 @@
 """One bounded read of a subscription, for polling clients (cron, serverless, workflow tools).
 
-``collect`` runs a Source into a ``Batch`` (a Sink that keeps up to
-``max_events`` events) until the batch is full, or until ``timeout``
-seconds pass with nothing to return, or until events stop arriving for a
-moment after the first one (so a poll answers with what is there without
-waiting out the timeout). The answer:
+``collect`` opens a Source and runs it into a ``Batch`` (a Sink that keeps
+up to ``max_events`` events) until the batch is full, or events stop
+arriving for a moment after the first one (so a poll answers with what is
+there without waiting out the timeout), or ``timeout`` seconds have passed
+since the source opened, however many events keep coming. A draining
+gateway ends every batch at once (``Batch.drain``). The answer:
 
     {"events": [...], "cursor": "<pass it next time>" | null, "more": true | false,
      "reset": {...} | null}
@@ -20,21 +21,23 @@ order: the same resume rules as a stream's ``Last-Event-ID``. ``reset`` is a
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from gateway._proto import kumiho_pb2
 from gateway.cursor import ResumeFilter
 from gateway.errors import GatewayError
-from gateway.source import Advance, Failure, Item, Reset, SharedEvent, Source, Status
+from gateway.source import Advance, Failure, Item, Reset, SharedEvent, Source, Status, wake
 from gateway.sse import dumps, event_json
+
+log = logging.getLogger("gateway.poll")
 
 # After the first event, how long a pause in arrivals ends the batch.
 _QUIET = 0.05
 
 
-@dataclass
+@dataclass(eq=False)  # tracked in a set by the lifecycle, by identity
 class Batch:
     """The Sink of one poll: events up to ``limit``, and whether one more was waiting."""
 
@@ -47,8 +50,10 @@ class Batch:
         self.reset: Reset | None = None
         self.failure: GatewayError | None = None
         self._filter = ResumeFilter(self.cursor)
-        self._arrived: asyncio.Future[None] | None = None
+        self._arrived: asyncio.Future[None] | None = None  # _fill waits: the next item
+        self._stopped: asyncio.Future[None] | None = None  # collect waits: done
         self.done = False
+        self.drained = False  # ended by the gateway's drain, not by the poll's own rules
 
     def put(self, item: Item) -> bool:
         if self.done:
@@ -76,7 +81,7 @@ class Batch:
             if self._filter.accept(item.cursor):
                 self.cursor = item.cursor  # past unwanted events: not read again next time
             return True
-        self._wake()
+        wake(self._arrived)
         return True
 
     async def room(self) -> bool:
@@ -85,13 +90,16 @@ class Batch:
     def slow_consumer(self) -> None:
         """Never: a batch takes everything up to its limit at once."""
 
+    def drain(self) -> None:
+        """The gateway shuts down: take nothing more; the poll answers with what it has."""
+        if not self.done:
+            self.drained = True
+            self._finish()
+
     def _finish(self) -> None:
         self.done = True
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._arrived is not None and not self._arrived.done():
-            self._arrived.set_result(None)
+        wake(self._arrived)
+        wake(self._stopped)
 
     async def arrival(self, within: float) -> bool:
         """Wait up to ``within`` seconds for the next item; False when none came."""
@@ -104,6 +112,12 @@ class Batch:
             return False
         return not self.done
 
+    async def stopped(self) -> None:
+        """Return once the batch takes nothing more (full, failed or drained)."""
+        if not self.done:
+            self._stopped = asyncio.get_running_loop().create_future()
+            await self._stopped
+
     def answer(self) -> bytes:
         """The JSON body (events are already JSON: joined, not re-encoded)."""
         reset = self.reset.data() if self.reset is not None else None
@@ -114,30 +128,47 @@ class Batch:
 
 
 async def collect(source: Source, batch: Batch, wait: float, gone: Awaitable[None]) -> None:
-    """Run ``source`` into ``batch`` until full, quiet or ``wait`` is over, or ``gone`` resolves.
+    """Open ``source``, run it into ``batch`` until the answer is due, and close it.
 
-    The caller has opened ``source`` and closes it afterwards.
+    The answer is due when the batch is full or drained, when events pause
+    for ``_QUIET`` after the first one, ``wait`` seconds after the source
+    opened (at least ``_QUIET``, so ``timeout=0`` still gets what is already
+    there), or when ``gone`` resolves (the client left). A drain or the
+    client leaving ends the opening too. Refusals while opening (GatewayError)
+    propagate.
     """
-    running = asyncio.ensure_future(source.run(batch))
     left = asyncio.ensure_future(gone)
+    stopped = asyncio.ensure_future(batch.stopped())
+    opening = asyncio.ensure_future(source.open())
+    tasks = [left, stopped, opening]
+    running: asyncio.Future[None] | None = None
     try:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait
-        waiting = asyncio.ensure_future(_fill(batch, deadline))
-        await asyncio.wait({waiting, left, running}, return_when=asyncio.FIRST_COMPLETED)
-        waiting.cancel()
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        if not opening.done():
+            return  # drained, or the client left, before the upstream answered
+        opening.result()  # a refusal: raised to the route
+        deadline = asyncio.get_running_loop().time() + max(wait, _QUIET)
+        running = asyncio.ensure_future(source.run(batch))
+        filling = asyncio.ensure_future(_fill(batch, deadline))
+        tasks += [running, filling]
+        await asyncio.wait({filling, left, running}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        running.cancel()
-        left.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await running
+        for task in tasks:
+            task.cancel()
+        source.close()
+        # Synchronous cleanup above; this only lets the cancelled tasks finish.
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if running is not None and not running.cancelled() and running.exception():
+            # A bug in the source, not a refusal: the poll still answers with what it has.
+            log.error("a poll's source failed", exc_info=running.exception())
 
 
 async def _fill(batch: Batch, deadline: float) -> None:
+    """Until full, or a quiet moment after the first event, or ``deadline``, whatever comes."""
     loop = asyncio.get_running_loop()
-    while not batch.events and not batch.done:
-        # Even timeout=0 gives what is already there (a ring replay) a moment to arrive.
-        if not await batch.arrival(max(_QUIET, deadline - loop.time())):
-            return  # nothing came in time
-    while not batch.done and await batch.arrival(_QUIET):
-        pass
+    while not batch.done and (left := deadline - loop.time()) > 0:
+        # Before the first event, wait for one up to the deadline; after it, for
+        # a moment only. Either way never past the deadline: a steady trickle of
+        # events must not hold the answer back.
+        if not await batch.arrival(min(_QUIET, left) if batch.events else left):
+            return

@@ -22,10 +22,9 @@ import json
 import os
 import random
 import sys
-import tempfile
 import unicodedata
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -508,15 +507,30 @@ def _int(value: object) -> int | None:
 
 
 class CursorFile:
-    """The last printed event's id, kept in a file so a new ``tail`` resumes after it."""
+    """The last printed event's id, kept in a file so a new ``tail`` resumes after it.
+
+    Each write goes through one temporary file of a fixed name beside it
+    (``.NAME.tmp``), so a tail killed mid-write leaves at most that one file,
+    which the next tail removes as it starts. Tails sharing a cursor file take
+    turns with it under a lock on the directory (where the OS has ``flock``).
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path.expanduser()
         if not self.path.parent.is_dir():
             raise Stop(EXIT_REFUSED, f"--cursor-file: no directory {self.path.parent}")
+        self.temporary = self.path.with_name(f".{self.path.name}.tmp")
 
     def read(self) -> str | None:
-        """The stored id; None when the file does not exist or is empty."""
+        """The stored id; None when the file does not exist or is empty.
+
+        What a tail killed mid-write left is removed first.
+        """
+        try:
+            with self._turn(), contextlib.suppress(FileNotFoundError):
+                os.unlink(self.temporary)
+        except OSError as exc:
+            raise Stop(EXIT_FAILED, f"cannot clear {self.temporary}: {exc}") from None
         try:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -531,25 +545,39 @@ class CursorFile:
     def write(self, cursor: str) -> None:
         """Replace the file with one holding ``cursor``: readers see the old or the new, whole.
 
-        A temporary file in the same directory (so the rename stays on one file
-        system), flushed to disk, then renamed over the old one. The process
-        can die at any moment and the file still holds a whole cursor.
+        The temporary file is in the same directory (so the rename stays on one
+        file system), flushed to disk, then renamed over the old one. The
+        process can die at any moment and the file still holds a whole cursor.
         """
-        fd, temporary = tempfile.mkstemp(
-            dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp"
-        )
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as file:
-                file.write(cursor + "\n")
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, self.path)
-        except BaseException as exc:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)
-            if isinstance(exc, OSError):
-                raise Stop(EXIT_FAILED, f"cannot write the cursor file: {exc}") from None
-            raise
+            with self._turn():
+                try:
+                    with open(self.temporary, "w", encoding="utf-8") as file:
+                        file.write(cursor + "\n")
+                        file.flush()
+                        os.fsync(file.fileno())
+                    os.replace(self.temporary, self.path)
+                except BaseException:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.temporary)
+                    raise
+        except OSError as exc:
+            raise Stop(EXIT_FAILED, f"cannot write the cursor file: {exc}") from None
+
+    @contextlib.contextmanager
+    def _turn(self) -> Iterator[None]:
+        """Hold the directory's lock: two tails never write the one temporary file at once."""
+        if sys.platform == "win32":  # no flock: one tail per cursor file there
+            yield
+            return
+        import fcntl
+
+        directory = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            fcntl.flock(directory, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(directory)  # and with it the lock
 
 
 def use_color(choice: str, stream: TextIO) -> bool:

@@ -334,6 +334,43 @@ class Reader(threading.Thread):
         return self.events
 
 
+class Publisher(threading.Thread):
+    """Publishes one event every ``1 / rate`` seconds into a devserver, keeping their cursors.
+
+    A steady trickle, as a busy studio makes: its events come closer together
+    than a poll's quiet window. It stops at ``stop()``, or after ``limit`` seconds.
+    """
+
+    def __init__(
+        self, devserver: DevServer, kref: str, rate: float = 50.0, limit: float = 120.0
+    ) -> None:
+        super().__init__(daemon=True)
+        self.devserver, self.kref, self.rate, self.limit = devserver, kref, rate, limit
+        self.cursors: list[str] = []
+        self._halt = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        interval = 1.0 / self.rate
+        try:
+            with self.devserver.client() as client:
+                start = next_at = time.monotonic()
+                while not self._halt.is_set() and time.monotonic() - start < self.limit:
+                    self.cursors += client.publish("revision.created", self.kref)
+                    next_at += interval
+                    # Pacing, not synchronisation: one event per interval.
+                    self._halt.wait(max(0.0, next_at - time.monotonic()))
+        except BaseException as exc:  # reported by stop()
+            self.error = exc
+
+    def stop(self) -> list[str]:
+        """Stop publishing; every cursor published, in order."""
+        self._halt.set()
+        self.join(15)
+        assert self.error is None, self.error
+        return self.cursors
+
+
 def data(events: list[ServerSentEvent]) -> list[dict[str, Any]]:
     return [json.loads(e.data) for e in events]
 

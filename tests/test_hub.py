@@ -18,7 +18,7 @@ from gateway.matching import EventFilter
 from gateway.metrics import Metrics
 from gateway.pump import Pump
 from gateway.settings import Settings
-from gateway.source import Item, Sink, Status
+from gateway.source import Item, SharedEvent, Sink, Status
 from gateway.subscription import Subscription
 from gateway.upstream import Upstream
 from tests.conftest import FAST, DevServer, Gateway, Reader, make_pump, read_events, wait_until
@@ -434,3 +434,66 @@ def test_ndjson_carries_the_hubs_id_on_a_tier_without_cursors(
     with httpx.stream("GET", gateway.url + "/events", params=resumed, timeout=10) as r:
         events = (json.loads(line) for line in r.iter_lines() if '"routing_key"' in line)
         assert next(events)["id"] == second["id"]
+
+
+class _Collected:
+    """A Sink that keeps every event it is given, and says when one comes."""
+
+    def __init__(self) -> None:
+        self.cursors: list[str] = []
+        self.arrived = asyncio.Event()
+
+    def put(self, item: Item) -> bool:
+        if isinstance(item, SharedEvent):
+            self.cursors.append(item.cursor)
+            self.arrived.set()
+        return True
+
+    async def room(self) -> bool:
+        return True
+
+    def slow_consumer(self) -> None:
+        raise AssertionError("a sink that takes everything is never slow")
+
+
+def test_a_request_waiting_on_an_opening_channel_outlives_its_cancelled_opener(
+    make_devserver: Callable[..., DevServer],
+) -> None:
+    # Late headers: the opener spends a quarter of a second in the open, after the
+    # capabilities call; the whole scenario below takes microseconds of it.
+    devserver = make_devserver("--late-headers")
+    settings = Settings(upstream=devserver.address, heartbeat=60, flush_interval=0)
+    subscription = Subscription(EventFilter(), None, "latest", None, False, ANONYMOUS)
+
+    async def scenario() -> None:
+        upstream = Upstream(settings)
+        await upstream.start()
+        hub = Hub(upstream, settings, Metrics())
+        try:
+            # The first request opens the shared channel; a second one waits on it.
+            opener = asyncio.create_task(hub.channel(subscription))
+            await asyncio.sleep(0)  # one step: the opener registers its channel as opening
+            waiter = asyncio.create_task(hub.channel(subscription))
+            await asyncio.sleep(0)  # one step: the waiter finds it opening and waits
+            # The first client hangs up while the channel is still opening.
+            opener.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await opener
+            assert opener.cancelled()
+            # The second is not cancelled: it gets a live channel all the same.
+            channel = await asyncio.wait_for(waiter, 15)
+            assert not channel.closed
+            source = hub.source(subscription)
+            await source.open()
+            sink = _Collected()
+            running = asyncio.create_task(source.run(sink))
+            [cursor] = await asyncio.to_thread(devserver.publish, "revision.created", KREF)
+            await asyncio.wait_for(sink.arrived.wait(), 15)
+            assert sink.cursors == [cursor]
+            source.close()
+            running.cancel()
+        finally:
+            hub.close()
+            await upstream.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))

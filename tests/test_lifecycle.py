@@ -9,12 +9,24 @@ import json
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 
-from tests.conftest import BOTH_MODES, FAST, DevServer, Gateway, Reader, read_events, wait_until
+from tests.conftest import (
+    BOTH_MODES,
+    FAST,
+    DevServer,
+    Gateway,
+    Publisher,
+    Reader,
+    read_events,
+    unique_project,
+    wait_until,
+)
 
 
 def last_field(text_or_lines: str | list[str]) -> str:
@@ -129,6 +141,144 @@ def test_streams_that_finish_opening_during_a_drain_end_with_a_retry_line(
     for body in answered:
         assert last_field(body).startswith("retry: "), body  # every 200 ends with one
     assert gateway.proc.wait(10) == 0
+
+
+@BOTH_MODES
+def test_polls_open_at_sigterm_answer_at_once_and_lose_nothing(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    # uvicorn's own graceful timeout is then 5 s: an answer well before it is the drain's.
+    leaving = make_gateway(devserver.address, *FAST, "--shutdown-grace", "20")
+    staying = make_gateway(devserver.address, *FAST)
+    assert leaving.proc is not None
+    project = unique_project()
+    busy = {"kref_filter": f"kref://{project}/busy/**", "max_events": 1000, "timeout": 30}
+    idle = {"kref_filter": f"kref://{project}/idle/**", "timeout": 30}
+    answers: dict[str, tuple[httpx.Response, float]] = {}
+
+    def poll(name: str, params: dict[str, Any]) -> None:
+        response = httpx.get(leaving.url + "/events/poll", params=params, timeout=60)
+        answers[name] = response, time.monotonic()
+
+    polls = [
+        threading.Thread(target=poll, args=(name, params), daemon=True)
+        for name, params in (("busy", busy), ("idle", idle))
+    ]
+    for thread in polls:
+        thread.start()
+
+    def both_waiting() -> bool:
+        if leaving.hub:
+            return leaving.metric("kumiho_gateway_hub_subscribers") == 2
+        return devserver.open_streams() == 2
+
+    wait_until(both_waiting, 15, "both polls to wait for events")
+    # A steady trickle: the busy poll keeps gathering (1,000 events would take 20 s).
+    publisher = Publisher(devserver, f"kref://{project}/busy/shots/a.comp", rate=50)
+    publisher.start()
+    try:
+        wait_until(lambda: len(publisher.cursors) >= 10, 15, "events for the busy poll")
+        leaving.proc.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        for thread in polls:
+            thread.join(30)
+        assert leaving.proc.wait(15) == 0
+    finally:
+        published = publisher.stop()
+    answered = {name: at - sent for name, (_, at) in answers.items()}
+    assert set(answered) == {"busy", "idle"}
+    for response, _ in answers.values():
+        assert response.headers["content-type"] == "application/json", response.text
+    # At once: well before the polls' 30 s, and before uvicorn's cut.
+    assert max(answered.values()) < 3, answered
+
+    # What it gathered so far, in the normal body, with the cursor to go on from.
+    response = answers["busy"][0]
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    got = [e["cursor"] for e in body["events"]]
+    assert got and body["cursor"] == got[-1] and body["reset"] is None
+    # Nothing safe to answer: come back (elsewhere), the envelope says when.
+    response = answers["idle"][0]
+    assert response.status_code == 503, response.text
+    assert response.headers["content-type"] == "application/json"
+    error = response.json()["error"]
+    assert error["code"] == "draining" and error["retryable"] is True
+    assert 2000 <= error["retry_after_ms"] <= 3000
+
+    # Polling on from that cursor on another gateway: every event once, in order.
+    cursor = body["cursor"]
+    for _ in range(10):  # bounded: fewer than 1,000 events are left
+        if len(got) >= len(published):
+            break
+        params = {**busy, "cursor": cursor, "timeout": 5}
+        rest = httpx.get(staying.url + "/events/poll", params=params, timeout=60)
+        assert rest.status_code == 200, rest.text
+        got += [e["cursor"] for e in rest.json()["events"]]
+        cursor = rest.json()["cursor"]
+    assert got == published
+    log = leaving.log()
+    assert "Traceback" not in log and "ERROR" not in log
+
+
+class _SilentUpstream(threading.Thread):
+    """A host that accepts connections and never answers: an upstream hung mid-handshake."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.connections: list[socket.socket] = []
+
+    def run(self) -> None:
+        with contextlib.suppress(OSError):  # closed by close()
+            while len(self.connections) < 100:  # bounded: a gateway makes one or two
+                self.connections.append(self.listener.accept()[0])
+
+    def close(self) -> None:
+        self.listener.close()
+        for connection in self.connections:
+            connection.close()
+
+
+@BOTH_MODES
+def test_a_poll_still_opening_at_sigterm_gets_a_503_at_once(
+    make_gateway: Callable[..., Gateway],
+) -> None:
+    upstream = _SilentUpstream()
+    upstream.start()
+    try:
+        # The poll would wait 30 s for the upstream's first word; uvicorn's own
+        # graceful timeout is 5 s.
+        gateway = make_gateway(
+            upstream.address, *FAST, "--open-timeout", "30", "--shutdown-grace", "20"
+        )
+        assert gateway.proc is not None
+        answers: list[httpx.Response] = []
+        params = {"timeout": 30}
+        polling = threading.Thread(
+            target=lambda: answers.append(
+                httpx.get(gateway.url + "/events/poll", params=params, timeout=60)
+            ),
+            daemon=True,
+        )
+        polling.start()
+        wait_until(lambda: bool(upstream.connections), 15, "the poll to call the upstream")
+        gateway.proc.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        polling.join(30)
+        elapsed = time.monotonic() - sent
+        assert gateway.proc.wait(15) == 0
+    finally:
+        upstream.close()
+    [response] = answers
+    assert elapsed < 3, elapsed  # at once, not after uvicorn's cut
+    assert response.status_code == 503, response.text
+    error = response.json()["error"]
+    assert error["code"] == "draining" and error["retryable"] is True
+    assert error["retry_after_ms"] >= 2000
 
 
 def test_a_second_sigterm_exits_at_once(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +16,7 @@ from tests.conftest import (
     FAST,
     DevServer,
     Gateway,
+    Publisher,
     Reader,
     unique_project,
     wait_until,
@@ -114,6 +116,43 @@ def test_a_long_poll_answers_when_the_first_event_comes(
         "more": False,
         "reset": None,
     }
+
+
+@BOTH_MODES
+def test_timeout_bounds_a_poll_while_events_keep_trickling_in(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *FAST)
+    project = unique_project()
+    # 50 events a second: each comes 20 ms after the last, inside the 50 ms quiet window.
+    publisher = Publisher(devserver, f"kref://{project}/shots/busy.comp", rate=50)
+    publisher.start()
+    try:
+        wait_until(lambda: len(publisher.cursors) >= 5, 15, "the first events")
+        cursor = publisher.cursors[0]
+        got: list[str] = []
+        # (timeout, the bound on the whole answer): the timeout, a quiet window and slack
+        # for a loaded machine. Well under the 5 s the 250 events would take to fill it.
+        for timeout, bound in ((0, 1.5), (1, 2.5), (0, 1.5), (1, 2.5)):
+            started = time.monotonic()
+            answer = _poll(
+                gateway,
+                kref_filter=f"kref://{project}/**",
+                cursor=cursor,
+                max_events=250,
+                timeout=timeout,
+            )
+            elapsed = time.monotonic() - started
+            assert elapsed < bound, (timeout, elapsed, len(answer["events"]))
+            assert answer["events"], timeout  # the trickle never stops
+            got += [e["cursor"] for e in answer["events"]]
+            assert answer["cursor"] == got[-1]
+            cursor = answer["cursor"]
+    finally:
+        published = publisher.stop()
+    # Each answer's cursor continues where the last one ended: no gap, no repeat.
+    assert got == published[1 : 1 + len(got)]
 
 
 def test_a_client_that_leaves_a_long_poll_frees_its_upstream_stream(
