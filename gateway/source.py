@@ -341,7 +341,11 @@ class UpstreamSource:
         gauge.inc()
         call.add_done_callback(lambda _: gauge.dec())
         try:
-            await asyncio.wait_for(asyncio.shield(call.initial_metadata()), wait)
+            # asyncio.timeout, never wait_for: on 3.11 wait_for swallows a
+            # cancellation that lands as its awaitable finishes, and a source
+            # cancelled then would resubscribe until someone closes it.
+            async with asyncio.timeout(wait):
+                await asyncio.shield(call.initial_metadata())
         except TimeoutError:
             return False  # no answer yet: stream anyway, reads will tell
         if call.done():
@@ -374,7 +378,8 @@ class UpstreamSource:
         only with the first event, which may be hours away.
         """
         try:
-            caps = await asyncio.wait_for(self._upstream.capabilities(self._sub.credential), wait)
+            async with asyncio.timeout(wait):  # not wait_for: see _connect
+                caps = await self._upstream.capabilities(self._sub.credential)
         except grpc.aio.AioRpcError as exc:
             rejected = self._upstream.rejected(exc.code(), exc.details(), self._sub.credential)
             if self._rotated(rejected.code):
@@ -572,7 +577,8 @@ class UpstreamSource:
         log.info("upstream stream: %s; resubscribing in %.2fs", why, delay)
         self._wake = asyncio.get_running_loop().create_future()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake, delay)  # close() ends the wait
+            async with asyncio.timeout(delay):  # not wait_for: see _connect
+                await self._wake  # close() ends the wait
         self._wake = None
 
     def close(self) -> None:
