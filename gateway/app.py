@@ -348,7 +348,8 @@ def create_app(
                 and upstream.service_token.newer_than(who.upstream_token) is not None
             ):
                 return await capabilities(request)  # once more, with the rotated token
-            error = terminal_error(exc.code(), exc.details() or "", who) or GatewayError(
+            rejected = upstream.rejected(exc.code(), exc.details(), who)
+            error = terminal_error(rejected) or GatewayError(
                 503,
                 "upstream_unavailable",
                 f"the upstream did not answer: {exc.code().name}",

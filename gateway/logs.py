@@ -13,6 +13,8 @@ from __future__ import annotations
 import copy
 import logging
 import re
+import traceback
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -28,6 +30,9 @@ _PAIR = re.compile(r"(?P<lead>^|[?&;\s])(?P<name>[^=&;\s?\"]+)=(?P<value>[^&;\s\
 # at "&"), or where the URL ends in a line. Not at ";", '"' or "#": a token
 # may hold them, and the app reads them as part of it.
 _SECRET_END = re.compile(r"[&\s]|$")
+# A bearer credential quoted in a line (an upstream's error details, a
+# header echoed back): masked up to the next blank.
+_BEARER = re.compile(r"(?i)(\bbearer\s+)\S+")
 
 
 def _decoded(name: str) -> str:
@@ -42,7 +47,11 @@ def _decoded(name: str) -> str:
 
 
 def redact(text: str) -> str:
-    """``access_token=secret`` (however its name is spelled) becomes ``access_token=***``."""
+    """``access_token=secret`` (however its name is spelled) becomes ``access_token=***``.
+
+    So does ``Bearer secret`` (``Bearer ***``), in any letter case.
+    """
+    text = _BEARER.sub(r"\1***", text)
     if "=" not in text:
         return text
     parts: list[str] = []
@@ -59,6 +68,13 @@ def redact(text: str) -> str:
         return text
     parts.append(text[done:])
     return "".join(parts)
+
+
+def scrub(text: str, secrets: Iterable[str | None]) -> str:
+    """``text`` with each of ``secrets`` (and what ``redact`` masks) turned into ``***``."""
+    for secret in sorted(filter(None, secrets), key=len, reverse=True):
+        text = text.replace(secret, "***")  # the longest first: one may hold another
+    return redact(text)
 
 
 def _scrubbed(value: Any) -> Any:
@@ -80,6 +96,11 @@ def _install_factory() -> None:
             record.args = tuple(_scrubbed(a) for a in record.args)
         elif isinstance(record.args, dict):
             record.args = {k: _scrubbed(v) for k, v in record.args.items()}
+        if record.exc_info and record.exc_info[1] is not None:
+            # Formatters print exc_text when it is set: a traceback's messages
+            # (an upstream error's details among them) are scrubbed too.
+            record.exc_text = redact("".join(traceback.format_exception(*record.exc_info)))
+            record.exc_text = record.exc_text.rstrip("\n")
         return record
 
     factory.redacts = True  # type: ignore[attr-defined]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import logging
 import socket
 from types import FrameType
@@ -20,6 +21,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway import logs
 from gateway.app import create_app
+from gateway.errors import GatewayError
 from gateway.lifecycle import Lifecycle, streams_phrase
 from gateway.metrics import Metrics
 from gateway.settings import Settings
@@ -32,23 +34,81 @@ _DRAIN_SHARE = 0.75
 
 
 _REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+# After a 431 the connection reads and drops what the client still sends, for
+# at most this long and this many bytes, before it closes: closing a socket
+# with unread input makes the kernel answer with a reset, which may destroy
+# the 431 before the client has read it (a client sends its whole request
+# before it reads).
+_LINGER_SECONDS = 2.0
+_LINGER_BYTES = 4 * 1024 * 1024
 
 
-class HeaderDeadlineProtocol(HttpToolsProtocol):
-    """uvicorn's HTTP/1.1 protocol, with a deadline for each request's headers.
+def head_too_large(limit: int) -> bytes:
+    """The whole 431 answer (a JSON envelope) for a request head over ``limit`` bytes."""
+    error = GatewayError(
+        431,
+        "request_header_too_large",
+        f"the request line and headers together may take at most {limit} bytes "
+        "(--max-header-bytes)",
+    )
+    body = json.dumps(error.envelope()).encode()
+    return (
+        b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+        b"content-type: application/json\r\n"
+        b"content-length: " + str(len(body)).encode() + b"\r\n"
+        b"connection: close\r\n\r\n" + body
+    )
+
+
+class HeadLimitsProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP/1.1 protocol, with a deadline and a size cap for each request's head.
 
     uvicorn bounds the idle time between requests but not a request that
     arrives a byte at a time: a few hundred such connections (slowloris)
     would hold every socket. The deadline runs from the connection's start,
     or from the first byte of a later request, to the end of its headers.
+
+    Nor does it bound the head's size: httptools gathers a header's name and
+    value in memory until the line ends, so one endless header costs as much
+    memory as the client sends. Here the bytes of a head are counted before
+    the parser sees them, and the parser is never fed more than
+    ``max_header_bytes`` of one head: the next byte gets a 431.
     """
 
-    header_timeout = 10.0  # set per server by protocol_with_header_timeout()
+    header_timeout = 10.0  # both set per server by protocol_for()
+    max_header_bytes = 32 * 1024
+    too_large = head_too_large(max_header_bytes)
     _header_deadline: asyncio.TimerHandle | None = None
+    _in_head = True  # the bytes arriving now belong to a request's head
+    _head_bytes = 0  # of the current head, fed to the parser so far
+    _dropped = -1  # bytes dropped since a 431 (-1: none sent)
+    _linger: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._start_header_deadline()
+
+    def data_received(self, data: bytes) -> None:
+        if self._dropped >= 0:  # after a 431: read and drop, up to a bound
+            self._dropped += len(data)
+            if self._dropped > _LINGER_BYTES:
+                self.transport.close()
+            return
+        while data:
+            if not self._in_head:  # a body: uvicorn's flow control bounds it
+                super().data_received(data)
+                return
+            room = self.max_header_bytes - self._head_bytes
+            if room <= 0:
+                self._head_too_large()
+                return
+            # What follows a head within this piece (a body, a pipelined
+            # request) escapes the count: slack of at most one cap.
+            piece, data = data[:room], data[room:]
+            self._head_bytes += len(piece)
+            super().data_received(piece)
+            if self.parser is None or self.transport.is_closing():
+                return
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -56,10 +116,18 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._stop_header_deadline()
+        self._in_head, self._head_bytes = False, 0
         super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_head = True  # what comes next is the next request's head
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_header_deadline()
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
         super().connection_lost(exc)
 
     def _start_header_deadline(self) -> None:
@@ -78,10 +146,30 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
             self.transport.write(_REQUEST_TIMEOUT)
         self.transport.close()
 
+    def _head_too_large(self) -> None:
+        self._stop_header_deadline()
+        log.info("refusing a request whose head passed %d bytes", self.max_header_bytes)
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.transport.close()  # a response under way: a 431 cannot be put in it
+            return
+        self.transport.write(self.too_large)
+        self._dropped = 0
+        if self.transport.can_write_eof():
+            self.transport.write_eof()  # the client reads the 431, then the end
+        self._linger = self.loop.call_later(_LINGER_SECONDS, self.transport.close)
 
-def protocol_with_header_timeout(seconds: float) -> type[HeaderDeadlineProtocol]:
-    """The protocol class uvicorn should use, with this server's header deadline."""
-    return type("HeaderDeadlineProtocol", (HeaderDeadlineProtocol,), {"header_timeout": seconds})
+
+def protocol_for(settings: Settings) -> type[HeadLimitsProtocol]:
+    """The protocol class uvicorn should use, with this server's bounds on request heads."""
+    return type(
+        "HeadLimitsProtocol",
+        (HeadLimitsProtocol,),
+        {
+            "header_timeout": settings.header_timeout,
+            "max_header_bytes": settings.max_header_bytes,
+            "too_large": head_too_large(settings.max_header_bytes),
+        },
+    )
 
 
 class GatewayServer(uvicorn.Server):
@@ -143,7 +231,7 @@ async def serve(
         loop="none",
         timeout_graceful_shutdown=max(1, round(settings.shutdown_grace * (1 - _DRAIN_SHARE))),
         server_header=False,
-        http=protocol_with_header_timeout(settings.header_timeout),
+        http=protocol_for(settings),
         log_config=logs.uvicorn_config(),
     )
     logs.install(settings.log_level)

@@ -246,6 +246,14 @@ class Settings(BaseSettings):
         description="seconds a connection may take to send a request's headers before it "
         "is closed (slow-header attacks)",
     )
+    max_header_bytes: int = Field(
+        32 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        validation_alias=_env("max_header_bytes", "KUMIHO_GATEWAY_MAX_HEADER_BYTES"),
+        description="bytes a request's head (request line and headers) may take; a longer "
+        "one gets 431 and the connection closes",
+    )
     capabilities_ttl: float = Field(
         60.0,
         ge=0,

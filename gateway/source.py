@@ -32,14 +32,14 @@ import grpc
 
 from gateway import sse
 from gateway._proto import kumiho_pb2
-from gateway.auth import SERVICE, Credential
+from gateway.auth import SERVICE
 from gateway.cursor import ResumeFilter
 from gateway.errors import GatewayError
 from gateway.metrics import Metrics
 from gateway.quota import QuotaExceeded
 from gateway.settings import Settings
 from gateway.subscription import Subscription
-from gateway.upstream import EventCall, Upstream
+from gateway.upstream import EventCall, Rejected, Upstream
 
 log = logging.getLogger("gateway.source")
 
@@ -253,27 +253,12 @@ _TERMINAL = {
 }
 
 
-def terminal_error(
-    code: grpc.StatusCode, details: str, credential: Credential
-) -> GatewayError | None:
-    """The GatewayError for a status retrying cannot fix, or None for a transient one.
-
-    An upstream that quotes the credential in its details never gets it into the answer.
-    """
-    if code not in _TERMINAL:
+def terminal_error(rejected: Rejected) -> GatewayError | None:
+    """The GatewayError for a status retrying cannot fix, or None for a transient one."""
+    if rejected.code not in _TERMINAL:
         return None
-    status, error_code, what = _TERMINAL[code]
-    token = credential.upstream_token
-    if token:
-        details = details.replace(token, "***")
-    return GatewayError(status, error_code, f"the upstream {what}: {details}")
-
-
-class _Rejected(Exception):
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(f"{code.name}: {details}")
-        self.code = code
-        self.details = details
+    status, error_code, what = _TERMINAL[rejected.code]
+    return GatewayError(status, error_code, f"the upstream {what}: {rejected.details}")
 
 
 class UpstreamSource:
@@ -356,14 +341,18 @@ class UpstreamSource:
         gauge.inc()
         call.add_done_callback(lambda _: gauge.dec())
         try:
-            await asyncio.wait_for(asyncio.shield(call.initial_metadata()), wait)
+            # asyncio.timeout, never wait_for: on 3.11 wait_for swallows a
+            # cancellation that lands as its awaitable finishes, and a source
+            # cancelled then would resubscribe until someone closes it.
+            async with asyncio.timeout(wait):
+                await asyncio.shield(call.initial_metadata())
         except TimeoutError:
             return False  # no answer yet: stream anyway, reads will tell
         if call.done():
             code = await call.code()
             if code != grpc.StatusCode.OK:
                 self._call = None
-                raise _Rejected(code, await call.details() or "")
+                raise self._upstream.rejected(code, await call.details(), self._sub.credential)
         self._metrics.upstream_connects.inc()
         return True
 
@@ -374,12 +363,12 @@ class UpstreamSource:
         # Silent, and not even connected: live only once an event comes through.
         return Status.now("unavailable", None, None)
 
-    def _classify(self, exc: _Rejected) -> Item | None:
+    def _classify(self, exc: Rejected) -> Item | None:
         """Reset or Failure for a refused call; None when retrying may fix it."""
         self._metrics.upstream_failures.labels(exc.code.name).inc()
         if self._resume and exc.code in _CURSOR_REJECTED:
             return self._reset(_CURSOR_REJECTED[exc.code])
-        error = terminal_error(exc.code, exc.details, self._sub.credential)
+        error = terminal_error(exc)
         return Failure(error) if error else None
 
     async def _check_capabilities(self, wait: float) -> None:
@@ -389,16 +378,18 @@ class UpstreamSource:
         only with the first event, which may be hours away.
         """
         try:
-            caps = await asyncio.wait_for(self._upstream.capabilities(self._sub.credential), wait)
+            async with asyncio.timeout(wait):  # not wait_for: see _connect
+                caps = await self._upstream.capabilities(self._sub.credential)
         except grpc.aio.AioRpcError as exc:
-            if self._rotated(exc.code()):
+            rejected = self._upstream.rejected(exc.code(), exc.details(), self._sub.credential)
+            if self._rotated(rejected.code):
                 return await self._check_capabilities(wait)
-            if exc.code() in _CREDENTIAL_REFUSED:
-                self._metrics.upstream_failures.labels(exc.code().name).inc()
-                error = terminal_error(exc.code(), exc.details() or "", self._sub.credential)
+            if rejected.code in _CREDENTIAL_REFUSED:
+                self._metrics.upstream_failures.labels(rejected.code.name).inc()
+                error = terminal_error(rejected)
                 assert error is not None
                 raise error from None
-            log.info("GetEventCapabilities failed (%s); assuming cursors work", exc.code().name)
+            log.info("GetEventCapabilities failed (%s); assuming cursors work", rejected.code.name)
             return
         except TimeoutError:
             log.info("GetEventCapabilities did not answer in time; assuming cursors work")
@@ -437,7 +428,7 @@ class UpstreamSource:
             try:
                 self.status = self._live_after(await self._connect(settle))
                 return
-            except _Rejected as exc:
+            except Rejected as exc:
                 if self._rotated(exc.code):
                     continue
                 item = self._classify(exc)
@@ -463,7 +454,7 @@ class UpstreamSource:
             if self._call is None:
                 try:
                     answered = await self._connect(_SETTLE)
-                except _Rejected as exc:
+                except Rejected as exc:
                     if await self._refused(exc, sink):
                         return
                     continue
@@ -509,7 +500,8 @@ class UpstreamSource:
                         return
                 ended_cleanly = True
             except grpc.aio.AioRpcError as exc:
-                if await self._refused(_Rejected(exc.code(), exc.details() or ""), sink):
+                rejected = self._upstream.rejected(exc.code(), exc.details(), self._sub.credential)
+                if await self._refused(rejected, sink):
                     return
             finally:
                 call.cancel()  # no-op when finished; stops the RPC if we are being closed
@@ -561,7 +553,7 @@ class UpstreamSource:
         )
         return True
 
-    async def _refused(self, exc: _Rejected, sink: Sink) -> bool:
+    async def _refused(self, exc: Rejected, sink: Sink) -> bool:
         """Deliver what a refused call means; True when the stream must end."""
         if self._rotated(exc.code):
             return False  # resubscribe at once with the new token
@@ -585,7 +577,8 @@ class UpstreamSource:
         log.info("upstream stream: %s; resubscribing in %.2fs", why, delay)
         self._wake = asyncio.get_running_loop().create_future()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake, delay)  # close() ends the wait
+            async with asyncio.timeout(delay):  # not wait_for: see _connect
+                await self._wake  # close() ends the wait
         self._wake = None
 
     def close(self) -> None:

@@ -19,6 +19,7 @@ import grpc
 from gateway import correlation
 from gateway._proto import kumiho_pb2, kumiho_pb2_grpc
 from gateway.auth import Credential, ServiceToken
+from gateway.logs import scrub
 from gateway.quota import StreamQuota
 from gateway.settings import Settings
 
@@ -33,6 +34,20 @@ KEEPALIVE_OPTIONS: list[tuple[str, int | bool]] = [
 _CAPABILITIES_DEADLINE = 5.0
 
 EventCall = grpc.aio.UnaryStreamCall[kumiho_pb2.EventStreamRequest, kumiho_pb2.Event]
+
+
+class Rejected(Exception):
+    """A call the upstream refused or broke: its status and details, credentials scrubbed.
+
+    Made only by ``Upstream.rejected``, the one door through which what an
+    upstream says about a failed call enters the gateway; whatever logs,
+    counts or answers it sees this. Trailing metadata never passes.
+    """
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
 
 
 @dataclass(frozen=True)
@@ -90,6 +105,7 @@ class Upstream:
             settings.upstream, use_tls=settings.use_tls, authority=settings.authority
         )
         self._ca_file = settings.ca_file
+        self._api_keys = [key.get_secret_value() for key in settings.api_keys]
         self._tenant_id = settings.tenant_id
         self._capabilities_ttl = settings.capabilities_ttl
         self._capabilities: dict[
@@ -139,6 +155,19 @@ class Upstream:
         if tenant:
             md.append(("x-tenant-id", tenant))
         return tuple(md)
+
+    def rejected(
+        self, code: grpc.StatusCode, details: str | None, credential: Credential
+    ) -> Rejected:
+        """A failed call as the gateway may repeat it.
+
+        Careless servers quote the credential in their details: the token
+        sent with the call, the gateway's own token and its gateway keys (the
+        credential a client presented in --auth service) become ``***``, as
+        does any ``Bearer ...`` or ``access_token=...``.
+        """
+        secrets = [credential.upstream_token, self.service_token.current(), *self._api_keys]
+        return Rejected(code, scrub(details or "", secrets))
 
     def event_stream(
         self, request: kumiho_pb2.EventStreamRequest, credential: Credential

@@ -106,6 +106,33 @@ def test_redaction() -> None:
     )
 
 
+def test_an_upstream_status_is_scrubbed_of_every_credential_the_gateway_holds() -> None:
+    import grpc
+
+    from gateway.auth import Credential
+    from gateway.settings import Settings
+    from gateway.upstream import Upstream
+
+    upstream = Upstream(
+        Settings(
+            auth_token=SecretStr("svc-tok"),
+            api_keys=[SecretStr("key-1"), SecretStr("key-1-longer")],
+        )
+    )
+    said = (
+        "no: BEARER client-tok+x; token client-tok, svc-tok, key-1 and key-1-longer; "
+        "authorization: bearer   other-tok; ?access_token=q1&z=2"
+    )
+    rejected = upstream.rejected(grpc.StatusCode.UNAVAILABLE, said, Credential("client-tok", "id"))
+    assert rejected.code == grpc.StatusCode.UNAVAILABLE
+    assert rejected.details == (
+        "no: BEARER *** token ***, ***, *** and ***; "
+        "authorization: bearer   *** ?access_token=***&z=2"
+    )
+    assert str(rejected) == f"UNAVAILABLE: {rejected.details}"
+    assert upstream.rejected(grpc.StatusCode.INTERNAL, None, ANONYMOUS).details == ""
+
+
 # A token as the app accepts it (visible ASCII), sent raw in a query: all but "&".
 _RAW_TOKENS = st.text(
     st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters="&"), min_size=1
