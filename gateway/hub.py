@@ -327,11 +327,17 @@ class Hub:
             return await asyncio.shield(opening.task)
         finally:
             opening.waiting -= 1
-            if not opening.waiting and not opening.task.done():
-                # Nobody wants it any more: stop it, and let a later request begin afresh
-                # (rather than join an opening about to end as cancelled).
-                opening.task.cancel()
-                self._opened(key, opening)
+            if not opening.waiting:
+                if not opening.task.done():
+                    # Nobody wants it any more: stop it, and let a later request begin
+                    # afresh (rather than join an opening about to end as cancelled).
+                    opening.task.cancel()
+                    self._opened(key, opening)
+                elif not opening.task.cancelled() and opening.task.exception() is None:
+                    # The linger starts only now, once every waiter has had the channel
+                    # (each joins it before its next await, which cancels the linger):
+                    # started when the opening ended, a short linger could close it first.
+                    opening.task.result().idle()
 
     def _opened(self, key: ChannelKey, opening: _Opening, *_: object) -> None:
         """``opening`` is over (or abandoned): the next request for ``key`` looks again."""
@@ -349,7 +355,6 @@ class Hub:
             channel.close()
             raise
         self._channels[key] = channel
-        channel.idle()  # closes after the linger unless someone joins
         return channel
 
     def close(self) -> None:

@@ -56,7 +56,8 @@ class Lifecycle:
         for stream in list(self._streams):
             stream.drain()
         try:
-            await asyncio.wait_for(self._empty.wait(), budget)
+            async with asyncio.timeout(budget):  # not wait_for: see source.py
+                await self._empty.wait()
             log.info("drained %s", streams_phrase(count))
         except TimeoutError:
             log.warning(

@@ -107,7 +107,8 @@ class Batch:
             return False
         self._arrived = asyncio.get_running_loop().create_future()
         try:
-            await asyncio.wait_for(self._arrived, within)
+            async with asyncio.timeout(within):  # not wait_for: see source.py
+                await self._arrived
         except TimeoutError:
             return False
         return not self.done

@@ -115,7 +115,10 @@ class Pump:
             return True  # the writer emptied the buffer before this wait began
         self._room = asyncio.get_running_loop().create_future()
         try:
-            await asyncio.wait_for(self._room, self._settings.slow_consumer_grace)
+            async with asyncio.timeout(
+                self._settings.slow_consumer_grace
+            ):  # not wait_for: see source.py
+                await self._room
         except TimeoutError:
             self.slow_consumer()
             return False

@@ -209,7 +209,8 @@ class Upstream:
         if state == grpc.ChannelConnectivity.READY:
             return True
         try:
-            await asyncio.wait_for(self._channel.channel_ready(), wait)
+            async with asyncio.timeout(wait):  # not wait_for: see source.py
+                await self._channel.channel_ready()
         except TimeoutError:
             return False
         return True

@@ -200,8 +200,9 @@ def test_no_upstream_status_carries_a_credential_anywhere(
         ask(f"{code.name} /events mid-stream", "/events?from=beginning", b"event: gateway.")
     careless.where = "midstream"
     careless.code = grpc.StatusCode.UNAVAILABLE
-    # A stream that resubscribes again and again meanwhile (the log line of each).
-    resubscribing = ask("resubscribing", "/events", b"event: gateway.status")
+    # A stream that resubscribes again and again meanwhile (the log line of each):
+    # it may be live for a moment first, so read on until it says unavailable.
+    resubscribing = ask("resubscribing", "/events", b'"upstream":"unavailable"')
     assert "unavailable" in resubscribing
 
     def logged() -> bool:
