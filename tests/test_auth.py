@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -240,3 +242,55 @@ def test_capabilities_alone_pick_up_a_rotated_service_token(
     assert httpx.get(gateway.url + "/capabilities", headers=key, timeout=10).status_code == 401
     token_file.write_text("new-tok")  # no stream to notice: /capabilities reads it itself
     assert httpx.get(gateway.url + "/capabilities", headers=key, timeout=10).status_code == 200
+
+
+# Every way a client can present nothing while seeming to present something.
+EMPTY_CREDENTIALS: list[tuple[dict[str, str], dict[str, str]]] = [
+    ({"X-Kumiho-Token": ""}, {}),
+    ({"X-Kumiho-Token": "   "}, {}),
+    ({"X-Kumiho-Token": " \t "}, {}),
+    ({"Authorization": ""}, {}),
+    ({"Authorization": "Bearer "}, {}),
+    ({"Cookie": "kumiho_token="}, {}),
+    ({"Cookie": 'kumiho_token=""'}, {}),
+    ({}, {"access_token": ""}),
+    ({"X-Kumiho-Token": "", "Cookie": "kumiho_token="}, {"access_token": ""}),
+]
+
+
+def _raw_get(gateway: Gateway, target: str, headers: dict[str, str]) -> tuple[int, bytes]:
+    """Status and body of a GET sent byte for byte (httpx refuses blank header values).
+
+    A 200 here would be a stream that never ends: only its status is read.
+    """
+    host, port = gateway.url.removeprefix("http://").split(":")
+    lines = [f"GET {target} HTTP/1.1", f"Host: {host}", "Connection: close"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = sock.recv(65536)
+            assert chunk, answer
+            answer += chunk
+        status = int(answer.split(b" ", 2)[1])
+        while status != 200 and (chunk := sock.recv(65536)):
+            answer += chunk
+    return status, answer.partition(b"\r\n\r\n")[2]
+
+
+def test_an_empty_or_blank_credential_is_a_missing_one(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    # An open upstream serves anyone: only the gateway stands between it and a
+    # passthrough client that sends an empty token, so the gateway must refuse.
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, "--auth", "passthrough", *FAST)
+    routes = ("/events", "/api/v1/events/stream", "/events/poll", "/api/v1/events/poll")
+    for headers, params in EMPTY_CREDENTIALS:
+        for path in (*routes, "/capabilities"):
+            query = {**params, "timeout": "0"} if path.endswith("/poll") else params
+            status, body = _raw_get(gateway, f"{path}?{urlencode(query)}", headers)
+            assert status == 401, (headers, params, path, status)
+            assert json.loads(body)["error"]["code"] == "unauthenticated"
+    assert devserver.client().stats().streams_started == 0  # nobody reached the upstream
