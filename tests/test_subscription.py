@@ -85,9 +85,13 @@ def test_an_encoded_id_is_decoded_and_every_cursor_is_checked_whichever_wins() -
     encoded = sse.field_value(hostile)
     assert parse(encoded).cursor == hostile
     assert parse(cursor=encoded).cursor == hostile
-    for bad in ("b64~%%%", "b64~" + "QQ" * 1000):
-        with pytest.raises(GatewayError):
-            parse(bad)
+    # Malformed base64, too long, and a lone surrogate (U+D800: no text at all).
+    for bad in ("b64~%%%", "b64~" + "QQ" * 1000, "b64~7aCA"):
+        for refused_as, query in (("Last-Event-ID", {}), ("cursor", {"cursor": bad})):
+            with pytest.raises(GatewayError) as refused:
+                parse(None if query else bad, **query)
+            assert refused.value.code == "invalid_parameter"
+            assert refused.value.message.startswith(f"{refused_as}: ")
     with pytest.raises(GatewayError) as refused:
         parse("1-0", cursor="1-0\n")  # the header wins, yet the parameter is checked
     assert "cursor: contains the control character U+000A" in refused.value.message
