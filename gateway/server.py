@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import logging
 import socket
 from types import FrameType
@@ -20,6 +21,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway import logs
 from gateway.app import create_app
+from gateway.errors import GatewayError
 from gateway.lifecycle import Lifecycle, streams_phrase
 from gateway.metrics import Metrics
 from gateway.settings import Settings
@@ -70,6 +72,27 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         if self._header_deadline is not None:
             self._header_deadline.cancel()
             self._header_deadline = None
+
+    def send_400_response(self, msg: str) -> None:
+        """The parser's refusal (a control character in a header, a space in the path, ...).
+
+        uvicorn answers it in plain text; the gateway answers every error in its envelope.
+        """
+        reason = msg.rstrip(".").lower()
+        error = GatewayError(
+            400, "malformed_request", f"the request is not well-formed HTTP/1.1 ({reason})"
+        )
+        body = json.dumps(error.envelope(), separators=(",", ":")).encode()
+        head = [b"HTTP/1.1 400 Bad Request"]
+        head += [name + b": " + value for name, value in self.server_state.default_headers]
+        head += [
+            b"content-type: application/json",
+            b"content-length: " + str(len(body)).encode(),
+            b"cache-control: no-store",
+            b"connection: close",
+        ]
+        self.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
+        self.transport.close()
 
     def _too_slow(self) -> None:
         self._header_deadline = None

@@ -102,3 +102,24 @@ def test_an_encoded_lone_surrogate_is_a_400_wherever_a_cursor_goes(target: Targe
                 assert error["code"] == "invalid_parameter", error
                 assert error["message"].startswith(f"{name}: "), error
     assert target.errors_logged_since(offset) == []
+
+
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [
+        (b"/events", [(b"Last-Event-ID", b"1-\x01")]),  # control characters the parser refuses
+        (b"/events/poll", [(b"Cookie", b"kumiho_token=a\x00b")]),
+        (b"/healthz", [(b"Accept", b"text/\x7fplain")]),
+        (b"/events?a b", []),  # a space inside the request target
+        (b"/events", [(b"Bad Name", b"x")]),  # a space inside a header name
+    ],
+)
+def test_a_request_the_http_parser_refuses_is_a_400_in_the_envelope(
+    target: Target, path: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
+    offset = target.log_size()
+    answer = raw_request(target.gateway.url, path, headers)
+    assert answer is not None and answer.status == 400, answer
+    assert answer.envelope()["code"] == "malformed_request"
+    assert answer.headers["connection"] == "close"
+    assert target.errors_logged_since(offset) == []
