@@ -78,10 +78,16 @@ class _Dashboard(StaticFiles):
         if (
             scope["method"] not in ("GET", "HEAD")
             and f"/{path}" not in self.api_paths
-            and self.lookup_path(path)[1] is None
+            and not self._has_file(path)
         ):
             raise StarletteHTTPException(404)
         return await super().get_response(path, scope)
+
+    def _has_file(self, path: str) -> bool:
+        try:
+            return self.lookup_path(path)[1] is not None
+        except (OSError, ValueError):  # a NUL or an over-long name, as StaticFiles' GET says
+            return False
 
 
 def _query(request: Request) -> dict[str, list[str]]:

@@ -12,15 +12,19 @@ import signal
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from urllib.parse import quote
+from urllib.parse import quote, quote_from_bytes
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from gateway.subscription import PARAMS, POLL_PARAMS
 from tests.conftest import (
     FAST,
     DevServer,
     Gateway,
+    RawAnswer,
     raw_request,
     wait_until,
 )
@@ -122,4 +126,138 @@ def test_a_request_the_http_parser_refuses_is_a_400_in_the_envelope(
     assert answer is not None and answer.status == 400, answer
     assert answer.envelope()["code"] == "malformed_request"
     assert answer.headers["connection"] == "close"
+    assert target.errors_logged_since(offset) == []
+
+
+# What the property test throws. Parameter names: every one the API knows, a
+# detail filter, and anything at all.
+_KNOWN = [n for p in (*PARAMS, *POLL_PARAMS) for n in (p.name, p.alias) if n]
+_NAMES = st.one_of(
+    st.sampled_from([*_KNOWN, "details.kind", "details.", "details.a*", "format", "from"]),
+    st.text(max_size=12),
+)
+_B64 = st.one_of(
+    st.binary(max_size=24).map(_encoded),  # any bytes: text or not
+    st.sampled_from(LONE_SURROGATES),
+    st.text(max_size=16).map(lambda t: "b64~" + t),  # not base64 at all
+)
+_VALUES = st.one_of(
+    st.text(max_size=40),  # any Unicode, sent as UTF-8
+    st.binary(max_size=24),  # any bytes, mostly not UTF-8
+    _B64,
+    # Numbers as int() and float() read them, and some they do not; small, so a
+    # valid timeout never holds a poll long.
+    st.sampled_from(["0", "0.05", "1", "1000", "1001", "-1", "+1", "1_0", " 1 ", "\u0661"]),
+    st.sampled_from(["1e0", "inf", "nan", "0x1", "9" * 9, "", "*", "**", "a.**", ",", ","]),
+    st.sampled_from(["beginning", "latest", "true", "ndjson", "sse", "2026-01-02T03:04:05Z"]),
+    st.sampled_from(["kref://p/**", "kref://p/**/*.model", "revision.*", "1-0", "0-0"]),
+)
+# A header value as it may reach the server: visible bytes, inner spaces and tabs.
+_FIELD = st.binary(max_size=40).map(
+    lambda raw: bytes(b for b in raw if b in (9, 32) or 0x21 <= b <= 0x7E or b >= 0x80).strip()
+)
+_HEADERS = st.one_of(
+    st.tuples(st.sampled_from([b"Last-Event-ID"]), st.one_of(_FIELD, _B64.map(str.encode))),
+    st.tuples(
+        st.sampled_from([b"Authorization"]),
+        st.one_of(_FIELD, _FIELD.map(lambda v: b"Bearer " + v), st.just(b"Bearer tok-a")),
+    ),
+    st.tuples(st.sampled_from([b"X-Kumiho-Token"]), st.one_of(_FIELD, st.just(TOKEN))),
+    st.tuples(
+        st.sampled_from([b"Cookie"]),
+        st.one_of(_FIELD, _FIELD.map(lambda v: b"kumiho_token=" + v)),
+    ),
+    st.tuples(
+        st.sampled_from([b"Accept"]),
+        st.one_of(
+            _FIELD,
+            st.sampled_from([b"application/x-ndjson", b"text/event-stream", b"*/*"]).flatmap(
+                lambda media: _FIELD.map(lambda q: media + b";q=" + q)
+            ),
+        ),
+    ),
+    st.tuples(st.sampled_from([b"x-correlation-id", b"x-tenant-id"]), _FIELD),
+    st.tuples(st.sampled_from([b"Origin", b"Access-Control-Request-Method"]), _FIELD),
+)
+
+
+def _quoted(part: str | bytes) -> str:
+    return quote_from_bytes(part, safe="") if isinstance(part, bytes) else quote(part, safe="")
+
+
+@st.composite
+def _requests(draw: st.DrawFn, paths: list[str]) -> tuple[bytes, bytes, list[tuple[bytes, bytes]]]:
+    """(method, target, headers) of one hostile request."""
+    # Mostly GETs of the routes that parse the most: streams and polls.
+    method = draw(st.sampled_from([b"GET"] * 6 + [b"HEAD", b"OPTIONS", b"POST"]))
+    if draw(st.integers(0, 9)) == 0:
+        path = "/" + _quoted(draw(st.text(max_size=12)))  # anywhere at all
+    else:
+        path = draw(st.sampled_from([*paths, *STREAMS, *STREAMS, *POLLS, *POLLS]))
+    cursor = st.tuples(st.sampled_from(["cursor", "last_event_id"]), _B64)
+    pairs = draw(st.lists(st.one_of(cursor, st.tuples(_NAMES, _VALUES)), max_size=6))
+    query = "&".join(f"{_quoted(name)}={_quoted(value)}" for name, value in pairs)
+    # Now and then, characters left as they are: '%' escapes that are none, ';', '+'.
+    query += draw(st.sampled_from(["", "&%zz=%", "&a;b=c+d", "&=", "&&", "&details.%E2%80%A8=x"]))
+    headers = draw(st.lists(_HEADERS, max_size=5))
+    return method, f"{path}?{query}".encode(), headers
+
+
+def _paths(gateway: Gateway) -> list[str]:
+    """Every route the app lists, and the dashboard's and the docs' pages."""
+    spec = httpx.get(gateway.url + "/openapi.json", timeout=10).json()
+    return [*spec["paths"], "/", "/index.html", "/docs", "/openapi.json"]
+
+
+def test_no_request_gets_a_500_or_an_error_in_the_log(target: Target) -> None:
+    """Random query strings, headers and b64~ values at every route: never a 500, never ERROR.
+
+    Each answer is a stream, a success of its route, or an error envelope.
+    """
+    paths = _paths(target.gateway)
+    assert {*STREAMS, *POLLS} <= set(paths)
+
+    @settings(max_examples=120, deadline=None)
+    @given(request=_requests(paths), with_credential=st.booleans())
+    def hostile(
+        request: tuple[bytes, bytes, list[tuple[bytes, bytes]]], with_credential: bool
+    ) -> None:
+        method, path, headers = request
+        offset = target.log_size()
+        answer = raw_request(
+            target.gateway.url,
+            path,
+            [*target.credential, *headers] if with_credential else headers,
+            method=method,
+            deadline=5,
+        )
+        if answer is None:  # a long poll with a valid timeout, still waiting: no error
+            assert method == b"GET" and path.split(b"?")[0].endswith(b"/poll"), request
+        else:
+            _judge(answer, method, path)
+        assert target.errors_logged_since(offset) == [], request
+
+    hostile()
+
+
+def _judge(answer: RawAnswer, method: bytes, path: bytes) -> None:
+    assert answer.status != 500 and answer.status < 600, answer
+    if answer.status < 400:
+        return
+    if path.startswith(b"/readyz?") and answer.status == 503:
+        return  # readiness has its own body ({"status": ...}), not an error
+    assert answer.headers.get("content-type") == "application/json", answer
+    if method != b"HEAD":
+        answer.envelope()
+
+
+@pytest.mark.parametrize("method", [b"POST", b"OPTIONS", b"DELETE", b"GET"])
+@pytest.mark.parametrize("path", [b"/%00", b"/a%00b.js", b"/" + b"a" * 300, b"/x/" + b"b" * 5000])
+def test_a_path_no_file_can_have_is_a_404_for_every_method(
+    target: Target, method: bytes, path: bytes
+) -> None:
+    offset = target.log_size()
+    answer = raw_request(target.gateway.url, path, method=method)
+    assert answer is not None and answer.status == 404, answer
+    assert answer.envelope()["code"] == "not_found"
     assert target.errors_logged_since(offset) == []
