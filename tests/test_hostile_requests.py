@@ -8,6 +8,7 @@ credentials with the hub, and passthrough credentials without it.
 from __future__ import annotations
 
 import base64
+import os
 import signal
 import uuid
 from collections.abc import Iterator
@@ -29,13 +30,16 @@ from tests.conftest import (
     wait_until,
 )
 
+# Per set-up; KUMIHO_HOSTILE_EXAMPLES=1000 for a longer hunt.
+EXAMPLES = int(os.environ.get("KUMIHO_HOSTILE_EXAMPLES", "120"))
 TOKEN = b"tok-a"
-# (devserver flags, gateway flags): an open upstream; one that checks tokens.
+# (devserver flags, gateway flags): an open upstream; one that checks tokens,
+# behind a gateway that also answers cross-origin preflights.
 SETUPS = {
     "none-hub": ((), ("--auth", "none")),
     "passthrough-no-hub": (
         ("--token", "tok-a=studio-a"),
-        ("--auth", "passthrough", "--no-hub"),
+        ("--auth", "passthrough", "--no-hub", "--cors-origins", "http://app.example"),
     ),
 }
 STREAMS = ("/events", "/api/v1/events/stream")
@@ -177,7 +181,14 @@ _HEADERS = st.one_of(
         ),
     ),
     st.tuples(st.sampled_from([b"x-correlation-id", b"x-tenant-id"]), _FIELD),
-    st.tuples(st.sampled_from([b"Origin", b"Access-Control-Request-Method"]), _FIELD),
+    st.tuples(
+        st.sampled_from([b"Origin"]),
+        st.one_of(_FIELD, st.sampled_from([b"http://app.example", b"null"])),
+    ),
+    st.tuples(
+        st.sampled_from([b"Access-Control-Request-Method", b"Access-Control-Request-Headers"]),
+        st.one_of(_FIELD, st.sampled_from([b"GET", b"last-event-id, authorization"])),
+    ),
 )
 
 
@@ -217,7 +228,7 @@ def test_no_request_gets_a_500_or_an_error_in_the_log(target: Target) -> None:
     paths = _paths(target.gateway)
     assert {*STREAMS, *POLLS} <= set(paths)
 
-    @settings(max_examples=120, deadline=None)
+    @settings(max_examples=EXAMPLES, deadline=None)
     @given(request=_requests(paths), with_credential=st.booleans())
     def hostile(
         request: tuple[bytes, bytes, list[tuple[bytes, bytes]]], with_credential: bool
