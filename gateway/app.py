@@ -13,12 +13,11 @@ import contextlib
 import importlib.resources
 import logging
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 from fastapi import FastAPI, Request
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
@@ -28,7 +27,8 @@ from starlette.types import ASGIApp, Scope
 
 from gateway import __version__, correlation
 from gateway.auth import SERVICE, Credential, authenticate
-from gateway.errors import GatewayError
+from gateway.cors import Cors
+from gateway.errors import GatewayError, error_response
 from gateway.formats import Format, format_for
 from gateway.hub import Hub
 from gateway.lifecycle import Lifecycle
@@ -53,14 +53,6 @@ from gateway.upstream import Upstream
 log = logging.getLogger("gateway.app")
 
 
-def _error_response(error: GatewayError, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    response = JSONResponse(error.envelope(), status_code=error.status, headers=headers)
-    response.headers["Cache-Control"] = "no-store"
-    if error.status == 401:
-        response.headers["WWW-Authenticate"] = "Bearer"  # RFC 9110: a 401 names its scheme
-    return response
-
-
 # Starlette's own refusals (no route, wrong method) in the gateway's envelope.
 _HTTP_ERRORS = {
     404: ("not_found", "there is nothing at {path}"),
@@ -71,7 +63,7 @@ _HTTP_ERRORS = {
 def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     code, message = _HTTP_ERRORS.get(exc.status_code, ("http_error", "{detail}"))
     text = message.format(path=request.url.path, method=request.method, detail=exc.detail)
-    return _error_response(GatewayError(exc.status_code, code, text), exc.headers)
+    return error_response(GatewayError(exc.status_code, code, text), exc.headers)
 
 
 class _Dashboard(StaticFiles):
@@ -87,10 +79,16 @@ class _Dashboard(StaticFiles):
         if (
             scope["method"] not in ("GET", "HEAD")
             and f"/{path}" not in self.api_paths
-            and self.lookup_path(path)[1] is None
+            and not self._has_file(path)
         ):
             raise StarletteHTTPException(404)
         return await super().get_response(path, scope)
+
+    def _has_file(self, path: str) -> bool:
+        try:
+            return self.lookup_path(path)[1] is not None
+        except (OSError, ValueError):  # a NUL or an over-long name, as StaticFiles' GET says
+            return False
 
 
 def _query(request: Request) -> dict[str, list[str]]:
@@ -139,7 +137,7 @@ def create_app(
     if settings.cors_origins:
         any_origin = "*" in settings.cors_origins
         app.add_middleware(
-            CORSMiddleware,
+            Cors,
             allow_origins=["*"] if any_origin else settings.cors_origins,
             # Credentials (cookies, Authorization) only ever for listed origins.
             allow_credentials=not any_origin,
@@ -177,7 +175,7 @@ def create_app(
 
     @app.exception_handler(GatewayError)
     async def _gateway_error(_: Request, exc: GatewayError) -> JSONResponse:
-        return _error_response(exc)
+        return error_response(exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _starlette_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

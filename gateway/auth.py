@@ -83,20 +83,22 @@ def _presented_token(
 
     X-Kumiho-Token comes first: a hosted API client may send a user's own
     token in Authorization beside it, which is not the Kumiho credential.
+    An empty or blank value, whichever way it comes, is no token: passing it
+    on would call the upstream with no credential at all.
     """
-    kumiho = headers.get(TOKEN_HEADER)
-    if kumiho is not None:
-        return _checked(kumiho.strip())
-    header = headers.get("authorization")
-    if header is not None:
-        scheme, _, token = header.strip().partition(" ")
+    kumiho = headers.get(TOKEN_HEADER, "").strip()
+    if kumiho:
+        return _checked(kumiho)
+    header = headers.get("authorization", "").strip()
+    if header:
+        scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise GatewayError(
                 401, "unauthenticated", "the Authorization header must be 'Bearer <token>'"
             )
         return _checked(token.strip())
     for candidate in (cookies.get(COOKIE_NAME), access_token):
-        if candidate:
+        if candidate and not candidate.isspace():
             return _checked(candidate)
     return None
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
+
+from starlette.responses import JSONResponse
 
 from gateway import correlation
 
@@ -43,6 +46,15 @@ class GatewayError(Exception):
         if cid is not None:
             error["correlation_id"] = cid
         return {"error": error}
+
+
+def error_response(error: GatewayError, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    """The HTTP answer of a refusal: its status, the envelope, never cached."""
+    response = JSONResponse(error.envelope(), status_code=error.status, headers=headers)
+    response.headers["Cache-Control"] = "no-store"
+    if error.status == 401:
+        response.headers["WWW-Authenticate"] = "Bearer"  # RFC 9110: a 401 names its scheme
+    return response
 
 
 def invalid_parameter(name: str, problem: str) -> GatewayError:

@@ -139,6 +139,27 @@ class HeadLimitsProtocol(HttpToolsProtocol):
             self._header_deadline.cancel()
             self._header_deadline = None
 
+    def send_400_response(self, msg: str) -> None:
+        """The parser's refusal (a control character in a header, a space in the path, ...).
+
+        uvicorn answers it in plain text; the gateway answers every error in its envelope.
+        """
+        reason = msg.rstrip(".").lower()
+        error = GatewayError(
+            400, "malformed_request", f"the request is not well-formed HTTP/1.1 ({reason})"
+        )
+        body = json.dumps(error.envelope(), separators=(",", ":")).encode()
+        head = [b"HTTP/1.1 400 Bad Request"]
+        head += [name + b": " + value for name, value in self.server_state.default_headers]
+        head += [
+            b"content-type: application/json",
+            b"content-length: " + str(len(body)).encode(),
+            b"cache-control: no-store",
+            b"connection: close",
+        ]
+        self.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
+        self.transport.close()
+
     def _too_slow(self) -> None:
         self._header_deadline = None
         log.info("closing a connection whose headers took over %.0fs", self.header_timeout)

@@ -47,15 +47,21 @@ def field_value(value: str) -> str:
 
 
 def decode_field(value: str) -> str:
-    """The original of a ``field_value``; raises ValueError for a malformed encoded form."""
+    """The original of a ``field_value``; raises ValueError for a malformed encoded form.
+
+    Strict UTF-8: a lone surrogate is no text an upstream holds or a gRPC
+    string can carry, so a client's ``b64~`` value holding one is malformed.
+    """
     if not value.startswith(ENCODED_PREFIX):
         return value
     text = value[len(ENCODED_PREFIX) :]
     try:
         raw = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
-        return raw.decode("utf-8", "surrogatepass")
+        return raw.decode("utf-8")
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise ValueError(f"is not a valid {ENCODED_PREFIX} value") from None
+        raise ValueError(
+            f"is not a valid {ENCODED_PREFIX} value (URL-safe base64 of UTF-8 text)"
+        ) from None
 
 
 def _safe(value: str) -> bool:

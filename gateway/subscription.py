@@ -114,13 +114,19 @@ POLL_PARAMS: tuple[Param, ...] = (
         "timeout",
         None,
         8,
-        "seconds to wait for a first event when none is waiting: 0 to 60 (25)",
+        "seconds the answer may take once the stream is open: 0 to 60 (25), "
+        "a decimal fraction allowed",
     ),
 )
 MAX_CURSOR = _BY_NAME["cursor"].max_length
 # A cursor the gateway sent in its encoded form (sse.field_value): base64 of
 # up to MAX_CURSOR characters of UTF-8.
 MAX_ENCODED_CURSOR = len(ENCODED_PREFIX) + (MAX_CURSOR * 4 * 4 + 2) // 3
+# Numbers as plain ASCII decimals: int() and float() also take '1_0', '+5',
+# ' 5 ', '1e1', 'inf' and the digits of every script, none of which a client
+# means, and each of which would be one more spelling of the same request.
+_WHOLE = re.compile(r"[0-9]+")
+_DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no", ""}
 
@@ -272,10 +278,9 @@ def _quality(accept: str, *media_types: str) -> float:
         for param in params:
             name, _, number = param.partition("=")
             if name.strip() == "q":
-                try:
-                    q = float(number)
-                except ValueError:
-                    q = 0.0
+                # A weight that is no plain decimal is read as "not acceptable".
+                number = number.strip()
+                q = min(float(number), 1.0) if _DECIMAL.fullmatch(number) else 0.0
         best = max(best, q)
     return best
 
@@ -367,12 +372,10 @@ def parse_poll(query: Mapping[str, Sequence[str]]) -> tuple[int, float]:
 def _number(param: Param, value: str | None, default: float, low: float, high: float) -> float:
     if value is None or value == "":
         return default
-    try:
-        number = int(value) if param.name == "max_events" else float(value)
-    except ValueError:
-        number = None
-    if number is None or not low <= number <= high:  # NaN fails both comparisons
-        kind = "a whole number" if param.name == "max_events" else "a number of seconds"
+    whole = param.name == "max_events"
+    number = float(value) if (_WHOLE if whole else _DECIMAL).fullmatch(value) else None
+    if number is None or not low <= number <= high:
+        kind = "a whole number" if whole else "a number of seconds"
         raise invalid_parameter(param.name, f"{value!r} is not {kind} from {low:g} to {high:g}")
     return number
 

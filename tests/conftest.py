@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -458,3 +458,82 @@ def make_pump(source: Source, **overrides: Any) -> Pump:
         lifecycle=Lifecycle(),
         ticker=Ticker(15),
     )
+
+
+@dataclass
+class RawAnswer:
+    """What a raw request got: status, headers (lower-case names) and body.
+
+    A stream's body is never read (it would not end): ``body`` is then empty.
+    """
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def envelope(self) -> dict[str, Any]:
+        """The error envelope in the body, checked for its required fields."""
+        assert self.headers.get("content-type") == "application/json", self
+        error = json.loads(self.body)["error"]
+        assert isinstance(error["code"], str) and error["code"], self
+        assert isinstance(error["message"], str) and error["message"], self
+        assert isinstance(error["retryable"], bool), self
+        return dict(error)
+
+
+STREAM_TYPES = ("text/event-stream", "application/x-ndjson")
+
+
+def raw_request(
+    url: str,
+    target: bytes,
+    headers: Sequence[tuple[bytes, bytes]] = (),
+    *,
+    method: bytes = b"GET",
+    deadline: float = 15.0,
+) -> RawAnswer | None:
+    """Send one HTTP/1.1 request byte for byte, as an attacker's script would.
+
+    httpx refuses header values it deems malformed (blank ones, bytes above
+    0x7F, ...) before sending them; servers must still cope with them. Returns
+    None when no answer's head came within ``deadline`` (a long poll waiting),
+    closing the connection, as the client of a stream does once it has the head.
+    """
+    host, port = url.removeprefix("http://").split(":")
+    head = [method + b" " + target + b" HTTP/1.1", b"Host: " + host.encode()]
+    head += [b"Connection: close", *(name + b": " + value for name, value in headers)]
+    end = time.monotonic() + deadline
+    with socket.create_connection((host, int(port)), timeout=deadline) as sock:
+        sock.sendall(b"\r\n".join(head) + b"\r\n\r\n")
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            sock.settimeout(max(0.01, end - time.monotonic()))
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                return None
+            assert chunk, f"the connection closed before an answer: {answer!r}"
+            answer += chunk
+        raw_head, _, body = answer.partition(b"\r\n\r\n")
+        status_line, *lines = raw_head.decode("latin-1").split("\r\n")
+        fields = {k.strip().lower(): v.strip() for k, _, v in (f.partition(":") for f in lines)}
+        streaming = fields.get("content-type", "").startswith(STREAM_TYPES)
+        if method == b"HEAD" or (streaming and int(status_line.split()[1]) == 200):
+            return RawAnswer(int(status_line.split()[1]), fields, b"")
+        sock.settimeout(max(0.01, end - time.monotonic()))
+        while chunk := sock.recv(65536):  # Connection: close: the body ends with the connection
+            body += chunk
+    if fields.get("transfer-encoding") == "chunked":
+        body = _unchunked(body)
+    return RawAnswer(int(status_line.split()[1]), fields, body)
+
+
+def _unchunked(body: bytes) -> bytes:
+    data = b""
+    while body:
+        size, _, rest = body.partition(b"\r\n")
+        length = int(size.split(b";")[0], 16)
+        if length == 0:
+            break
+        data, body = data + rest[:length], rest[length + 2 :]
+    return data

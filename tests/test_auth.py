@@ -5,11 +5,21 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlencode
 
 import httpx
 import pytest
 
-from tests.conftest import BOTH_MODES, FAST, DevServer, Gateway, Reader, read_events, wait_until
+from tests.conftest import (
+    BOTH_MODES,
+    FAST,
+    DevServer,
+    Gateway,
+    Reader,
+    raw_request,
+    read_events,
+    wait_until,
+)
 
 pytestmark = BOTH_MODES
 
@@ -240,3 +250,39 @@ def test_capabilities_alone_pick_up_a_rotated_service_token(
     assert httpx.get(gateway.url + "/capabilities", headers=key, timeout=10).status_code == 401
     token_file.write_text("new-tok")  # no stream to notice: /capabilities reads it itself
     assert httpx.get(gateway.url + "/capabilities", headers=key, timeout=10).status_code == 200
+
+
+# Every way a client can present nothing while seeming to present something.
+EMPTY_CREDENTIALS: list[tuple[dict[str, str], dict[str, str]]] = [
+    ({"X-Kumiho-Token": ""}, {}),
+    ({"X-Kumiho-Token": "   "}, {}),
+    ({"X-Kumiho-Token": " \t "}, {}),
+    ({"Authorization": ""}, {}),
+    ({"Authorization": "Bearer "}, {}),
+    ({"Cookie": "kumiho_token="}, {}),
+    ({"Cookie": 'kumiho_token=""'}, {}),
+    ({}, {"access_token": ""}),
+    ({"X-Kumiho-Token": "", "Cookie": "kumiho_token="}, {"access_token": ""}),
+]
+
+
+def test_an_empty_or_blank_credential_is_a_missing_one(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    # An open upstream serves anyone: only the gateway stands between it and a
+    # passthrough client that sends an empty token, so the gateway must refuse.
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, "--auth", "passthrough", *FAST)
+    routes = ("/events", "/api/v1/events/stream", "/events/poll", "/api/v1/events/poll")
+    for headers, params in EMPTY_CREDENTIALS:
+        for path in (*routes, "/capabilities"):
+            query = {**params, "timeout": "0"} if path.endswith("/poll") else params
+            # httpx refuses to send blank header values: the bytes go as a script sends them.
+            answer = raw_request(
+                gateway.url,
+                f"{path}?{urlencode(query)}".encode(),
+                [(k.encode(), v.encode()) for k, v in headers.items()],
+            )
+            assert answer is not None and answer.status == 401, (headers, params, path, answer)
+            assert answer.envelope()["code"] == "unauthenticated"
+    assert devserver.client().stats().streams_started == 0  # nobody reached the upstream

@@ -178,6 +178,15 @@ def test_a_client_that_leaves_a_long_poll_frees_its_upstream_stream(
         ({"timeout": "nan"}, "timeout"),
         ({"timeout": "1e400"}, "timeout"),
         ({"max_events": ["1", "2"]}, "given more than once"),
+        # Spellings Python's int() and float() take, which are not plain ASCII numbers.
+        *(
+            ({name: value}, f"{name}: {value!r} is not")
+            for name, values in (
+                ("max_events", ("1_0", "+5", " 5 ", "5 ", "\u0665", "\uff15", "5\u00a0")),
+                ("timeout", ("0_0", "+0", " 0 ", "-0", "\u0660", "0e0", "0x0", ".0", "0.")),
+            )
+            for value in values
+        ),
         ({"routing_key_filter": "a,,b"}, "empty entry"),
         ({"cursor": "1-0\n"}, "control character"),
     ],

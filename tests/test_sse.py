@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -199,3 +200,9 @@ def test_hostile_field_values_are_encoded_reversibly_and_ordinary_ones_are_not()
     assert sse.field_value("item.模型.created") == "item.模型.created"  # Unicode is no line break
     spoof = sse.ENCODED_PREFIX + "abc"  # a raw value that looks encoded is encoded too
     assert sse.decode_field(sse.field_value(spoof)) == spoof
+
+
+@pytest.mark.parametrize("value", ["b64~7aCA", "b64~7b-_", "b64~gA", "b64~%%%", "b64~A"])
+def test_an_encoded_value_that_is_no_utf8_text_is_refused(value: str) -> None:
+    with pytest.raises(ValueError, match="not a valid b64~ value"):
+        sse.decode_field(value)

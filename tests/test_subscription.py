@@ -8,7 +8,7 @@ from gateway import sse
 from gateway.auth import ANONYMOUS
 from gateway.errors import GatewayError
 from gateway.matching import EventFilter
-from gateway.subscription import parse_subscription
+from gateway.subscription import parse_poll, parse_subscription
 
 
 def parse(last_event_id: str | None = None, **query: str | list[str]):  # type: ignore[no-untyped-def]
@@ -85,9 +85,13 @@ def test_an_encoded_id_is_decoded_and_every_cursor_is_checked_whichever_wins() -
     encoded = sse.field_value(hostile)
     assert parse(encoded).cursor == hostile
     assert parse(cursor=encoded).cursor == hostile
-    for bad in ("b64~%%%", "b64~" + "QQ" * 1000):
-        with pytest.raises(GatewayError):
-            parse(bad)
+    # Malformed base64, too long, and a lone surrogate (U+D800: no text at all).
+    for bad in ("b64~%%%", "b64~" + "QQ" * 1000, "b64~7aCA"):
+        for refused_as, query in (("Last-Event-ID", {}), ("cursor", {"cursor": bad})):
+            with pytest.raises(GatewayError) as refused:
+                parse(None if query else bad, **query)
+            assert refused.value.code == "invalid_parameter"
+            assert refused.value.message.startswith(f"{refused_as}: ")
     with pytest.raises(GatewayError) as refused:
         parse("1-0", cursor="1-0\n")  # the header wins, yet the parameter is checked
     assert "cursor: contains the control character U+000A" in refused.value.message
@@ -108,3 +112,37 @@ def test_an_encoded_id_is_decoded_and_every_cursor_is_checked_whichever_wins() -
 def test_the_accept_header_picks_the_format_by_quality(accept: str | None, expected: str) -> None:
     assert parse_subscription({}, None, ANONYMOUS, accept).format == expected
     assert parse_subscription({"format": ["sse"]}, None, ANONYMOUS, accept).format == "sse"
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ({}, (100, 25)),
+        ({"max_events": "1000", "timeout": "60"}, (1000, 60)),
+        ({"max_events": "0007", "timeout": "0.25"}, (7, 0.25)),
+        ({"timeout": "0"}, (100, 0)),
+    ],
+)
+def test_poll_numbers_in_plain_ascii_digits(
+    query: dict[str, str], expected: tuple[int, float]
+) -> None:
+    assert parse_poll({k: [v] for k, v in query.items()}) == expected
+
+
+@pytest.mark.parametrize(
+    "value", ["1_0", "+5", "-0", " 5", "5 ", "5\n", "\u0665", "\uff15", "1e1", "inf", "nan", "5.0"]
+)
+def test_poll_numbers_in_other_spellings_are_refused(value: str) -> None:
+    for name in ("max_events", "timeout"):
+        if name == "timeout" and value == "5.0":
+            continue  # a decimal fraction is a number of seconds
+        with pytest.raises(GatewayError) as refused:
+            parse_poll({name: [value]})
+        assert refused.value.status == 400 and refused.value.code == "invalid_parameter"
+        assert refused.value.message.startswith(f"{name}: ")
+
+
+@pytest.mark.parametrize("q", ["1_0", "+1", "inf", "1e1", "\u0661", "NaN"])
+def test_a_weight_in_another_spelling_does_not_win_the_format(q: str) -> None:
+    accept = f"application/x-ndjson;q={q}, text/event-stream;q=0.5"
+    assert parse_subscription({}, None, ANONYMOUS, accept).format == "sse"

@@ -74,6 +74,18 @@ def test_malformed_authorization_is_401(header: str) -> None:
     assert err.value.status == 401
 
 
+@pytest.mark.parametrize("mode", ["passthrough", "service"])
+def test_a_blank_credential_counts_as_not_sent(mode: str) -> None:
+    keys = [SecretStr("tok")]
+    for blank in ("", "  ", "\t"):
+        with pytest.raises(GatewayError) as err:
+            _auth(mode, {"x-kumiho-token": blank}, {"kumiho_token": blank}, blank, api_keys=keys)
+        assert err.value.status == 401 and "is required" in err.value.message
+        # The next way a client sends one is read instead, as if the blank one were absent.
+        sent = _auth(mode, {"x-kumiho-token": blank}, param="tok", api_keys=keys)
+        assert sent.upstream_token == ("tok" if mode == "passthrough" else None)
+
+
 def test_service_mode_keys() -> None:
     keys = [SecretStr("k1"), SecretStr("k2")]
     cred = _auth(
