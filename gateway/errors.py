@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from starlette.responses import JSONResponse
@@ -55,6 +56,23 @@ def error_response(error: GatewayError, headers: Mapping[str, str] | None = None
     if error.status == 401:
         response.headers["WWW-Authenticate"] = "Bearer"  # RFC 9110: a 401 names its scheme
     return response
+
+
+_REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+
+
+def raw_error_response(error: GatewayError, headers: Sequence[tuple[bytes, bytes]] = ()) -> bytes:
+    """The whole HTTP/1.1 answer of a refusal made below the app (by the connection itself:
+    a head too slow, too large or not HTTP), the envelope in it, and the connection closed."""
+    body = json.dumps(error.envelope(), separators=(",", ":")).encode()
+    head = [b"HTTP/1.1 %d %s" % (error.status, _REASONS[error.status]), *map(b": ".join, headers)]
+    head += [
+        b"content-type: application/json",
+        b"content-length: %d" % len(body),
+        b"cache-control: no-store",
+        b"connection: close",
+    ]
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
 
 
 def invalid_parameter(name: str, problem: str) -> GatewayError:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import logging
 import socket
 from types import FrameType
@@ -21,7 +20,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway import logs
 from gateway.app import create_app
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, raw_error_response
 from gateway.lifecycle import Lifecycle, streams_phrase
 from gateway.metrics import Metrics
 from gateway.settings import Settings
@@ -33,7 +32,6 @@ log = logging.getLogger("gateway.server")
 _DRAIN_SHARE = 0.75
 
 
-_REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 # After a 431 the connection reads and drops what the client still sends, for
 # at most this long and this many bytes, before it closes: closing a socket
 # with unread input makes the kernel answer with a reset, which may destroy
@@ -45,18 +43,25 @@ _LINGER_BYTES = 4 * 1024 * 1024
 
 def head_too_large(limit: int) -> bytes:
     """The whole 431 answer (a JSON envelope) for a request head over ``limit`` bytes."""
-    error = GatewayError(
-        431,
-        "request_header_too_large",
-        f"the request line and headers together may take at most {limit} bytes "
-        "(--max-header-bytes)",
+    return raw_error_response(
+        GatewayError(
+            431,
+            "request_header_too_large",
+            f"the request line and headers together may take at most {limit} bytes "
+            "(--max-header-bytes)",
+        )
     )
-    body = json.dumps(error.envelope()).encode()
-    return (
-        b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-        b"content-type: application/json\r\n"
-        b"content-length: " + str(len(body)).encode() + b"\r\n"
-        b"connection: close\r\n\r\n" + body
+
+
+def head_too_slow(timeout: float) -> bytes:
+    """The whole 408 answer for a request whose head took over ``timeout`` seconds."""
+    return raw_error_response(
+        GatewayError(
+            408,
+            "request_timeout",
+            f"the request line and headers took over {timeout:g} s (--header-timeout)",
+            retryable=True,
+        )
     )
 
 
@@ -78,6 +83,7 @@ class HeadLimitsProtocol(HttpToolsProtocol):
     header_timeout = 10.0  # both set per server by protocol_for()
     max_header_bytes = 32 * 1024
     too_large = head_too_large(max_header_bytes)
+    too_slow = head_too_slow(header_timeout)
     _header_deadline: asyncio.TimerHandle | None = None
     _in_head = True  # the bytes arriving now belong to a request's head
     _head_bytes = 0  # of the current head, fed to the parser so far
@@ -148,23 +154,14 @@ class HeadLimitsProtocol(HttpToolsProtocol):
         error = GatewayError(
             400, "malformed_request", f"the request is not well-formed HTTP/1.1 ({reason})"
         )
-        body = json.dumps(error.envelope(), separators=(",", ":")).encode()
-        head = [b"HTTP/1.1 400 Bad Request"]
-        head += [name + b": " + value for name, value in self.server_state.default_headers]
-        head += [
-            b"content-type: application/json",
-            b"content-length: " + str(len(body)).encode(),
-            b"cache-control: no-store",
-            b"connection: close",
-        ]
-        self.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
+        self.transport.write(raw_error_response(error, self.server_state.default_headers))
         self.transport.close()
 
     def _too_slow(self) -> None:
         self._header_deadline = None
         log.info("closing a connection whose headers took over %.0fs", self.header_timeout)
         if self.cycle is None or self.cycle.response_complete:  # no response under way
-            self.transport.write(_REQUEST_TIMEOUT)
+            self.transport.write(self.too_slow)
         self.transport.close()
 
     def _head_too_large(self) -> None:
@@ -189,6 +186,7 @@ def protocol_for(settings: Settings) -> type[HeadLimitsProtocol]:
             "header_timeout": settings.header_timeout,
             "max_header_bytes": settings.max_header_bytes,
             "too_large": head_too_large(settings.max_header_bytes),
+            "too_slow": head_too_slow(settings.header_timeout),
         },
     )
 
