@@ -21,6 +21,7 @@ from gateway import __version__, server, supervisor, tail
 from gateway.devserver.control import DevServerClient
 from gateway.devserver.server import AddressInUse, DevServerConfig, running_devserver
 from gateway.devserver.servicer import TIERS
+from gateway.lifecycle import Lifecycle
 from gateway.metrics import Metrics
 from gateway.settings import Settings
 
@@ -103,9 +104,18 @@ def _worker(settings: Settings, sockets: list[socket.socket], spec: supervisor.W
     """One worker process of ``serve --workers N`` (module level: it is pickled)."""
     supervisor.exit_with_parent(spec.parent)
     metrics = Metrics(spec.metrics_dir, restarted=spec.restarted)
+    lifecycle = Lifecycle(pool_failing=spec.pool_failing.is_set)
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            _run(server.serve(settings, sockets=sockets, metrics=metrics))
+            _run(
+                server.serve(
+                    settings,
+                    sockets=sockets,
+                    metrics=metrics,
+                    lifecycle=lifecycle,
+                    started=spec.report_ready,
+                )
+            )
     finally:
         supervisor.worker_exited(spec)
 

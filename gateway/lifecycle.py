@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Protocol
 
 log = logging.getLogger("gateway.lifecycle")
@@ -20,10 +21,19 @@ class Drainable(Protocol):
         """End the stream soon: flush, write a retry: line, close."""
 
 
-class Lifecycle:
-    """Open streams and the draining flag, shared by the routes and the server."""
+def _never() -> bool:
+    return False
 
-    def __init__(self) -> None:
+
+class Lifecycle:
+    """Open streams and the draining flag, shared by the routes and the server.
+
+    ``pool_failing`` says whether this process's pool (``serve --workers N``)
+    has a place whose workers fail to start: /readyz then answers 503.
+    """
+
+    def __init__(self, pool_failing: Callable[[], bool] = _never) -> None:
+        self.pool_failing = pool_failing
         self.draining = False
         self._streams: set[Drainable] = set()
         self._empty = asyncio.Event()
