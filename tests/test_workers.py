@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import re
 import signal
 import subprocess
@@ -263,26 +264,33 @@ def test_a_parent_killed_outright_leaves_no_workers_and_no_metrics_directory(
 
 
 def test_a_worker_that_cannot_start_stops_the_pool(tmp_path: Path) -> None:
-    started = time.monotonic()
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "serve",
-            "--upstream",
-            "127.0.0.1:1",
-            "--port",
-            str(free_port()),
-            "--workers",
-            "2",
-            "--ca-file",
-            str(tmp_path / "missing.pem"),  # read as each worker starts: it cannot
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    # A CA file the parent can read (its settings are checked before anything
+    # starts) but no worker can: a descriptor the parent holds and does not pass
+    # on, numbered high so that no worker has one of that number of its own.
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_text("-----BEGIN CERTIFICATE-----\n")
+    with open(ca_file) as opened, open(fcntl.fcntl(opened, fcntl.F_DUPFD, 250)) as held:
+        started = time.monotonic()
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "serve",
+                "--upstream",
+                "127.0.0.1:1",
+                "--port",
+                str(free_port()),
+                "--workers",
+                "2",
+                "--ca-file",
+                f"/proc/self/fd/{held.fileno()}",  # read as each worker starts: it cannot
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            pass_fds=(held.fileno(),),
+        )
     assert result.returncode == 3, result.stdout + result.stderr
     assert "could not start (exited with status 3): stopping the gateway" in result.stderr
     assert "restarting it" not in result.stderr
