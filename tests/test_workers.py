@@ -375,7 +375,10 @@ def test_a_replacement_that_cannot_start_does_not_stop_a_healthy_pool(
     ca_text = "-----BEGIN CERTIFICATE-----\nnot used: the upstream is plaintext\n"
     ca_file.write_text(ca_text)
     gateway = make_gateway(devserver.address, *FAST, "--workers", "2", "--ca-file", str(ca_file))
-    wait_until(lambda: len(worker_pids(gateway)) == 2, 15, "two workers")
+    # Both first starts done (each read the file): uvicorn says so once per worker.
+    wait_until(
+        lambda: gateway.log().count("Application startup complete.") == 2, 30, "both workers up"
+    )
     wait_until(lambda: _probe_readyz(gateway.url) == 200, 15, "the pool ready")
     survivor, victim = sorted(worker_pids(gateway))
     # The file goes away; a worker dies, and its replacement exits with uvicorn's
