@@ -363,11 +363,18 @@ def create_app(
     @app.get(
         "/readyz",
         summary="200 when the upstream is reachable, 503 otherwise",
-        responses={503: {"description": "the upstream is unreachable, or the gateway drains"}},
+        responses={
+            503: {
+                "description": "the upstream is unreachable, the gateway drains, or "
+                "a worker of its pool fails to start"
+            }
+        },
     )
     async def readyz() -> JSONResponse:
         if lifecycle.draining:
             return JSONResponse({"status": "draining"}, status_code=503)
+        if lifecycle.pool_failing():
+            return JSONResponse({"status": "pool_failing"}, status_code=503)
         if await upstream.ready():
             return JSONResponse({"status": "ready", "upstream": upstream.target.address})
         return JSONResponse(

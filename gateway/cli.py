@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import re
 import socket
 import sys
 import tempfile
@@ -15,14 +16,15 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import AliasChoices, SecretStr, ValidationError
+from pydantic import SecretStr, ValidationError
 
 from gateway import __version__, server, supervisor, tail
 from gateway.devserver.control import DevServerClient
 from gateway.devserver.server import AddressInUse, DevServerConfig, running_devserver
 from gateway.devserver.servicer import TIERS
+from gateway.lifecycle import Lifecycle
 from gateway.metrics import Metrics
-from gateway.settings import Settings
+from gateway.settings import Settings, env_names, flag_name, problems
 
 T = TypeVar("T")
 
@@ -35,19 +37,25 @@ DEFAULT_DB = Path(
 _LOCAL_DEMO_EVENTS = tail.DEFAULT_URL.replace("127.0.0.1", "localhost")
 
 
-def env_names(field: str) -> list[str]:
-    """The environment variables a Settings field reads, in order of precedence."""
-    alias = Settings.model_fields[field].validation_alias
-    assert isinstance(alias, AliasChoices)
-    return [str(name) for name in alias.choices if str(name).isupper()]
+class _Parser(argparse.ArgumentParser):
+    """argparse, whose refusals are one line (the usage of ``serve`` is forty lines long)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        # "argument --hub/--no-hub: ..." also names the setting's variables.
+        flag = re.match(r"argument --([a-z-]+)(/--[a-z-]+)*", message)
+        field = flag.group(1).replace("-", "_") if flag else ""
+        if flag and field in Settings.model_fields:
+            where = flag.group(0)
+            message = message.replace(where, f"{where} ({', '.join(env_names(field))})", 1)
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
-def _add_settings_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
-    """One flag per Settings field; flags left out fall back to the environment."""
+def _add_settings_flags(parser: argparse.ArgumentParser, only: Sequence[str] = ()) -> None:
+    """One flag per Settings field (or those in ``only``); flags left out fall back to the
+    environment. Values stay text: Settings checks them, flags and environment alike."""
     for name, field in Settings.model_fields.items():
-        if name in skip:
+        if only and name not in only:
             continue
-        flag = "--" + name.replace("_", "-")
         envs = ", ".join(env_names(name))
         default = field.get_default(call_default_factory=True)
         if default in (None, []) or isinstance(default, SecretStr) or name == "auth_token":
@@ -55,25 +63,27 @@ def _add_settings_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = (
         help_text = f"{field.description} (env: {envs}; default: {default})".replace("%", "%%")
         kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text}
         annotation = field.annotation
-        args = typing.get_args(annotation)
         if annotation in (bool, bool | None):
             kwargs["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(annotation) is typing.Literal:
-            kwargs["choices"] = args
+            kwargs["metavar"] = "{" + ",".join(typing.get_args(annotation)) + "}"
         elif annotation in (int, float):
-            kwargs["type"] = annotation
             kwargs["metavar"] = "N"
         else:
             kwargs["metavar"] = "VALUE"
-        parser.add_argument(flag, **kwargs)
+        parser.add_argument(flag_name(name), **kwargs)
 
 
 def _settings(namespace: argparse.Namespace, **overrides: Any) -> Settings:
+    """The settings from flags and environment; a refusal is one line per problem, status 2."""
     given = {k: v for k, v in vars(namespace).items() if k in Settings.model_fields}
     try:
         return Settings(**{**given, **overrides})
     except ValidationError as exc:
-        raise SystemExit(f"kumiho-sse-gateway: invalid configuration:\n{exc}") from None
+        prog = f"kumiho-sse-gateway {getattr(namespace, 'command', None) or 'serve'}"
+        for line in problems(exc):
+            print(f"{prog}: {line}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _run(main: Coroutine[Any, Any, None]) -> None:
@@ -103,9 +113,18 @@ def _worker(settings: Settings, sockets: list[socket.socket], spec: supervisor.W
     """One worker process of ``serve --workers N`` (module level: it is pickled)."""
     supervisor.exit_with_parent(spec.parent)
     metrics = Metrics(spec.metrics_dir, restarted=spec.restarted)
+    lifecycle = Lifecycle(pool_failing=spec.pool_failing.is_set)
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            _run(server.serve(settings, sockets=sockets, metrics=metrics))
+            _run(
+                server.serve(
+                    settings,
+                    sockets=sockets,
+                    metrics=metrics,
+                    lifecycle=lifecycle,
+                    started=spec.report_ready,
+                )
+            )
     finally:
         supervisor.worker_exited(spec)
 
@@ -158,6 +177,8 @@ async def _started(devserver: AbstractAsyncContextManager[T]) -> AsyncIterator[T
 
 
 def _cmd_demo(ns: argparse.Namespace) -> None:
+    # Checked before anything starts; the upstream is the embedded one, known once it listens.
+    settings = _settings(ns, upstream="127.0.0.1:8080")
     # A store of its own: never the devserver's default, and by default fresh
     # each run, so from=beginning shows this demo's activity and nothing else.
     with contextlib.ExitStack() as cleanup:
@@ -166,19 +187,14 @@ def _cmd_demo(ns: argparse.Namespace) -> None:
             db.parent.mkdir(parents=True, exist_ok=True)
         else:
             db = Path(cleanup.enter_context(tempfile.TemporaryDirectory())) / "demo.sqlite3"
-        _run(_demo(ns, DevServerConfig(port=0, db=db, activity=ns.activity)))
+        _run(_demo(ns, settings, DevServerConfig(port=0, db=db, activity=ns.activity)))
 
 
-async def _demo(ns: argparse.Namespace, config: DevServerConfig) -> None:
+async def _demo(ns: argparse.Namespace, settings: Settings, config: DevServerConfig) -> None:
     async with _started(running_devserver(config)) as running:
-        settings = _settings(
-            argparse.Namespace(),
-            upstream=f"127.0.0.1:{running.port}",
-            host=ns.host,
-            port=ns.port,
-            cors_origins=ns.cors_origins,
-        )
-        url = f"http://{'localhost' if ns.host in ('127.0.0.1', '0.0.0.0') else ns.host}:{ns.port}/"
+        settings = settings.model_copy(update={"upstream": f"127.0.0.1:{running.port}"})
+        host, port = settings.host, settings.port
+        url = f"http://{'localhost' if host in ('127.0.0.1', '0.0.0.0') else host}:{port}/"
         # tail's default URL is this demo's on its default address: name it otherwise.
         tail_url = "" if f"{url}events" == _LOCAL_DEMO_EVENTS else f" {url}events"
         await server.serve(
@@ -220,7 +236,7 @@ def _cmd_tail(ns: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="kumiho-sse-gateway",
         description="Server-Sent Events gateway for Kumiho's gRPC EventStream.",
     )
@@ -240,25 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="run the reference upstream with studio activity and the gateway in front of it",
     )
-    # The same environment as serve: the Docker image sets KUMIHO_GATEWAY_HOST=0.0.0.0.
-    demo.add_argument(
-        "--host",
-        default=os.environ.get("KUMIHO_GATEWAY_HOST", "127.0.0.1"),
-        help="HTTP listen address (env: KUMIHO_GATEWAY_HOST; default: %(default)s)",
-    )
-    demo.add_argument(
-        "--port",
-        type=int,
-        default=int(os.environ.get("KUMIHO_GATEWAY_PORT", "8000")),
-        help="HTTP port (env: KUMIHO_GATEWAY_PORT; default: %(default)s)",
-    )
-    demo.add_argument(
-        "--cors-origins",
-        default=os.environ.get("KUMIHO_GATEWAY_CORS_ORIGINS", ""),
-        metavar="ORIGIN[,ORIGIN...]",
-        help="origins whose pages may read the stream, e.g. a frontend dev server on "
-        "http://localhost:5173 (env: KUMIHO_GATEWAY_CORS_ORIGINS; default: none)",
-    )
+    # The same settings and environment as serve: the Docker image sets KUMIHO_GATEWAY_HOST=0.0.0.0.
+    _add_settings_flags(demo, only=("host", "port", "cors_origins"))
     demo.add_argument(
         "--activity",
         type=float,
@@ -340,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pub.add_argument(
         "--upstream",
-        default=os.environ.get("KUMIHO_SERVER_ENDPOINT", "localhost:8080"),
+        default=os.environ.get("KUMIHO_SERVER_ENDPOINT") or "localhost:8080",
         help="devserver address (env: KUMIHO_SERVER_ENDPOINT; default: %(default)s)",
     )
     pub.add_argument(

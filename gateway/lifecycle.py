@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Protocol
 
 log = logging.getLogger("gateway.lifecycle")
@@ -22,10 +23,19 @@ class Drainable(Protocol):
         """End soon: a stream flushes, writes a retry: line and closes; a poll answers."""
 
 
-class Lifecycle:
-    """Open streams and polls, and the draining flag, shared by the routes and the server."""
+def _never() -> bool:
+    return False
 
-    def __init__(self) -> None:
+
+class Lifecycle:
+    """Open streams and polls, and the draining flag, shared by the routes and the server.
+
+    ``pool_failing`` says whether this process's pool (``serve --workers N``)
+    has a place whose workers fail to start: /readyz then answers 503.
+    """
+
+    def __init__(self, pool_failing: Callable[[], bool] = _never) -> None:
+        self.pool_failing = pool_failing
         self.draining = False
         self._streams: set[Drainable] = set()
         self._empty = asyncio.Event()

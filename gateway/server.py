@@ -13,6 +13,7 @@ import asyncio
 import gc
 import logging
 import socket
+from collections.abc import Callable
 from types import FrameType
 
 import uvicorn
@@ -194,9 +195,16 @@ def protocol_for(settings: Settings) -> type[HeadLimitsProtocol]:
 class GatewayServer(uvicorn.Server):
     """uvicorn.Server whose first exit signal drains the streams before stopping."""
 
-    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle, settings: Settings) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        lifecycle: Lifecycle,
+        settings: Settings,
+        started: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__(config)
         self._lifecycle = lifecycle
+        self._on_started = started
         self._grace = settings.shutdown_grace
         self._delay = min(settings.drain_delay, settings.shutdown_grace / 2)
         self._signalled = False
@@ -206,6 +214,11 @@ class GatewayServer(uvicorn.Server):
     async def serve(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
         self._loop = asyncio.get_running_loop()
         await super().serve(sockets)  # type: ignore[arg-type]
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and self._on_started is not None:
+            self._on_started()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._signalled or self._loop is None:
@@ -234,13 +247,16 @@ async def serve(
     announce: str = "",
     sockets: list[socket.socket] | None = None,
     metrics: Metrics | None = None,
+    lifecycle: Lifecycle | None = None,
+    started: Callable[[], None] | None = None,
 ) -> None:
     """Serve the gateway until a signal drains and stops it.
 
     On ``sockets`` when given (a worker's share of the pool's), with
-    ``metrics`` when given (a worker's, see ``metrics.py``).
+    ``metrics`` and ``lifecycle`` when given (a worker's, see ``metrics.py``
+    and ``supervisor.py``); ``started`` is called once uvicorn serves.
     """
-    lifecycle = Lifecycle()
+    lifecycle = lifecycle or Lifecycle()
     sockets = sockets or [listening_socket(settings)]
     config = uvicorn.Config(
         create_app(settings, lifecycle, metrics),
@@ -265,7 +281,7 @@ async def serve(
     gc.set_threshold(*GC_THRESHOLDS)
     if announce:
         print(announce, flush=True)
-    await GatewayServer(config, lifecycle, settings).serve(sockets)  # type: ignore[arg-type]
+    await GatewayServer(config, lifecycle, settings, started).serve(sockets)  # type: ignore[arg-type]
 
 
 def listening_socket(settings: Settings) -> socket.socket:

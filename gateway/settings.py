@@ -4,15 +4,38 @@ Where the Kumiho SDK already reads an environment variable for the same
 thing, the gateway reads that name too, so it runs with the environment of
 any other Kumiho client. Every field is also a ``serve`` flag (``cli.py``
 builds the flags from this class) and a row of the README's table.
+
+Only the names listed there are read (never ``PORT`` or ``HOST``, which
+platforms set for their own reasons), and an empty value counts as unset.
+Every value is checked here, before anything starts; ``problems`` turns a
+refusal into one line per setting, naming its flag and variables.
 """
 
 from __future__ import annotations
 
+import os
+import typing
+import unicodedata
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from gateway.endpoint import resolve_target
 
 AuthMode = Literal["none", "passthrough", "service"]
 HubFiltering = Literal["auto", "gateway", "upstream"]
@@ -22,92 +45,145 @@ def _env(*names: str) -> AliasChoices:
     return AliasChoices(*names)
 
 
+def env_names(field: str) -> list[str]:
+    """The environment variables a Settings field reads, in order of precedence."""
+    alias = Settings.model_fields[field].validation_alias
+    assert isinstance(alias, AliasChoices)
+    return [str(name) for name in alias.choices]
+
+
+def flag_name(field: str) -> str:
+    """The ``serve`` flag of a Settings field: ``--hub-ring-size``."""
+    return "--" + field.replace("_", "-")
+
+
 def read_token_file(path: str) -> str:
     """The token a file holds (KUMIHO_AUTH_TOKEN_FILE); ValueError if unreadable or empty."""
     try:
         token = Path(path).read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ValueError(f"cannot read the token file {path}: {exc.strerror}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
+        raise ValueError(f"cannot read the token file {path!r}: {why}") from None
     if not token:
-        raise ValueError(f"the token file {path} is empty")
+        raise ValueError(f"the token file {path!r} is empty")
     return token
+
+
+def _check_readable(path: str) -> None:
+    try:
+        with open(path, "rb") as file:
+            file.read(1)
+    except OSError as exc:
+        raise ValueError(f"cannot read {path!r}: {exc.strerror}") from None
+
+
+class _Environment(PydanticBaseSettingsSource):
+    """The environment, by the exact names each field lists; an empty value is unset."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        for name in env_names(field_name):
+            value = os.environ.get(name)
+            if value:
+                return value, name, False
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        found = {}
+        for name, field in self.settings_cls.model_fields.items():
+            value, _, _ = self.get_field_value(field, name)
+            if value is not None:
+                found[name] = value
+        return found
 
 
 class Settings(BaseSettings):
     """Everything ``serve`` can be told; see the README's configuration table."""
 
-    model_config = SettingsConfigDict(populate_by_name=True, extra="ignore")
+    # No inf or nan: "--heartbeat inf" would be a stream that never beats.
+    model_config = SettingsConfigDict(populate_by_name=True, extra="ignore", allow_inf_nan=False)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Flags (given by field name) first, then the listed environment variables."""
+        return init_settings, _Environment(settings_cls)
 
     upstream: str = Field(
         "localhost:8080",
-        validation_alias=_env("upstream", "KUMIHO_SERVER_ENDPOINT", "KUMIHO_SERVER_ADDRESS"),
+        validation_alias=_env("KUMIHO_SERVER_ENDPOINT", "KUMIHO_SERVER_ADDRESS"),
         description="Kumiho gRPC endpoint: host[:port], https://host or grpcs://host "
         "(bare host = plaintext on 8080; https, grpcs or port 443 = TLS)",
     )
     use_tls: bool | None = Field(
         None,
-        validation_alias=_env("use_tls", "KUMIHO_SERVER_USE_TLS"),
+        validation_alias=_env("KUMIHO_SERVER_USE_TLS"),
         description="force TLS to the upstream on or off (default: from the endpoint)",
     )
     ca_file: str | None = Field(
         None,
-        validation_alias=_env("ca_file", "KUMIHO_SERVER_CA_FILE"),
+        validation_alias=_env("KUMIHO_SERVER_CA_FILE"),
         description="PEM bundle to verify the upstream's certificate",
     )
     authority: str | None = Field(
         None,
-        validation_alias=_env("authority", "KUMIHO_SERVER_AUTHORITY"),
+        validation_alias=_env("KUMIHO_SERVER_AUTHORITY"),
         description="override the :authority (TLS server name) sent upstream",
     )
     auth_token: SecretStr | None = Field(
         None,
-        validation_alias=_env("auth_token", "KUMIHO_AUTH_TOKEN"),
+        validation_alias=_env("KUMIHO_AUTH_TOKEN"),
         description="the gateway's own Kumiho token, sent upstream in --auth service",
     )
     auth_token_file: str | None = Field(
         None,
-        validation_alias=_env("auth_token_file", "KUMIHO_AUTH_TOKEN_FILE"),
+        validation_alias=_env("KUMIHO_AUTH_TOKEN_FILE"),
         description="a file holding the gateway's own token (instead of KUMIHO_AUTH_TOKEN), "
         "read again when the upstream refuses it, so a rotated token needs no restart",
     )
     tenant_id: str | None = Field(
         None,
-        validation_alias=_env("tenant_id", "KUMIHO_TENANT_ID"),
+        validation_alias=_env("KUMIHO_TENANT_ID"),
         description="sent upstream as x-tenant-id (hosted cloud routing)",
     )
     host: str = Field(
         "127.0.0.1",
-        validation_alias=_env("host", "KUMIHO_GATEWAY_HOST"),
+        validation_alias=_env("KUMIHO_GATEWAY_HOST"),
         description="HTTP listen address",
     )
     port: int = Field(
         8000,
         ge=0,
         le=65535,
-        validation_alias=_env("port", "KUMIHO_GATEWAY_PORT"),
+        validation_alias=_env("KUMIHO_GATEWAY_PORT"),
         description="HTTP listen port",
     )
     workers: int = Field(
         1,
         ge=1,
         le=64,
-        validation_alias=_env("workers", "KUMIHO_GATEWAY_WORKERS"),
+        validation_alias=_env("KUMIHO_GATEWAY_WORKERS"),
         description="worker processes sharing the listening socket, each with its own hub",
     )
     auth: AuthMode = Field(
         "none",
-        validation_alias=_env("auth", "KUMIHO_GATEWAY_AUTH"),
+        validation_alias=_env("KUMIHO_GATEWAY_AUTH"),
         description="none | passthrough (forward each client's token) | service "
         "(clients present a gateway key; KUMIHO_AUTH_TOKEN goes upstream)",
     )
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
-        validation_alias=_env("api_keys", "KUMIHO_GATEWAY_API_KEYS"),
+        validation_alias=_env("KUMIHO_GATEWAY_API_KEYS"),
         description="comma-separated gateway keys clients present in --auth service",
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        validation_alias=_env("cors_origins", "KUMIHO_GATEWAY_CORS_ORIGINS"),
+        validation_alias=_env("KUMIHO_GATEWAY_CORS_ORIGINS"),
         description="comma-separated origins (https://app.example) whose pages may read the "
         "stream, with credentials; '*' allows any origin but then never with credentials",
     )
@@ -115,32 +191,32 @@ class Settings(BaseSettings):
         15.0,
         gt=0,
         le=300,
-        validation_alias=_env("heartbeat", "KUMIHO_GATEWAY_HEARTBEAT"),
+        validation_alias=_env("KUMIHO_GATEWAY_HEARTBEAT"),
         description="seconds between comment lines on an idle stream",
     )
     retry_ms: int = Field(
         2000,
         ge=100,
         le=600_000,
-        validation_alias=_env("retry_ms", "KUMIHO_GATEWAY_RETRY_MS"),
+        validation_alias=_env("KUMIHO_GATEWAY_RETRY_MS"),
         description="base of the retry: line; each stream adds up to 50% jitter",
     )
     backoff_initial: float = Field(
         0.25,
         gt=0,
-        validation_alias=_env("backoff_initial", "KUMIHO_GATEWAY_BACKOFF_INITIAL"),
+        validation_alias=_env("KUMIHO_GATEWAY_BACKOFF_INITIAL"),
         description="first delay (s) before resubscribing to a broken upstream stream",
     )
     backoff_max: float = Field(
         10.0,
         gt=0,
-        validation_alias=_env("backoff_max", "KUMIHO_GATEWAY_BACKOFF_MAX"),
+        validation_alias=_env("KUMIHO_GATEWAY_BACKOFF_MAX"),
         description="cap (s) of the doubling, jittered resubscribe delay",
     )
     open_timeout: float = Field(
         5.0,
         gt=0,
-        validation_alias=_env("open_timeout", "KUMIHO_GATEWAY_OPEN_TIMEOUT"),
+        validation_alias=_env("KUMIHO_GATEWAY_OPEN_TIMEOUT"),
         description="how long (s) a new /events request waits for the upstream to judge its "
         "credential (GetEventCapabilities) before streaming anyway (heartbeats, retries)",
     )
@@ -148,64 +224,64 @@ class Settings(BaseSettings):
         0.002,
         ge=0,
         le=1,
-        validation_alias=_env("flush_interval", "KUMIHO_GATEWAY_FLUSH_INTERVAL"),
+        validation_alias=_env("KUMIHO_GATEWAY_FLUSH_INTERVAL"),
         description="how long (s) a burst of events may gather into one socket write",
     )
     buffer_events: int = Field(
         4096,
         ge=1,
-        validation_alias=_env("buffer_events", "KUMIHO_GATEWAY_BUFFER_EVENTS"),
+        validation_alias=_env("KUMIHO_GATEWAY_BUFFER_EVENTS"),
         description="per-client buffer, in events, that a slow reader may fill",
     )
     buffer_bytes: int = Field(
         1024 * 1024,
         ge=1024,
-        validation_alias=_env("buffer_bytes", "KUMIHO_GATEWAY_BUFFER_BYTES"),
+        validation_alias=_env("KUMIHO_GATEWAY_BUFFER_BYTES"),
         description="per-client buffer, in bytes, that a slow reader may fill",
     )
     slow_consumer_grace: float = Field(
         5.0,
         gt=0,
-        validation_alias=_env("slow_consumer_grace", "KUMIHO_GATEWAY_SLOW_CONSUMER_GRACE"),
+        validation_alias=_env("KUMIHO_GATEWAY_SLOW_CONSUMER_GRACE"),
         description="seconds a client's buffer may stay full before its stream is closed "
         "(after a retry: line; it resumes with Last-Event-ID)",
     )
     send_timeout: float = Field(
         30.0,
         gt=0,
-        validation_alias=_env("send_timeout", "KUMIHO_GATEWAY_SEND_TIMEOUT"),
+        validation_alias=_env("KUMIHO_GATEWAY_SEND_TIMEOUT"),
         description="seconds one write to a client may block before the connection is dropped",
     )
     max_stream_lifetime: float = Field(
         0.0,
         ge=0,
-        validation_alias=_env("max_stream_lifetime", "KUMIHO_GATEWAY_MAX_STREAM_LIFETIME"),
+        validation_alias=_env("KUMIHO_GATEWAY_MAX_STREAM_LIFETIME"),
         description="close each stream (between frames, after a retry: line) after about "
         "this many seconds, +-10% jitter, so clients rebalance across replicas; 0 = never",
     )
     drain_delay: float = Field(
         0.0,
         ge=0,
-        validation_alias=_env("drain_delay", "KUMIHO_GATEWAY_DRAIN_DELAY"),
+        validation_alias=_env("KUMIHO_GATEWAY_DRAIN_DELAY"),
         description="on SIGTERM, seconds /readyz answers 503 before streams are closed, "
         "so load balancers stop routing here first",
     )
     shutdown_grace: float = Field(
         10.0,
         gt=0,
-        validation_alias=_env("shutdown_grace", "KUMIHO_GATEWAY_SHUTDOWN_GRACE"),
+        validation_alias=_env("KUMIHO_GATEWAY_SHUTDOWN_GRACE"),
         description="seconds from SIGTERM to exit: streams get a retry: line and close, "
         "then the process stops",
     )
     hub: bool = Field(
         True,
-        validation_alias=_env("hub", "KUMIHO_GATEWAY_HUB"),
+        validation_alias=_env("KUMIHO_GATEWAY_HUB"),
         description="share upstream streams among requests with the same credential "
         "(--no-hub: one upstream stream per request)",
     )
     hub_filtering: HubFiltering = Field(
         "auto",
-        validation_alias=_env("hub_filtering", "KUMIHO_GATEWAY_HUB_FILTERING"),
+        validation_alias=_env("KUMIHO_GATEWAY_HUB_FILTERING"),
         description="where the hub applies filters: gateway = one unfiltered upstream stream "
         "per credential, shared by every filter; upstream = one per credential and filter; "
         "auto = gateway unless --auth passthrough",
@@ -213,19 +289,19 @@ class Settings(BaseSettings):
     hub_ring_size: int = Field(
         4096,
         ge=0,
-        validation_alias=_env("hub_ring_size", "KUMIHO_GATEWAY_HUB_RING_SIZE"),
+        validation_alias=_env("KUMIHO_GATEWAY_HUB_RING_SIZE"),
         description="recent events each shared stream keeps, to resume clients from memory",
     )
     hub_linger: float = Field(
         5.0,
         ge=0,
-        validation_alias=_env("hub_linger", "KUMIHO_GATEWAY_HUB_LINGER"),
+        validation_alias=_env("KUMIHO_GATEWAY_HUB_LINGER"),
         description="seconds a shared upstream stream stays open after its last client leaves",
     )
     max_upstream_streams: int = Field(
         4096,
         ge=0,
-        validation_alias=_env("max_upstream_streams", "KUMIHO_GATEWAY_MAX_UPSTREAM_STREAMS"),
+        validation_alias=_env("KUMIHO_GATEWAY_MAX_UPSTREAM_STREAMS"),
         description="upstream streams one process may hold at once (a shared one counts "
         "once); a request past it is told to retry later; 0 = no limit",
     )
@@ -233,7 +309,6 @@ class Settings(BaseSettings):
         1024,
         ge=0,
         validation_alias=_env(
-            "max_upstream_streams_per_credential",
             "KUMIHO_GATEWAY_MAX_UPSTREAM_STREAMS_PER_CREDENTIAL",
         ),
         description="the same cap for each client token in --auth passthrough, so one "
@@ -242,7 +317,7 @@ class Settings(BaseSettings):
     header_timeout: float = Field(
         10.0,
         gt=0,
-        validation_alias=_env("header_timeout", "KUMIHO_GATEWAY_HEADER_TIMEOUT"),
+        validation_alias=_env("KUMIHO_GATEWAY_HEADER_TIMEOUT"),
         description="seconds a connection may take to send a request's headers before it "
         "is closed (slow-header attacks)",
     )
@@ -257,14 +332,31 @@ class Settings(BaseSettings):
     capabilities_ttl: float = Field(
         60.0,
         ge=0,
-        validation_alias=_env("capabilities_ttl", "KUMIHO_GATEWAY_CAPABILITIES_TTL"),
+        validation_alias=_env("KUMIHO_GATEWAY_CAPABILITIES_TTL"),
         description="seconds a GetEventCapabilities answer is reused per credential",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info",
-        validation_alias=_env("log_level", "KUMIHO_GATEWAY_LOG_LEVEL"),
+        validation_alias=_env("KUMIHO_GATEWAY_LOG_LEVEL"),
         description="log level (access log at info)",
     )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_control_characters(cls, value: object) -> object:
+        # A newline in a token or an address would end a header or a log line.
+        texts = value if isinstance(value, list) else [value]
+        for text in texts:
+            if isinstance(text, SecretStr):
+                text = text.get_secret_value()
+            if isinstance(text, str):
+                for char in text:
+                    if unicodedata.category(char) == "Cc":
+                        raise ValueError(
+                            f"contains the control character U+{ord(char):04X}, "
+                            "which is not allowed"
+                        )
+        return value
 
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod
@@ -272,6 +364,26 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [key.strip() for key in value.split(",") if key.strip()]
         return value
+
+    @field_validator("upstream")
+    @classmethod
+    def _check_upstream(cls, endpoint: str) -> str:
+        resolve_target(endpoint)
+        return endpoint
+
+    @field_validator("ca_file")
+    @classmethod
+    def _check_ca_file(cls, path: str | None) -> str | None:
+        if path:
+            _check_readable(path)
+        return path
+
+    @field_validator("auth_token_file")
+    @classmethod
+    def _check_token_file(cls, path: str | None) -> str | None:
+        if path:
+            read_token_file(path)  # refuse to start on a missing or empty file
+        return path
 
     @field_validator("cors_origins")
     @classmethod
@@ -289,8 +401,6 @@ class Settings(BaseSettings):
             raise ValueError(
                 "KUMIHO_AUTH_TOKEN and KUMIHO_AUTH_TOKEN_FILE are both set: give one of them"
             )
-        if self.auth_token_file:
-            read_token_file(self.auth_token_file)  # refuse to start on a missing or empty file
         return self
 
     @model_validator(mode="after")
@@ -301,3 +411,29 @@ class Settings(BaseSettings):
                 "key no client could connect"
             )
         return self
+
+
+def problems(error: ValidationError) -> list[str]:
+    """What a refused configuration got wrong: one line per problem, naming the setting.
+
+    Never a secret's value, never a line break, nothing of pydantic's own.
+    """
+    lines = []
+    for item in error.errors():
+        message = item["msg"]
+        for prefix in ("Value error, ", "Assertion failed, "):
+            message = message.removeprefix(prefix)
+        message = message[:1].lower() + message[1:]
+        field = str(item["loc"][0]) if item["loc"] else None
+        if field in Settings.model_fields:
+            shown = item["input"]
+            annotation = Settings.model_fields[field].annotation
+            secret = SecretStr in (annotation, *typing.get_args(annotation))
+            got = ""
+            if not secret and isinstance(shown, str) and repr(shown) not in message:
+                got = f" (got {shown[:80]!r})"
+            where = f"{flag_name(field)} ({', '.join(env_names(field))})"
+            lines.append(f"{where}: {message}{got}")
+        else:
+            lines.append(message)
+    return ["".join(c if c.isprintable() else repr(c)[1:-1] for c in ln) for ln in lines]

@@ -11,9 +11,16 @@ each imports everything afresh) and supervises them:
   doubling to 30 s; back to 0.5 s once a worker has stayed up a minute). The
   replacement accepts on the same socket; the dead worker's clients reconnect
   with their Last-Event-ID and resume on any worker.
-- A worker that cannot start (uvicorn's startup failure, exit status 3)
-  would fail again: as gunicorn does, the parent then stops the pool and
-  exits with status 3.
+- Each worker tells the parent when it serves (uvicorn has started). One
+  that exits before that failed to start. At the pool's first start, one
+  that exits with uvicorn's startup failure (status 3) would fail again: as
+  gunicorn does, the parent then stops the pool and exits with status 3. A
+  replacement that fails to start is restarted with the backoff like any
+  other, but a place of the pool whose workers fail to start
+  ``CRASH_LOOP_LIMIT`` times in a row stops the pool too (status 3): the
+  cause (a file gone, the environment changed) will not go away by itself,
+  and an outer supervisor should hear of it. Meanwhile every worker's
+  /readyz answers 503 (``pool_failing``).
 - Metrics: the parent makes a fresh ``PROMETHEUS_MULTIPROC_DIR`` before the
   first worker starts and removes it at exit (its workers do, if it was
   killed outright), and removes a dead worker's live gauges (see ``metrics.py``).
@@ -34,7 +41,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from multiprocessing.synchronize import Event
 from types import FrameType
 
 from prometheus_client.multiprocess import mark_process_dead
@@ -52,6 +61,7 @@ STARTUP_FAILURE = 3
 RESTART_INITIAL = 0.5  # seconds before the first restart of a worker
 RESTART_MAX = 30.0  # cap of the doubling
 RESTART_RESET = 60.0  # a worker that stayed up this long restarts after RESTART_INITIAL again
+CRASH_LOOP_LIMIT = 5  # failed starts in a row, at one place, that stop the pool
 
 
 @dataclass(frozen=True)
@@ -62,6 +72,14 @@ class WorkerSpec:
     parent: int  # the parent's pid: the worker drains and exits when the parent is gone
     metrics_dir: str  # the pool's PROMETHEUS_MULTIPROC_DIR
     restarted: bool  # it replaces a worker that died
+    ready: Connection  # write end: the worker sends one message once it serves
+    pool_failing: Event  # set by the parent while a place's workers fail to start
+
+    def report_ready(self) -> None:
+        """In the worker, once uvicorn serves: the parent counts this start as a success."""
+        with contextlib.suppress(OSError):  # the parent is gone: nobody to tell
+            self.ready.send_bytes(b"ready")
+        self.ready.close()
 
 
 Run = Callable[[Settings, list[socket.socket], WorkerSpec], None]
@@ -97,6 +115,10 @@ class _Place:
     process: BaseProcess | None = None
     started: float = 0.0
     restart_at: float | None = None
+    starts: int = 0  # workers started here so far
+    ready: bool = False  # the current worker said it serves
+    ready_reader: Connection | None = None  # where it says so, until it has
+    failures: int = 0  # workers in a row that exited before they were ready
 
 
 def exit_description(code: int | None) -> str:
@@ -113,6 +135,7 @@ class _Pool:
         self._settings, self._run, self._sock, self._metrics_dir = settings, run, sock, metrics_dir
         self._context = multiprocessing.get_context("spawn")
         self._places = [_Place(i, RestartBackoff()) for i in range(settings.workers)]
+        self._pool_failing = self._context.Event()
         self._stop_signal: int | None = None  # set: no more restarts
         self._received: int | None = None  # the signal that came, if any
         self.status = 0
@@ -144,30 +167,73 @@ class _Pool:
                 os.kill(process.pid, sig)
 
     def _start(self, place: _Place, restarted: bool) -> None:
-        spec = WorkerSpec(place.index, os.getpid(), self._metrics_dir, restarted)
+        reader, writer = self._context.Pipe(duplex=False)
+        spec = WorkerSpec(
+            place.index, os.getpid(), self._metrics_dir, restarted, writer, self._pool_failing
+        )
         process = self._context.Process(
             target=self._run,
             args=(self._settings, [self._sock], spec),
             name=f"gateway-worker-{place.index}",
         )
-        process.start()
+        try:
+            process.start()
+        except BaseException:
+            reader.close()
+            raise
+        finally:
+            writer.close()  # the worker's copy stays open: EOF here once it is gone
         place.process, place.started, place.restart_at = process, time.monotonic(), None
+        place.starts += 1
+        place.ready, place.ready_reader = False, reader
         if self._stop_signal is not None:  # the signal came while it started
             self._signal(place, self._stop_signal)
         if restarted:
             log.info("worker %d restarted: pid %s", place.index, process.pid)
 
+    def _read_ready(self, place: _Place) -> None:
+        """Take the worker's "ready" message if it came (or EOF if it died first)."""
+        reader = place.ready_reader
+        if reader is None or not reader.poll(0):
+            return
+        try:
+            reader.recv_bytes()
+        except (EOFError, OSError):
+            pass  # it died before it served
+        else:
+            place.ready = True
+            if place.failures:
+                assert place.process is not None
+                log.info("worker %d (pid %s) restarted and ready", place.index, place.process.pid)
+            place.failures = 0
+            self._update_pool_failing()
+        place.ready_reader = None
+        reader.close()
+
+    def _update_pool_failing(self) -> None:
+        if any(p.failures for p in self._places):
+            self._pool_failing.set()
+        else:
+            self._pool_failing.clear()
+
     def _exited(self, place: _Place) -> None:
         process = place.process
         assert process is not None and process.pid is not None
         process.join()
+        self._read_ready(place)  # a message sent just before it died still counts
+        if place.ready_reader is not None:
+            place.ready_reader.close()
+            place.ready_reader = None
         place.process = None
         mark_process_dead(process.pid, self._metrics_dir)  # type: ignore[no-untyped-call]
         uptime = time.monotonic() - place.started
         how = exit_description(process.exitcode)
         if self._stop_signal is not None:
             log.info("worker %d (pid %d) %s", place.index, process.pid, how)
-        elif process.exitcode == STARTUP_FAILURE:
+        elif place.ready:
+            self._schedule_restart(place, uptime, f"(pid {process.pid}) {how} after {uptime:.1f}s")
+        elif place.starts == 1 and process.exitcode == STARTUP_FAILURE:
+            # The pool's first start: the configuration or the host cannot work.
             log.error(
                 "worker %d (pid %d) could not start (%s): stopping the gateway",
                 place.index,
@@ -177,16 +243,29 @@ class _Pool:
             self.status = STARTUP_FAILURE
             self._stop(signal.SIGTERM)
         else:
-            delay = place.backoff.delay(uptime)
-            place.restart_at = time.monotonic() + delay
-            log.error(
-                "worker %d (pid %d) %s after %.1fs; restarting it in %.1fs",
-                place.index,
-                process.pid,
-                how,
-                uptime,
-                delay,
-            )
+            place.failures += 1
+            self._update_pool_failing()
+            if place.failures >= CRASH_LOOP_LIMIT:
+                log.error(
+                    "worker %d failed to start %d times in a row (last: %s): stopping the gateway",
+                    place.index,
+                    place.failures,
+                    how,
+                )
+                self.status = STARTUP_FAILURE
+                self._stop(signal.SIGTERM)
+            else:
+                self._schedule_restart(
+                    place,
+                    uptime,
+                    f"(pid {process.pid}) ended before it was ready ({how}; "
+                    f"{place.failures} of {CRASH_LOOP_LIMIT} in a row)",
+                )
+
+    def _schedule_restart(self, place: _Place, uptime: float, what: str) -> None:
+        delay = place.backoff.delay(uptime)
+        place.restart_at = time.monotonic() + delay
+        log.error("worker %d %s; restarting it in %.1fs", place.index, what, delay)
 
     def run(self) -> int:
         """Start the pool, keep it at N until a signal, wait for every worker; the exit status."""
@@ -211,9 +290,13 @@ class _Pool:
                     return self.status
             due = [p.restart_at for p in self._places if p.restart_at is not None]
             timeout = max(0.0, min(due) - time.monotonic()) if due else None
-            ready = multiprocessing.connection.wait([*live, self._wake_read], timeout)
+            readers = {p.ready_reader: p for p in self._places if p.ready_reader is not None}
+            ready = multiprocessing.connection.wait([*live, *readers, self._wake_read], timeout)
             if self._wake_read in ready:
                 os.read(self._wake_read, 64)
+            for reader, place in readers.items():
+                if reader in ready:
+                    self._read_ready(place)
             for sentinel in ready:
                 if sentinel in live:
                     self._exited(live[sentinel])

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 import grpc
 
 from gateway import correlation
 from gateway._proto import kumiho_pb2, kumiho_pb2_grpc
 from gateway.auth import Credential, ServiceToken
+from gateway.endpoint import resolve_target
 from gateway.logs import scrub
 from gateway.quota import StreamQuota
 from gateway.settings import Settings
@@ -48,53 +47,6 @@ class Rejected(Exception):
         super().__init__(f"{code.name}: {details}")
         self.code = code
         self.details = details
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where and how to dial the upstream."""
-
-    address: str
-    authority: str
-    use_tls: bool
-
-
-def resolve_target(
-    endpoint: str, *, use_tls: bool | None = None, authority: str | None = None
-) -> Target:
-    """Apply the SDK's endpoint conventions.
-
-    A bare host means plaintext on port 8080; https://, grpcs:// or port 443 mean TLS.
-    """
-    raw = endpoint.strip()
-    if not raw:
-        raise ValueError("the upstream endpoint is empty")
-    scheme = ""
-    if "://" in raw:
-        parsed = urlparse(raw)
-        scheme = parsed.scheme.lower()
-        host, port = parsed.hostname or "", parsed.port
-        if port is None:
-            port = (
-                443 if scheme in {"https", "grpcs"} else 80 if scheme in {"http", "grpc"} else None
-            )
-    else:
-        hostport = raw.split("/", 1)[0]
-        if hostport.startswith("["):  # [::1]:8080
-            host, _, rest = hostport[1:].partition("]")
-            port = int(rest[1:]) if rest.startswith(":") and rest[1:] else None
-        else:
-            host, _, port_text = hostport.partition(":")
-            port = int(port_text) if port_text else None
-    if not host:
-        raise ValueError(f"invalid upstream endpoint {endpoint!r}")
-    if port is None:
-        port = 443 if scheme in {"https", "grpcs"} else 8080
-    tls = scheme in {"https", "grpcs"} or port == 443
-    if use_tls is not None:
-        tls = use_tls
-    shown_host = f"[{host}]" if ":" in host else host
-    return Target(f"{shown_host}:{port}", authority or host, tls)
 
 
 class Upstream:

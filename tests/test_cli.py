@@ -12,14 +12,19 @@ import socket
 import subprocess
 import sys
 import time
+import typing
 from collections.abc import Callable
 from pathlib import Path
 
+import annotated_types
 import httpx
+import pytest
+from pydantic import SecretStr
 
+from gateway import cli
 from gateway.cli import env_names
 from gateway.settings import Settings
-from tests.conftest import DevServer, free_port, read_events, wait_until
+from tests.conftest import DevServer, Gateway, free_port, read_events, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "gateway"]
@@ -185,3 +190,164 @@ def test_readme_test_command_is_what_ci_runs() -> None:
     command = ci.strip().splitlines()[-1]
     assert command == "bash scripts/test"
     assert f"\n{command}\n" in (ROOT / "README.md").read_text()
+
+
+# Bad configuration, tried as a new user would: every setting, by flag and by
+# each of its variables, with a value of the wrong kind for its type, is
+# refused before anything starts in one line that names it (exit status 2).
+
+# Values that settings of each type refuse, beyond their bounds (added below).
+_BAD_BY_TYPE: dict[object, list[str]] = {
+    bool: ["maybe"],
+    int: ["abc", "1.5"],
+    float: ["abc", "nan", "inf"],
+    str: ["bad\x01value"],  # a control character: it would end a header or a log line
+    SecretStr: ["bad\x01value"],
+}
+# Values of the right type whose meaning is wrong.
+_BAD_MEANING = {
+    "upstream": ["http://[bad", "kumiho.example:99999", "ftp://kumiho.example"],
+    "ca_file": ["/nonexistent/ca.pem"],
+    "auth_token_file": ["/nonexistent/token"],
+    "cors_origins": ["ftp://app.example"],
+}
+
+
+def _bad_values(field: str) -> list[str]:
+    """Values ``field`` must refuse, from its type and bounds; a new type fails here first."""
+    info = Settings.model_fields[field]
+    annotation = info.annotation
+    if typing.get_origin(annotation) is typing.Literal:
+        return ["bogus"]
+    kinds = [k for k in (annotation, *typing.get_args(annotation)) if k is not type(None)]
+    bad = [v for k in kinds if k in _BAD_BY_TYPE for v in _BAD_BY_TYPE[k]]
+    assert bad, f"no bad value known for {field}: {annotation}; teach _BAD_BY_TYPE"
+    for bound in info.metadata:
+        if isinstance(bound, annotated_types.Ge):
+            bad.append(str(bound.ge - 1))
+        elif isinstance(bound, annotated_types.Gt):
+            bad.append(str(bound.gt))
+        elif isinstance(bound, annotated_types.Le):
+            bad.append(str(bound.le + 1))
+    return sorted(set(bad + _BAD_MEANING.get(field, [])))
+
+
+_CASES = [
+    (field, value, where)
+    for field in Settings.model_fields
+    for value in _bad_values(field)
+    for where in ("--" + field.replace("_", "-"), *env_names(field))
+]
+
+
+@pytest.fixture
+def busy_port() -> typing.Iterator[int]:
+    """A port something already listens on: a gateway that got past its checks stops there."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        yield busy.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "where"), _CASES, ids=[f"{w}={v!r}" for _, v, w in _CASES]
+)
+def test_every_setting_refuses_a_bad_value_in_one_line_before_anything_starts(
+    field: str,
+    value: str,
+    where: str,
+    busy_port: int,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name in list(os.environ):
+        if name.startswith("KUMIHO_"):
+            monkeypatch.delenv(name)
+    # Should the value pass, the gateway stops at once, at its listening socket.
+    guard = {"upstream": ["--upstream", "127.0.0.1:1"], "port": ["--port", str(busy_port)]}
+    if field == "port":
+        guard["host"] = ["--host", "203.0.113.1"]  # TEST-NET: no such local address
+    argv = ["serve", *(arg for name, args in guard.items() if name != field for arg in args)]
+    if where.startswith("--"):
+        argv.append(f"{where}={value}")
+    else:
+        monkeypatch.setenv(where, value)
+    with pytest.raises(SystemExit) as exited:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert exited.value.code == 2, err
+    assert len(lines) == 1, err
+    [line] = lines
+    assert line.startswith("kumiho-sse-gateway serve: ")
+    assert "--" + field.replace("_", "-") in line
+    assert all(env in line for env in env_names(field)), line
+    assert "Traceback" not in err and "pydantic" not in err
+    if field in ("auth_token", "api_keys"):
+        assert value not in line, "a credential is never echoed"
+
+
+def _run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("KUMIHO_")}
+    return subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, timeout=60, env={**clean, **env}
+    )
+
+
+@pytest.mark.parametrize("hostile", ["garbage", "empty"])
+def test_help_and_version_work_whatever_the_environment_holds(hostile: str) -> None:
+    value = "not valid\x01" if hostile == "garbage" else ""
+    env = {name: value for field in Settings.model_fields for name in env_names(field)}
+    env.update(PORT="abc", HOST="")  # a platform's own variables, not the gateway's
+    runs = {
+        args: subprocess.Popen(
+            [*CLI, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**{k: v for k, v in os.environ.items() if not k.startswith("KUMIHO_")}, **env},
+        )
+        for args in (
+            ("--help",),
+            ("--version",),
+            *((command, "--help") for command in ("serve", "demo", "devserver", "publish", "tail")),
+        )
+    }
+    for args, proc in runs.items():
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, (args, err)
+        assert "Traceback" not in err and out, args
+
+
+def test_the_reported_mistakes_are_one_line_each_with_status_2() -> None:
+    for args, env, names in [
+        (("serve", "--upstream", "http://[bad"), {}, "--upstream (KUMIHO_SERVER_ENDPOINT"),
+        (("serve", "--auth", "service"), {}, "--auth service needs --api-keys"),
+        (("serve",), {"KUMIHO_GATEWAY_PORT": "abc"}, "--port (KUMIHO_GATEWAY_PORT)"),
+        (("demo",), {"KUMIHO_GATEWAY_PORT": "eighty"}, "--port (KUMIHO_GATEWAY_PORT)"),
+        (("serve", "--hub=maybe"), {}, "--hub/--no-hub (KUMIHO_GATEWAY_HUB)"),
+    ]:
+        run = _run_cli(*args, env=env)
+        assert run.returncode == 2, (args, run.stdout, run.stderr)
+        lines = run.stderr.strip().splitlines()
+        assert len(lines) == 1 and names in lines[0], (args, run.stderr)
+        # Nothing started: no server line, no demo banner, no pydantic internals.
+        for never in ("Uvicorn running", "reference upstream", "Traceback", "pydantic"):
+            assert never not in run.stdout + run.stderr, (args, never)
+
+
+def test_empty_variables_mean_unset_and_platform_variables_are_not_read(
+    make_devserver: Callable[..., DevServer],
+    make_gateway: Callable[..., Gateway],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    every = [name for field in Settings.model_fields for name in env_names(field)]
+    for name in every:
+        monkeypatch.setenv(name, "")
+    assert Settings() == Settings.model_construct()  # every default
+    devserver = make_devserver()
+    # PORT and HOST belong to the platform (Heroku, Cloud Run set PORT): a gateway
+    # started with them, and with every one of its own variables empty, serves.
+    env = {name: "" for name in every} | {"PORT": "abc", "HOST": "203.0.113.1"}
+    gateway = make_gateway(devserver.address, env=env)
+    assert httpx.get(gateway.url + "/readyz", timeout=10).status_code == 200

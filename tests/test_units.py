@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -11,9 +12,9 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from gateway.auth import ANONYMOUS, ServiceToken, authenticate
+from gateway.endpoint import Target, resolve_target
 from gateway.errors import GatewayError
 from gateway.logs import install, redact
-from gateway.upstream import Target, resolve_target
 
 
 @pytest.mark.parametrize(
@@ -41,6 +42,23 @@ def test_tls_and_authority_overrides() -> None:
     )
     with pytest.raises(ValueError):
         resolve_target("  ")
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "says"),
+    [
+        ("http://[bad", "is not a valid URL"),
+        ("kumiho.example:99999", "a port is a number from 1 to 65535"),
+        ("kumiho.example:abc", "a port is a number from 1 to 65535"),
+        ("https://kumiho.example:", "a port is a number from 1 to 65535"),
+        ("[::1", "is not [IPv6 address]:port"),
+        ("ftp://kumiho.example", "has the scheme 'ftp'"),
+        (":8080", "names no host"),
+    ],
+)
+def test_a_bad_endpoint_is_refused_saying_why(endpoint: str, says: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(says)):
+        resolve_target(endpoint)
 
 
 def _auth(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import re
 import signal
 import subprocess
@@ -263,26 +264,33 @@ def test_a_parent_killed_outright_leaves_no_workers_and_no_metrics_directory(
 
 
 def test_a_worker_that_cannot_start_stops_the_pool(tmp_path: Path) -> None:
-    started = time.monotonic()
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "serve",
-            "--upstream",
-            "127.0.0.1:1",
-            "--port",
-            str(free_port()),
-            "--workers",
-            "2",
-            "--ca-file",
-            str(tmp_path / "missing.pem"),  # read as each worker starts: it cannot
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    # A CA file the parent can read (its settings are checked before anything
+    # starts) but no worker can: a descriptor the parent holds and does not pass
+    # on, numbered high so that no worker has one of that number of its own.
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_text("-----BEGIN CERTIFICATE-----\n")
+    with open(ca_file) as opened, open(fcntl.fcntl(opened, fcntl.F_DUPFD, 250)) as held:
+        started = time.monotonic()
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "serve",
+                "--upstream",
+                "127.0.0.1:1",
+                "--port",
+                str(free_port()),
+                "--workers",
+                "2",
+                "--ca-file",
+                f"/proc/self/fd/{held.fileno()}",  # read as each worker starts: it cannot
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            pass_fds=(held.fileno(),),
+        )
     assert result.returncode == 3, result.stdout + result.stderr
     assert "could not start (exited with status 3): stopping the gateway" in result.stderr
     assert "restarting it" not in result.stderr
@@ -307,3 +315,94 @@ def test_restart_backoff_doubles_to_a_cap_and_resets_after_a_long_life() -> None
 )
 def test_exit_descriptions(code: int, phrase: str) -> None:
     assert exit_description(code) == phrase
+
+
+def _probe_readyz(url: str) -> int | None:
+    """/readyz's status, or None when nobody answers within a second."""
+    try:
+        return httpx.get(url + "/readyz", timeout=1).status_code
+    except httpx.TransportError:
+        return None
+
+
+def test_a_pool_whose_workers_can_no_longer_start_stops_instead_of_looping(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    devserver = make_devserver()
+    token_file = tmp_path / "token"
+    token_file.write_text("svc-token\n")
+    gateway = make_gateway(
+        devserver.address,
+        "--workers",
+        "2",
+        "--auth",
+        "service",
+        "--api-keys",
+        "key-1",
+        env={"KUMIHO_AUTH_TOKEN_FILE": str(token_file)},
+    )
+    wait_until(lambda: len(worker_pids(gateway)) == 2, 15, "two workers")
+    # An unlucky operator: the mounted secret goes away, then both workers die.
+    # Every replacement fails before it serves (it reads the token file first).
+    token_file.unlink()
+    for pid in worker_pids(gateway):
+        psutil.Process(pid).send_signal(signal.SIGKILL)
+    assert gateway.proc is not None
+    probes: list[int | None] = []
+
+    def stopped() -> bool:
+        probes.append(_probe_readyz(gateway.url))
+        return gateway.proc is not None and gateway.proc.poll() is not None
+
+    wait_until(stopped, 120, "the pool to give up")
+    assert 200 not in probes, "/readyz said ready while no worker could serve"
+    assert gateway.proc.returncode == 3, gateway.log()
+    log = gateway.log()
+    [line] = [ln for ln in log.splitlines() if "stopping the gateway" in ln]
+    assert re.search(
+        r"worker \d failed to start 5 times in a row \(last: exited with status 1\)", line
+    ), line
+    assert "cannot read the token file" in log  # the worker's own reason is in the log too
+    with pytest.raises(httpx.ConnectError):  # nothing listens any more
+        httpx.get(gateway.url + "/healthz", timeout=5)
+
+
+def test_a_replacement_that_cannot_start_does_not_stop_a_healthy_pool(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    devserver = make_devserver()
+    ca_file = tmp_path / "ca.pem"
+    ca_text = "-----BEGIN CERTIFICATE-----\nnot used: the upstream is plaintext\n"
+    ca_file.write_text(ca_text)
+    gateway = make_gateway(devserver.address, *FAST, "--workers", "2", "--ca-file", str(ca_file))
+    # Both first starts done (each read the file): uvicorn says so once per worker.
+    wait_until(
+        lambda: gateway.log().count("Application startup complete.") == 2, 30, "both workers up"
+    )
+    wait_until(lambda: _probe_readyz(gateway.url) == 200, 15, "the pool ready")
+    survivor, victim = sorted(worker_pids(gateway))
+    # The file goes away; a worker dies, and its replacement exits with uvicorn's
+    # "cannot start" status (its lifespan reads the file).
+    ca_file.unlink()
+    psutil.Process(victim).send_signal(signal.SIGKILL)
+    wait_until(
+        lambda: "ended before it was ready (exited with status 3;" in gateway.log(),
+        60,
+        "a replacement that could not start",
+    )
+    assert gateway.proc is not None and gateway.proc.poll() is None, gateway.log()
+    # The surviving worker keeps serving, but says the pool is not ready.
+    with httpx.Client(timeout=10) as client:
+        assert client.get(gateway.url + "/healthz").json()["pid"] == survivor
+        readyz = client.get(gateway.url + "/readyz")
+    assert readyz.status_code == 503 and readyz.json()["status"] == "pool_failing", readyz.text
+    # The operator puts the file back: the next replacement serves, the pool is whole.
+    ca_file.write_text(ca_text)
+    wait_until(
+        lambda: len(worker_pids(gateway)) == 2 and "restarted and ready" in gateway.log(),
+        60,
+        "a replacement that started",
+    )
+    wait_until(lambda: _probe_readyz(gateway.url) == 200, 15, "the pool ready again")
+    assert gateway.proc.poll() is None
+    assert "stopping the gateway" not in gateway.log()
