@@ -325,7 +325,7 @@ class Settings(BaseSettings):
         32 * 1024,
         ge=1024,
         le=1024 * 1024,
-        validation_alias=_env("max_header_bytes", "KUMIHO_GATEWAY_MAX_HEADER_BYTES"),
+        validation_alias=_env("KUMIHO_GATEWAY_MAX_HEADER_BYTES"),
         description="bytes a request's head (request line and headers) may take; a longer "
         "one gets 431 and the connection closes",
     )
