@@ -234,26 +234,15 @@ class _Pool:
             self._schedule_restart(place, uptime, f"(pid {process.pid}) {how} after {uptime:.1f}s")
         elif place.starts == 1 and process.exitcode == STARTUP_FAILURE:
             # The pool's first start: the configuration or the host cannot work.
-            log.error(
-                "worker %d (pid %d) could not start (%s): stopping the gateway",
-                place.index,
-                process.pid,
-                how,
-            )
-            self.status = STARTUP_FAILURE
-            self._stop(signal.SIGTERM)
+            self._give_up(f"worker {place.index} (pid {process.pid}) could not start ({how})")
         else:
             place.failures += 1
             self._update_pool_failing()
             if place.failures >= CRASH_LOOP_LIMIT:
-                log.error(
-                    "worker %d failed to start %d times in a row (last: %s): stopping the gateway",
-                    place.index,
-                    place.failures,
-                    how,
+                self._give_up(
+                    f"worker {place.index} failed to start {place.failures} times in a row "
+                    f"(last: {how})"
                 )
-                self.status = STARTUP_FAILURE
-                self._stop(signal.SIGTERM)
             else:
                 self._schedule_restart(
                     place,
@@ -261,6 +250,12 @@ class _Pool:
                     f"(pid {process.pid}) ended before it was ready ({how}; "
                     f"{place.failures} of {CRASH_LOOP_LIMIT} in a row)",
                 )
+
+    def _give_up(self, why: str) -> None:
+        """Stop the pool for good: its workers cannot start."""
+        log.error("%s: stopping the gateway", why)
+        self.status = STARTUP_FAILURE
+        self._stop(signal.SIGTERM)
 
     def _schedule_restart(self, place: _Place, uptime: float, what: str) -> None:
         delay = place.backoff.delay(uptime)
