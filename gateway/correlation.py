@@ -11,7 +11,6 @@ stream) runs in a fresh context, so it never carries one client's id.
 from __future__ import annotations
 
 import contextvars
-import json
 import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -65,23 +64,16 @@ class Correlation:
 
         try:
             if wrong:
-                await _refuse(f"{HEADER}: {wrong}", echoed)
+                await _refuse(f"{HEADER}: {wrong}", scope, receive, echoed)
             else:
                 await self.app(scope, receive, echoed)
         finally:
             _current.reset(token)
 
 
-async def _refuse(message: str, send: Send) -> None:
+async def _refuse(message: str, scope: Scope, receive: Receive, send: Send) -> None:
     """A 400 in the gateway's envelope, before any route runs."""
-    from gateway.errors import GatewayError  # errors.py reads current(): import it late
+    # errors.py reads current(): imported late
+    from gateway.errors import GatewayError, error_response
 
-    error = GatewayError(400, "invalid_parameter", message)
-    body = json.dumps(error.envelope()).encode()
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"cache-control", b"no-store"),
-    ]
-    await send({"type": "http.response.start", "status": 400, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await error_response(GatewayError(400, "invalid_parameter", message))(scope, receive, send)

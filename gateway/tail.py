@@ -442,7 +442,8 @@ def _envelope(response: httpx.Response) -> dict[str, Any] | None:
 
 def _retry_after_ms(response: httpx.Response) -> int | None:
     seconds = response.headers.get("retry-after", "")
-    return int(seconds) * 1000 if seconds.isdigit() else None
+    # ASCII digits only: str.isdigit() also takes other scripts' digits ("٣").
+    return int(seconds) * 1000 if seconds.isascii() and seconds.isdigit() else None
 
 
 def _check_event_stream(response: httpx.Response) -> None:

@@ -49,6 +49,18 @@ class Rejected(Exception):
         self.details = details
 
 
+# How much of an upstream's free text the gateway repeats (logs, envelopes).
+MAX_DETAILS = 500
+
+
+def _one_line(text: str) -> str:
+    """The upstream's words as one bounded line: a CR or LF in them cannot forge a log
+    line, nor megabytes of them flood the log. Scrubbed first, so no cut leaves a
+    secret's head behind."""
+    shown = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+    return shown if len(shown) <= MAX_DETAILS else shown[:MAX_DETAILS] + "..."
+
+
 class Upstream:
     """The gateway's connection to Kumiho; start() it inside the running loop."""
 
@@ -119,7 +131,7 @@ class Upstream:
         does any ``Bearer ...`` or ``access_token=...``.
         """
         secrets = [credential.upstream_token, self.service_token.current(), *self._api_keys]
-        return Rejected(code, scrub(details or "", secrets))
+        return Rejected(code, _one_line(scrub(details or "", secrets)))
 
     def event_stream(
         self, request: kumiho_pb2.EventStreamRequest, credential: Credential

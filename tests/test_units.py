@@ -141,7 +141,7 @@ def test_an_upstream_status_is_scrubbed_of_every_credential_the_gateway_holds() 
 
     from gateway.auth import Credential
     from gateway.settings import Settings
-    from gateway.upstream import Upstream
+    from gateway.upstream import MAX_DETAILS, Upstream
 
     upstream = Upstream(
         Settings(
@@ -161,6 +161,12 @@ def test_an_upstream_status_is_scrubbed_of_every_credential_the_gateway_holds() 
     )
     assert str(rejected) == f"UNAVAILABLE: {rejected.details}"
     assert upstream.rejected(grpc.StatusCode.INTERNAL, None, ANONYMOUS).details == ""
+    # The upstream's text is one bounded line: it cannot forge a log line or flood the log.
+    forged = upstream.rejected(
+        grpc.StatusCode.INTERNAL, "oops\r\nINFO: forged\x00 line" + "x" * 10_000, ANONYMOUS
+    ).details
+    assert forged.startswith("oops\\r\\nINFO: forged\\x00 line") and forged.endswith("...")
+    assert forged.isprintable() and len(forged) == MAX_DETAILS + 3
 
 
 # A token as the app accepts it (visible ASCII), sent raw in a query: all but "&".
