@@ -25,7 +25,7 @@ import sys
 from sse_starlette import EventSourceResponse
 from starlette.types import ASGIApp
 
-import gateway.app
+import gateway.routes.stream
 import gateway.server
 from gateway.app import create_app as _create_app
 from gateway.cli import main
@@ -49,7 +49,7 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ASGIAp
         )
 
     # The route looks EventStreamResponse up in its module when it answers.
-    gateway.app.EventStreamResponse = event_source_response  # type: ignore[attr-defined,assignment]
+    gateway.routes.stream.EventStreamResponse = event_source_response  # type: ignore[attr-defined,assignment]
     return _create_app(settings, lifecycle)
 
 

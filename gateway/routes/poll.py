@@ -1,0 +1,83 @@
+"""``GET /events/poll`` and ``GET /api/v1/events/poll``: the bounded read, as JSON.
+
+One router, included by the app under both prefixes (``/events`` and
+``/api/v1/events``). It takes the stream's Subscription, gathers one answer
+through a ``Batch`` (``gateway/poll.py``) from the same source a stream
+would read, and answers it whole.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from gateway.errors import GatewayError
+from gateway.poll import Batch, collect
+from gateway.pump import jittered_retry_ms
+from gateway.response import HEADERS, disconnected
+from gateway.routes.dependencies import REFUSALS, QueryDep, StateDep, SubscriptionDep
+from gateway.subscription import POLL_PARAMS, openapi_parameters, parse_poll
+
+router = APIRouter()
+PREFIXES = ("/events", "/api/v1/events")  # the gateway's own name, and the hosted API's
+
+
+def draining(retry_ms: int) -> GatewayError:
+    """A poll's answer while the gateway shuts down: retry (another replica answers)."""
+    return GatewayError(
+        503,
+        "draining",
+        "the gateway is shutting down; poll again (another replica answers)",
+        retryable=True,
+        retry_after_ms=jittered_retry_ms(retry_ms),
+    )
+
+
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "{events, cursor, more, reset}: see the README"},
+    **REFUSALS,
+    503: {"description": "at a cap on upstream streams, or shutting down (retryable)"},
+}
+
+
+@router.get(
+    "/poll",
+    summary="A bounded read: up to max_events events after cursor, as JSON",
+    openapi_extra={"parameters": openapi_parameters(POLL_PARAMS)},
+    responses=_RESPONSES,
+)
+async def poll(
+    request: Request, subscription: SubscriptionDep, params: QueryDep, state: StateDep
+) -> Response:
+    max_events, timeout = parse_poll(params)
+    if subscription.consumer_group:
+        # A group hands each event to one live member: events that arrive
+        # between two polls would be handed to nobody.
+        raise GatewayError(
+            400,
+            "invalid_parameter",
+            "consumer_group: a poll cannot be a consumer group's member (events "
+            "between polls would be lost to the group); stream /events instead",
+        )
+    lifecycle = state.lifecycle
+    if lifecycle.draining:
+        raise draining(state.settings.retry_ms)
+    if request.method == "HEAD":  # validated; no upstream call for it
+        return Response(headers=HEADERS, media_type="application/json")
+    batch = Batch(max_events, subscription.cursor)
+    # Drained like a stream: at SIGTERM the poll answers at once, while it
+    # opens as while it waits (one that starts during the drain, at once).
+    lifecycle.add(batch)
+    try:
+        await collect(state.source(subscription), batch, timeout, disconnected(request.receive))
+    finally:
+        lifecycle.discard(batch)
+    if batch.failure is not None and not batch.events:
+        raise batch.failure  # with events, the next poll meets it
+    if batch.drained and not batch.events:
+        # An empty 200 would say "nothing new": the client would take it as
+        # caught up. It polls again instead, with the same cursor, elsewhere.
+        raise draining(state.settings.retry_ms)
+    return Response(batch.answer(), headers=HEADERS, media_type="application/json")

@@ -1,0 +1,115 @@
+"""``GET /events`` and ``GET /api/v1/events/stream``: two names for one stream path.
+
+The route is thin: the Subscription comes validated (``dependencies``), the
+source is opened here (so refusals become 400/401/403 before any byte), and
+the Pump is returned as an EventStreamResponse, which ``StreamHandoff``
+writes outside the middleware stack (see ``response.py``). The hosted route
+differs only in its format: gateway signals as comment lines.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from gateway.errors import GatewayError
+from gateway.formats import Format, format_for
+from gateway.pump import Pump, jittered_retry_ms
+from gateway.response import HEADERS, EventStreamResponse
+from gateway.routes.dependencies import REFUSALS, GatewayState, StateDep, SubscriptionDep
+from gateway.source import Source
+from gateway.subscription import Subscription, openapi_parameters
+
+log = logging.getLogger("gateway.routes.stream")
+
+router = APIRouter()
+
+
+def retry_answer(state: GatewayState, fmt: Format, error: GatewayError | None = None) -> Response:
+    """Come back later: a retry: line (and why), never a non-200 (EventSource would stop)."""
+    retry_ms = jittered_retry_ms(state.settings.retry_ms)
+    body = fmt.retry(retry_ms)
+    if error is not None:
+        error.retry_after_ms = retry_ms
+        body += fmt.control("gateway.error", error.envelope()["error"])
+    return Response(body, headers=HEADERS, media_type=fmt.media_type)
+
+
+async def opened(state: GatewayState, subscription: Subscription) -> Source:
+    """The subscription's source, opened (refusals raise GatewayError before any byte)."""
+    source = state.source(subscription)
+    try:
+        await source.open()
+    except BaseException:
+        source.close()
+        raise
+    return source
+
+
+async def stream(
+    request: Request, subscription: Subscription, state: GatewayState, *, hosted: bool
+) -> Response:
+    """Every streaming surface: open the subscription's source and pump it to the client."""
+    fmt = format_for(subscription.format, subscription.named, hosted)
+    lifecycle = state.lifecycle
+    if lifecycle.draining:
+        return retry_answer(state, fmt)
+    if request.method == "HEAD":
+        # What a GET would answer, without opening an upstream stream for it.
+        head = Response(headers=HEADERS, media_type=fmt.media_type)
+        del head.headers["content-length"]
+        return head
+    try:
+        source = await opened(state, subscription)
+    except GatewayError as exc:
+        if exc.retryable:  # at a cap: a retry: line and why, then the client comes back
+            log.info("stream refused for now: %s", exc.message)
+            return retry_answer(state, fmt, exc)
+        raise
+    if lifecycle.draining:  # the drain began while the upstream answered
+        source.close()
+        return retry_answer(state, fmt)
+    pump = Pump(
+        source,
+        fmt=fmt,
+        cursor=subscription.cursor,
+        settings=state.settings,
+        metrics=state.metrics,
+        lifecycle=lifecycle,
+        ticker=state.ticker,
+        client=request.client.host if request.client else "",
+    )
+    return EventStreamResponse(pump)
+
+
+_RESPONSES: dict[int | str, dict[str, Any]] = {200: {"description": "the event stream"}, **REFUSALS}
+
+
+@router.get(
+    "/events",
+    summary="Stream Kumiho events as Server-Sent Events",
+    response_class=EventStreamResponse,
+    status_code=200,
+    openapi_extra={"parameters": openapi_parameters()},
+    responses=_RESPONSES,
+)
+async def events(request: Request, subscription: SubscriptionDep, state: StateDep) -> Response:
+    return await stream(request, subscription, state, hosted=False)
+
+
+@router.get(
+    "/api/v1/events/stream",
+    summary="The same stream under Kumiho's hosted API path: every data: line is an event",
+    description="Gateway signals (status, reset, error) come as SSE comment lines here.",
+    response_class=EventStreamResponse,
+    status_code=200,
+    openapi_extra={"parameters": openapi_parameters()},
+    responses=_RESPONSES,
+)
+async def hosted_stream(
+    request: Request, subscription: SubscriptionDep, state: StateDep
+) -> Response:
+    return await stream(request, subscription, state, hosted=True)
