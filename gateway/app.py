@@ -121,9 +121,9 @@ def build_app(
     app.exception_handler(StarletteHTTPException)(_http_error)
 
     for router, prefix in _ROUTERS:
-        answer_head(router)
+        _answer_head(router)
         app.include_router(router, prefix=prefix)
-    answer_head(app.router)  # the docs' pages
+    _answer_head(app.router)  # the docs' pages
     # Last: the dashboard's files under every path no route took.
     app.mount("/", ops.Dashboard(_api_paths(app)), name="dashboard")
     return app
@@ -150,7 +150,7 @@ def _add_cors(app: FastAPI, origins: list[str]) -> None:
     )
 
 
-def answer_head(router: APIRouter) -> None:
+def _answer_head(router: APIRouter) -> None:
     """HEAD answers as GET does, without the body (RFC 9110); kept out of the OpenAPI.
 
     Each GET route of ``router`` gets a HEAD twin, once: the routers are the
