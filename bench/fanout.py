@@ -133,6 +133,7 @@ async def read_clients(queries: list[tuple[str, str | None]], port: int, conn: C
     loop.add_reader(conn.fileno(), command)
     await done
     loop.remove_reader(conn.fileno())
+    os.set_blocking(conn.fileno(), True)  # the loop made it non-blocking; the answer is large
     stop.set()
     for t in tasks:
         t.cancel()
