@@ -81,7 +81,8 @@
  * @property {boolean} [withCredentials=false]  send cookies cross-origin (kumiho_token)
  * @property {boolean} [shared=true]            share one connection with the other subscriptions of this browser
  * @property {string|null} [storageKey]         localStorage key of the last cursor; null: do not persist.
- *                                              Default "kumiho-events:cursor", plus "?" and the filters when there are any
+ *                                              Default "kumiho-events:cursor", the gateway URL and a fingerprint
+ *                                              of the credential, plus "?" and the filters when there are any
  * @property {(event: KumihoEvent) => void} [onEvent]
  * @property {(reset: KumihoReset) => void} [onReset]
  * @property {(status: KumihoStatus) => void} [onStatus]
@@ -119,9 +120,10 @@
 export function subscribe(options = {}) {
   const filter = filterOf(options);
   const query = filterQuery(filter).toString();
+  // A cursor is a position in what one credential reads at one gateway: another's is no start.
   const storageKey =
     options.storageKey === undefined
-      ? `kumiho-events:cursor${query ? `?${query}` : ""}`
+      ? `kumiho-events:cursor ${scopeOf(options)}${query ? `?${query}` : ""}`
       : options.storageKey;
   const stored = storageKey ? readStorage(storageKey) : "";
   const start = { cursor: options.cursor || stored || "", from: options.from || "" };
@@ -478,11 +480,22 @@ function listen(source, on) {
 /** @type {Map<string, Hub>} */
 const hubs = new Map();
 
+/**
+ * The gateway URL and the credential (a fingerprint, never the token), which name the shared
+ * stream's lock and channel and the stored cursors: tabs share only what they would have asked
+ * for alike, and a cursor is only ever resumed where it was read.
+ * @param {SubscribeOptions} options
+ */
+function scopeOf(options) {
+  const parts = [new URL(options.url || "/events", location.href).href];
+  if (options.withCredentials) parts.push("cookies");
+  if (options.accessToken) parts.push(`token:${fingerprint(options.accessToken)}`);
+  return parts.join(" ");
+}
+
 /** The hub of this page for one gateway URL and credential. @param {SubscribeOptions} options */
 function hubFor(options) {
-  const url = new URL(options.url || "/events", location.href);
-  // Tabs share only what they would have asked for alike: same gateway, same credential.
-  const key = [url.href, options.withCredentials ? "cookies" : "", fingerprint(options.accessToken || "")].join(" ");
+  const key = scopeOf(options);
   let hub = hubs.get(key);
   if (!hub) {
     hub = new Hub(key, options);

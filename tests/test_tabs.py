@@ -381,8 +381,9 @@ def test_a_reloaded_tab_resumes_from_its_stored_cursor_on_the_shared_stream(
         tab.page.goto("about:blank")
         assert other.page.evaluate("window.feeds[0].role()") == "leader"  # within the goto
         # Stored as the tab went, under the subscription's own default key:
-        # "kumiho-events:cursor?" and its filters.
-        key = "kumiho-events:cursor?" + urlencode(_query(tab.subscriptions[0]), safe="*")
+        # "kumiho-events:cursor", the gateway URL, "?" and its filters.
+        query = urlencode(_query(tab.subscriptions[0]), safe="*")
+        key = f"kumiho-events:cursor {gateway.url}/events?{query}"
         assert other.page.evaluate("(key) => localStorage.getItem(key)", key) == stored
         since = len(published.events)
         published.publish(7)  # while the tab is away
@@ -700,3 +701,70 @@ def test_tabs_with_different_tokens_never_share_a_stream_or_an_event(
         for tab in pair:
             wait_until(lambda t=tab, s=sent[tenant]: t.got() == [s], 10, f"{tenant}'s events")
     assert "tok-a" not in gateway.log() and "tok-b" not in gateway.log()
+
+
+# -- where a subscription starts -----------------------------------------------------
+
+OPEN_ONE = """async (options) => {
+  const { subscribe } = await import("/kumiho-events.js");
+  window.got ??= [];
+  window.feeds ??= [];
+  const got = [];
+  window.got.push(got);
+  window.feeds.push(subscribe({ ...options, onEvent: (e) => got.push(e.cursor) }));
+  return window.feeds.length - 1;
+}"""
+
+
+def _wait_got(tabs: list[Tab], expected: list[list[str]], what: str) -> None:
+    """Every tab's subscriptions got exactly ``expected``; on a timeout, what they got instead."""
+    try:
+        wait_until(lambda: all(tab.got() == expected for tab in tabs), 20, what)
+    except AssertionError:
+        for tab in tabs:
+            assert tab.got() == expected, what
+        raise
+
+
+def _open_one(tab: Tab, options: dict[str, Any]) -> int:
+    """One more subscription in a tab; its index in window.feeds (and window.got)."""
+    index: int = tab.page.evaluate(OPEN_ONE, options)
+    wait_until(
+        lambda: tab.page.evaluate("(i) => window.feeds[i].state()", index) == "live",
+        20,
+        f"subscription {index} live",
+    )
+    return index
+
+
+def test_a_stored_cursor_belongs_to_its_gateway_and_credential(
+    browser: Any, make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver("--token", "tok-a=studio-a", "--token", "tok-b=studio-b")
+    here = make_gateway(devserver.address, *FAST, "--auth", "passthrough")
+    tab = Tab(browser, here, [])
+    elsewhere = make_gateway(
+        devserver.address, *FAST, "--auth", "passthrough", "--cors-origins", here.url
+    )
+    project = unique_project()
+    everything = {"kref": f"kref://{project}/**"}
+    first = _open_one(tab, {**everything, "accessToken": "tok-a"})
+    [cursor] = devserver.publish("item.created", f"kref://{project}/x", tenant="studio-a")
+    wait_until(lambda: tab.got()[first] == [cursor], 10, "token A's event")
+    tab.page.evaluate("(i) => window.feeds[i].close()", first)  # its cursor stored
+
+    # The same filters with another token, and with the same token at another gateway:
+    # neither starts from token A's cursor here (nor reports it unknown as a gap).
+    tab.requests.clear()
+    _open_one(tab, {**everything, "accessToken": "tok-b"})
+    _open_one(tab, {**everything, "accessToken": "tok-a", "url": elsewhere.url + "/events"})
+    assert not [url for url in tab.requests if cursor in url]
+    assert tab.page.evaluate("window.feeds.slice(1).map((f) => f.cursor())") == ["", ""]
+    # Tokens are never written into storage keys; a fingerprint tells them apart.
+    keys = tab.page.evaluate("Object.keys(localStorage)")
+    assert keys and not [key for key in keys if "tok-" in key]
+
+    # Token A at this gateway again: it resumes after its own cursor.
+    tab.requests.clear()
+    _open_one(tab, {**everything, "accessToken": "tok-a"})
+    assert any("/events/poll" in url and f"cursor={cursor}" in url for url in tab.requests)
