@@ -417,7 +417,7 @@ const json = (message) => JSON.parse(/** @type {MessageEvent} */ (message).data)
 
 /**
  * The gateway URL with the filter, the credential and a start.
- * @param {SubscribeOptions} options @param {Filter} filter @param {{cursor: string, from: string}} start
+ * @param {SubscribeOptions} options @param {Filter} filter @param {Start} start
  */
 function streamUrl(options, filter, start) {
   const url = new URL(options.url || "/events", location.href);
@@ -431,48 +431,120 @@ function streamUrl(options, filter, start) {
 
 /**
  * Feed one subscription from an EventSource of its own (no sharing).
- * @param {Feed} feed @param {{cursor: string, from: string}} start
+ * @param {Feed} feed @param {Start} start
  */
 function ownConnection(feed, start) {
-  const source = new EventSource(streamUrl(feed.options, feed.filter, start), {
-    withCredentials: Boolean(feed.options.withCredentials),
-  });
-  feed.onClose = () => source.close();
-  listen(source, {
+  const stream = new Stream(feed.options, feed.filter, start, {
     event: (message) => {
       const event = json(message);
       if (message.lastEventId) feed.advance(message.lastEventId, true);
-      feed.options.onEvent?.(event); // no repeats to drop: EventSource resumes exactly
+      feed.options.onEvent?.(event); // no repeats to drop: the stream resumes exactly
     },
     status: (status) => feed.report(status),
     reset: (reset) => feed.options.onReset?.(reset),
     error: (error) => feed.fail(error),
     state: (state) => feed.setState(state),
   });
+  feed.onClose = () => stream.close();
 }
 
 /**
- * Wire an EventSource's frames to handlers.
- * @param {EventSource} source
- * @param {{event: (m: MessageEvent) => void, status: (s: KumihoStatus) => void,
- *          reset: (r: KumihoReset) => void, error: (e: KumihoError) => void,
- *          state: (s: ConnectionState) => void, open?: () => void}} on
+ * Where a stream or a poll starts: after a cursor, else from "latest" ("" too), "beginning"
+ * or an ISO timestamp.
+ * @typedef {{cursor: string, from: string}} Start
  */
-function listen(source, on) {
-  // Not "live" on open: every stream starts with gateway.status, which says whether it is.
-  source.onopen = () => on.open?.();
-  source.onerror = () => {
-    // CLOSED: a non-200 answer, which retrying cannot help.
-    on.state(source.readyState === EventSource.CLOSED ? "stopped" : "reconnecting");
-  };
-  source.onmessage = on.event;
-  source.addEventListener("gateway.status", (m) => on.status(json(m)));
-  source.addEventListener("gateway.reset", (m) => on.reset(json(m)));
-  source.addEventListener("gateway.error", (m) => {
-    const error = json(m);
-    if (!error.retryable) source.close(); // else the stream ends and EventSource comes back after retry:
-    on.error(error);
-  });
+
+/** @param {Start} start */
+const fromLatest = (start) => !start.cursor && (!start.from || start.from === "latest");
+
+// How far the gateway's clock is ahead of this one, in ms: learned from the Date of its answers
+// (readable on the gateway's own origin; elsewhere this clock is taken as its).
+let clockAhead = 0;
+
+/** @param {Response} response */
+function learnClock(response) {
+  const date = Date.parse(response.headers.get("date") || "");
+  if (!Number.isNaN(date)) clockAhead = date - Date.now();
+}
+
+// A "latest" stream's opening moment is taken this much early, as the gateway does for its own
+// upstream and `tail` for its reconnects: clocks differ, and an event from just before the
+// opening beats a gap. (Date has whole seconds: its truncation errs early too.)
+const CLOCK_MARGIN_MS = 1000;
+
+/** The moment a "latest" stream opens, as an ISO timestamp for `from` (see CLOCK_MARGIN_MS). */
+const openedAt = () => new Date(Date.now() + clockAhead - CLOCK_MARGIN_MS).toISOString();
+
+/**
+ * @typedef {{event: (m: MessageEvent) => void, status: (s: KumihoStatus) => void,
+ *            reset: (r: KumihoReset) => void, error: (e: KumihoError) => void,
+ *            state: (s: ConnectionState) => void, open?: () => void}} StreamHandlers
+ */
+
+/**
+ * One EventSource for a filter from a start, resumed as the gateway resumes its own upstream:
+ * EventSource sends the last id it saw when it reconnects; before the first event, a stream that
+ * began at "latest" would begin at the latest again and skip what came meanwhile, so it is
+ * reopened from the moment it first opened (`since`) instead.
+ */
+class Stream {
+  /**
+   * @param {SubscribeOptions} options @param {Filter} filter @param {Start} start
+   * @param {StreamHandlers} on
+   */
+  constructor(options, filter, start, on) {
+    this.options = options;
+    this.filter = filter;
+    this.on = on;
+    this.since = fromLatest(start) ? openedAt() : ""; // "": the start says where to resume
+    this.dispatched = false; // an event came (its id, if any, is EventSource's to resend)
+    this.attempt = 0;
+    this.closed = false;
+    /** @type {EventSource|null} */
+    this.source = null;
+    this.open(start);
+  }
+
+  /** @param {Start} start */
+  open(start) {
+    const source = new EventSource(streamUrl(this.options, this.filter, start), {
+      withCredentials: Boolean(this.options.withCredentials),
+    });
+    this.source = source;
+    // Not "live" on open: every stream starts with gateway.status, which says whether it is.
+    source.onopen = () => {
+      this.attempt = 0;
+      this.on.open?.();
+    };
+    source.onerror = () => {
+      if (source.readyState === EventSource.CLOSED) {
+        this.on.state("stopped"); // a non-200 answer, which retrying cannot help
+        return;
+      }
+      if (fromLatest(start) && !this.dispatched && this.since) {
+        source.close();
+        const since = { cursor: "", from: this.since };
+        pause(this.attempt++).then(() => this.closed || this.source !== source || this.open(since));
+      }
+      this.on.state("reconnecting");
+    };
+    source.onmessage = (message) => {
+      this.dispatched = true;
+      this.on.event(message);
+    };
+    source.addEventListener("gateway.status", (m) => this.on.status(json(m)));
+    source.addEventListener("gateway.reset", (m) => this.on.reset(json(m)));
+    source.addEventListener("gateway.error", (m) => {
+      const error = json(m);
+      if (!error.retryable) source.close(); // else the stream ends and EventSource comes back after retry:
+      this.on.error(error);
+    });
+  }
+
+  close() {
+    this.closed = true;
+    this.source?.close();
+  }
 }
 
 // -- the shared connection ------------------------------------------------------
@@ -540,7 +612,8 @@ const ROLL_CALL_MS = 2000;
  * tab's filters, and (in the leader) the one EventSource. Messages on the channel:
  * join/leave/bye (a tab's subscriptions), roll (a new leader asks them again), covered
  * (the stream now carries these subscriptions' events), and event/status/reset/error/state
- * (what the stream said).
+ * (what the stream said). Joins and covers carry where the stream is (the last id relayed,
+ * else the moment it first opened), so whichever tab leads next resumes it from there.
  */
 class Hub {
   /** @param {string} key @param {SubscribeOptions} options */
@@ -553,8 +626,9 @@ class Hub {
     /** @type {Map<string, Filter>} every tab's, by "tab/id" */
     this.registry = new Map();
     this.position = ""; // the last id the shared stream relayed
+    this.since = ""; // before any: the moment it first opened (from "latest"), as an ISO timestamp
     this.leading = false;
-    /** @type {EventSource|null} */
+    /** @type {Stream|null} */
     this.source = null;
     this.streamQuery = "";
     this.streamOpen = false;
@@ -587,7 +661,7 @@ class Hub {
     addEventListener("pagehide", this.onPageHide);
   }
 
-  /** @param {Feed} feed @param {{cursor: string, from: string}} start */
+  /** @param {Feed} feed @param {Start} start */
   add(feed, start) {
     const shared = new Shared(this, feed, start);
     this.local.set(shared.id, shared);
@@ -597,7 +671,8 @@ class Hub {
 
   /** @param {Shared} shared */
   join(shared) {
-    this.post({ type: "join", tab: this.tab, id: shared.id, filter: shared.feed.filter });
+    const { position, since } = this;
+    this.post({ type: "join", tab: this.tab, id: shared.id, filter: shared.feed.filter, position, since });
   }
 
   /** @param {Shared} shared */
@@ -626,6 +701,7 @@ class Hub {
   receive(message) {
     switch (message.type) {
       case "join":
+        this.learn(message);
         this.registry.set(`${message.tab}/${message.id}`, message.filter);
         this.answered.add(message.tab);
         this.changed();
@@ -647,7 +723,7 @@ class Hub {
         }
         break;
       case "covered":
-        this.position ||= message.position; // a tab that joined after the last event learns it here
+        this.learn(message); // a tab that joined after the last event learns where the stream is
         for (const name of message.names) {
           const [tab, id] = name.split("/");
           if (tab === this.tab) this.local.get(id)?.covered(message.status);
@@ -673,6 +749,15 @@ class Hub {
         for (const shared of this.local.values()) if (shared.joined) shared.feed.setState(message.state);
         break;
     }
+  }
+
+  /**
+   * Where another tab says the stream is, when this one does not know yet.
+   * @param {{position?: string, since?: string}} message
+   */
+  learn(message) {
+    this.position ||= message.position || "";
+    this.since ||= message.since || "";
   }
 
   /** This tab got the lock: open the stream where the last leader stopped. */
@@ -713,10 +798,15 @@ class Hub {
     if (!this.streamOpen || this.wanted() !== this.streamQuery) return;
     const names = [...this.registry.keys()].filter((name) => !this.carried.has(name));
     for (const name of names) this.carried.add(name);
-    if (names.length) this.post({ type: "covered", names, status: this.lastStatus, position: this.position });
+    const { position, since } = this;
+    if (names.length) this.post({ type: "covered", names, status: this.lastStatus, position, since });
   }
 
-  /** (Re)open the one EventSource for the union of every tab's filters, from the last id relayed. */
+  /**
+   * (Re)open the one EventSource for the union of every tab's filters: from the last id relayed,
+   * else from the moment the stream first opened (a take-over or a change of filters before the
+   * first event must not skip what came meanwhile), else from the latest.
+   */
   open() {
     this.source?.close();
     this.carried = new Set();
@@ -727,11 +817,8 @@ class Hub {
       this.source = null; // nothing to read yet: the first join opens it
       return;
     }
-    const source = new EventSource(streamUrl(this.options, filter, { cursor: this.position, from: "" }), {
-      withCredentials: Boolean(this.options.withCredentials),
-    });
-    this.source = source;
-    listen(source, {
+    const start = this.position ? { cursor: this.position, from: "" } : { cursor: "", from: this.since };
+    const source = new Stream(this.options, filter, start, {
       // Open means the gateway accepted the filters and opened its side (on the hosted
       // route, whose signals are comments, it is the only sign): what it reads from here on
       // carries every joined subscription's events.
@@ -749,13 +836,15 @@ class Hub {
         else this.post({ type: "state", state });
       },
     });
+    this.source = source;
+    this.since ||= source.since;
   }
 
   /**
    * The gateway answered the stream with an error status, which EventSource does not show:
    * ask the same question as a poll to learn why. A refusal stops every subscription with
    * it; anything else (a proxy's 502, a tab leaving mid-request) is tried again.
-   * @param {EventSource} source
+   * @param {Stream} source
    */
   async refused(source) {
     this.post({ type: "state", state: "reconnecting" });
@@ -784,7 +873,7 @@ let nextId = 0;
  * then delivers the kept events it has not delivered, and from then on each relayed event it wants.
  */
 class Shared {
-  /** @param {Hub} hub @param {Feed} feed @param {{cursor: string, from: string}} start */
+  /** @param {Hub} hub @param {Feed} feed @param {Start} start */
   constructor(hub, feed, start) {
     this.hub = hub;
     this.feed = feed;
@@ -872,7 +961,7 @@ class Shared {
   /**
    * One /events/poll answer for this subscription's filters, retried while the gateway asks
    * to; null when the feed stopped (refused: reported as an error).
-   * @param {{cursor: string, from: string}} start @param {number} wait seconds
+   * @param {Start} start @param {number} wait seconds
    * @returns {Promise<{events: KumihoEvent[], cursor: string|null, more: boolean, reset: KumihoReset|null}|null>}
    */
   async poll(start, wait) {
@@ -894,7 +983,7 @@ class Shared {
  * One GET of /events/poll (next to the stream's URL): the answer, a refusal (the gateway's
  * error envelope, when retrying cannot help), or neither (unreachable, or asked to retry).
  * @param {SubscribeOptions} options @param {Filter} filter
- * @param {{cursor: string, from: string}} start @param {number} wait seconds
+ * @param {Start} start @param {number} wait seconds
  * @returns {Promise<{body?: any, error?: KumihoError}>}
  */
 async function poll(options, filter, start, wait) {
@@ -904,6 +993,7 @@ async function poll(options, filter, start, wait) {
   url.searchParams.set("max_events", "1000");
   try {
     const response = await fetch(url, { credentials: options.withCredentials ? "include" : "same-origin" });
+    learnClock(response);
     const body = await response.json();
     if (response.ok) return { body };
     if (response.status < 500 && response.status !== 429) return { error: { ...body.error, retryable: false } };

@@ -768,3 +768,52 @@ def test_a_stored_cursor_belongs_to_its_gateway_and_credential(
     tab.requests.clear()
     _open_one(tab, {**everything, "accessToken": "tok-a"})
     assert any("/events/poll" in url and f"cursor={cursor}" in url for url in tab.requests)
+
+
+def test_a_take_over_before_any_event_resumes_from_where_the_stream_first_opened(
+    browser: Any, make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *FAST)
+    project = unique_project()
+    everything = {"kref": f"kref://{project}/**"}
+    tabs = [Tab(browser, gateway, [everything]) for _ in range(5)]
+    _live(tabs)
+    [leader] = [tab for tab in tabs if tab.role() == "leader"]
+    rest = [tab for tab in tabs if tab is not leader]
+    during: list[str] = []
+
+    def publish_first(route: Any) -> None:
+        # The new leader's stream is asked for only now: the event comes between the old
+        # stream's end and the new one's start, the take-over's blind spot.
+        if not during:
+            during.extend(devserver.publish("revision.created", f"kref://{project}/a"))
+        route.continue_()
+
+    for tab in rest:
+        tab.page.route(lambda url: urlsplit(url).path == "/events", publish_first)
+    leader.page.close()
+    wait_until(lambda: any(tab.role() == "leader" for tab in rest), 10, "a new leader")
+    wait_until(lambda: bool(during), 10, "the new leader's stream asked for")
+    after = devserver.publish("revision.created", f"kref://{project}/b")
+    _wait_got(rest, [during + after], "both events")
+
+
+def test_a_stream_broken_before_its_first_event_resumes_from_when_it_opened(
+    browser: Any, make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *FAST, "--retry-ms", "300")
+    project = unique_project()
+    everything = {"kref": f"kref://{project}/**"}
+    # The shared stream, and an EventSource of the helper's own.
+    tab = Tab(browser, gateway, [everything, {**everything, "shared": False}])
+    _live([tab])
+    assert tab.page.evaluate("window.feeds.map((f) => f.role())") == ["leader", "own"]
+    gateway.stop(signal.SIGKILL)
+    wait_until(lambda: tab.states() == ["reconnecting"] * 2, 10, "both reconnecting")
+    down = devserver.publish("revision.created", f"kref://{project}/a")  # while it is down
+    gateway.start()
+    _live([tab])
+    up = devserver.publish("revision.created", f"kref://{project}/b")
+    _wait_got([tab], [down + up] * 2, "both events in both")
