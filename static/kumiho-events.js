@@ -11,11 +11,12 @@
 // subscriptions and relays what it reads on a BroadcastChannel; each tab
 // matches the events against its own subscriptions' filters (the gateway's
 // rules, ported below). When the leader tab goes, the next tab in the lock's
-// queue takes over from the last id relayed. A subscription that starts in
-// the past (a stored cursor, `from`) reads up to the present with
-// /events/poll, then continues on the shared stream, with no gap and no
-// repeat. Without those browser APIs (or with `shared: false`, or a consumer
-// group) each subscription is one EventSource of its own.
+// queue takes over from the last id relayed, or, before the first, from the
+// moment the stream first opened. A subscription that starts in the past (a
+// stored cursor, `from`) polls /events/poll while the gateway says "more",
+// then continues on the shared stream, with no gap and no repeat. Without
+// those browser APIs (or with `shared: false`, or a consumer group) each
+// subscription is one EventSource of its own.
 //
 // Either way it parses each event, reports gaps (gateway.reset), the
 // upstream's state (gateway.status) and terminal errors (gateway.error),
@@ -313,8 +314,31 @@ export function matcher(filter) {
 
 // -- one subscription, whichever connection feeds it --------------------------
 
-// How many delivered cursors a feed remembers to drop repeats (a leader change, a catch-up's overlap).
-const REMEMBERED = 2048;
+// -- cursors: opaque, but ordered when shaped <ms>-<seq> (gateway/cursor.py) ------
+
+const CURSOR_PART = /^[0-9]{1,20}$/;
+
+/** The (ms, seq) order key of a cursor, or null when it has another shape. @param {string} cursor */
+function cursorKey(cursor) {
+  const dash = cursor.indexOf("-");
+  const ms = cursor.slice(0, dash);
+  const seq = cursor.slice(dash + 1);
+  if (dash < 0 || !CURSOR_PART.test(ms) || !CURSOR_PART.test(seq)) return null;
+  return [BigInt(ms), BigInt(seq)];
+}
+
+/**
+ * Whether cursor `a` comes after `b`: by order when both have the <ms>-<seq> shape; otherwise
+ * only telling an equal one apart (null: cannot tell).
+ * @param {string} a @param {string} b @returns {boolean|null}
+ */
+function after(a, b) {
+  if (!b) return true;
+  if (a === b) return false;
+  const [ka, kb] = [cursorKey(a), cursorKey(b)];
+  if (!ka || !kb) return null;
+  return ka[0] > kb[0] || (ka[0] === kb[0] && ka[1] > kb[1]);
+}
 
 class Feed {
   /**
@@ -337,7 +361,6 @@ class Feed {
     this.closed = false;
     /** @type {() => void} */
     this.onClose = () => {};
-    this.delivered = new Set();
     this.storedAt = 0;
   }
 
@@ -365,24 +388,38 @@ class Feed {
     this.options.onStateChange?.(next, this.reconnects);
   }
 
-  /** Hand an event to the page once, and remember its cursor. @param {KumihoEvent} event */
-  deliver(event) {
+  /**
+   * Hand an event to the page, unless it is a repeat: the feed's one repeat filter drops an id at
+   * or before its position (by order; an id of another shape only when it is the same). Whatever
+   * delivers here (the shared stream, a catch-up poll, an EventSource of its own) may overlap.
+   * @param {KumihoEvent} event @param {string} [id] its id on the stream (default: its cursor)
+   */
+  deliver(event, id = event.cursor) {
     if (this.closed) return;
-    if (event.cursor) {
-      if (this.delivered.has(event.cursor)) return;
-      this.delivered.add(event.cursor);
-      if (this.delivered.size > REMEMBERED) this.delivered.delete(this.delivered.values().next().value);
-      this.advance(event.cursor, true);
+    if (id) {
+      if (after(id, this.cursor) === false) return;
+      this.advance(id, true);
     }
     this.options.onEvent?.(event);
   }
 
-  /** The position to resume from; an unwanted event's is stored at most once a second. */
-  advance(/** @type {string} */ cursor, now = false) {
+  /**
+   * The position to resume from (never moved back); an unwanted event's is stored at most once
+   * a second.
+   * @param {string} cursor @param {boolean} [now]
+   */
+  advance(cursor, now = false) {
+    if (after(cursor, this.cursor) === false) return;
     this.cursor = cursor;
     if (!this.storageKey || (!now && Date.now() - this.storedAt < 1000)) return;
     this.storedAt = Date.now();
     writeStorage(this.storageKey, cursor);
+  }
+
+  /** A gap: the old position means nothing now (what follows may sort before it). @param {KumihoReset} reset */
+  reset(reset) {
+    this.cursor = "";
+    this.options.onReset?.(reset);
   }
 
   /** @param {KumihoStatus} status */
@@ -435,13 +472,10 @@ function streamUrl(options, filter, start) {
  */
 function ownConnection(feed, start) {
   const stream = new Stream(feed.options, feed.filter, start, {
-    event: (message) => {
-      const event = json(message);
-      if (message.lastEventId) feed.advance(message.lastEventId, true);
-      feed.options.onEvent?.(event); // no repeats to drop: the stream resumes exactly
-    },
+    // Its id, not the event's cursor: on a tier without cursors the gateway's own id resumes.
+    event: (message) => feed.deliver(json(message), message.lastEventId),
     status: (status) => feed.report(status),
-    reset: (reset) => feed.options.onReset?.(reset),
+    reset: (reset) => feed.reset(reset),
     error: (error) => feed.fail(error),
     state: (state) => feed.setState(state),
   });
@@ -600,8 +634,11 @@ function fingerprint(text) {
   }).join(".");
 }
 
-// A catch-up poll waits this long for a first event; none means the past is read.
-const CATCH_UP_WAIT_S = 2;
+// How long a catch-up poll may wait for the gateway's catch-up to show it is still reading (a
+// stream of its own counts as caught up after 50 ms without a word from the upstream, and under
+// load its first events can take longer than that to come); the cost is this much delay before
+// a subscription with nothing to catch up goes live.
+const CATCH_UP_WAIT_S = 1;
 // Joins and leaves within this many milliseconds change the shared stream once.
 const SETTLE_MS = 25;
 // How long a new leader waits for the tabs to say what they read before it forgets the rest.
@@ -868,9 +905,12 @@ class Hub {
 let nextId = 0;
 
 /**
- * One subscription on the shared stream. It joins (the leader widens the stream to carry it),
- * waits to be covered, reads what it missed with polls while it keeps what the stream relays,
- * then delivers the kept events it has not delivered, and from then on each relayed event it wants.
+ * One subscription on the shared stream. It joins (the leader widens the stream to carry it)
+ * and, once covered, catches up as every client of the gateway does (README, "GET
+ * /events/poll"): it polls from its start while the answer says "more", then takes each relayed
+ * event it wants; the feed's repeat filter drops what it already had. It keeps nothing the
+ * stream relays meanwhile: when the stream relayed a wanted event past its last poll, it polls
+ * once more instead.
  */
 class Shared {
   /** @param {Hub} hub @param {Feed} feed @param {Start} start */
@@ -882,9 +922,7 @@ class Shared {
     this.joined = false;
     this.carried = false; // the stream carries its events (from then on they are relayed here)
     this.live = false;
-    /** @type {KumihoEvent[]} relayed while catching up */
-    this.kept = [];
-    this.keptCursors = new Set();
+    this.heard = ""; // while catching up: the cursor of the last wanted event relayed
     feed.role = hub.leading ? "leader" : "follower";
   }
 
@@ -904,46 +942,36 @@ class Shared {
     if (this.carried || this.feed.closed) return;
     this.carried = true;
     this.feed.status ||= status;
-    let { cursor, from } = this.start;
-    if (cursor || (from && from !== "latest")) {
-      for (;;) {
-        const answer = await this.poll({ cursor, from }, CATCH_UP_WAIT_S);
-        if (answer === null) return;
-        if (answer.reset) this.feed.options.onReset?.(answer.reset);
-        let met = false; // reached what the stream relayed: the rest is kept already
-        for (const event of answer.events) {
-          if (event.cursor && this.keptCursors.has(event.cursor)) {
-            met = true;
-            break;
-          }
-          this.feed.deliver(event);
-        }
-        if (answer.cursor) {
-          cursor = answer.cursor;
-          this.feed.advance(cursor, true);
-        }
-        if (met || !answer.events.length) break;
-      }
-    }
+    if (!fromLatest(this.start) && !(await this.catchUp())) return;
     this.live = true;
-    for (const event of this.kept) this.feed.deliver(event);
-    this.kept = [];
-    this.keptCursors.clear();
     if (this.feed.status) this.feed.report(this.feed.status);
+  }
+
+  /** Poll until caught up: false when the feed stopped meanwhile. */
+  async catchUp() {
+    let start = this.start;
+    for (;;) {
+      const answer = await this.poll(start, CATCH_UP_WAIT_S);
+      if (answer === null) return false;
+      if (answer.reset) this.feed.reset(answer.reset);
+      for (const event of answer.events) this.feed.deliver(event);
+      if (answer.cursor) {
+        this.feed.advance(answer.cursor, true);
+        start = { cursor: answer.cursor, from: "" };
+      }
+      // Caught up, unless the stream already relayed a wanted event this poll did not reach.
+      if (!answer.more && (!this.heard || after(this.heard, this.feed.cursor) !== true)) return true;
+    }
   }
 
   /** @param {KumihoEvent} event @param {string} id */
   relayed(event, id) {
     if (!this.carried) return; // not carried yet: the catch-up reads it
-    if (!this.feed.wants(event)) {
-      if (this.live && id) this.feed.advance(id);
-      return;
-    }
-    if (this.live) this.feed.deliver(event);
-    else {
-      this.kept.push(event);
-      if (event.cursor) this.keptCursors.add(event.cursor);
-    }
+    const wanted = this.feed.wants(event);
+    if (!this.live) {
+      if (wanted && event.cursor) this.heard = event.cursor; // the catch-up polls up to it
+    } else if (wanted) this.feed.deliver(event);
+    else if (id) this.feed.advance(id);
   }
 
   /** @param {KumihoStatus} status */
@@ -955,12 +983,12 @@ class Shared {
 
   /** @param {KumihoReset} reset */
   reset(reset) {
-    if (this.joined) this.feed.options.onReset?.(reset);
+    if (this.joined) this.feed.reset(reset);
   }
 
   /**
-   * One /events/poll answer for this subscription's filters, retried while the gateway asks
-   * to; null when the feed stopped (refused: reported as an error).
+   * One /events/poll answer for this subscription's filters, retried while the gateway asks to;
+   * null when the feed stopped (refused: reported as an error).
    * @param {Start} start @param {number} wait seconds
    * @returns {Promise<{events: KumihoEvent[], cursor: string|null, more: boolean, reset: KumihoReset|null}|null>}
    */
