@@ -1031,8 +1031,22 @@ async function poll(options, filter, start, wait) {
   return {};
 }
 
-/** Back off before retry ``attempt`` (0, 1, ...): 250 ms doubling up to 5 s. @param {number} attempt */
-const pause = (attempt) => new Promise((resolve) => setTimeout(resolve, Math.min(250 * 2 ** attempt, 5000)));
+// The gateway's one backoff, twinned (tests/test_tabs.py holds the two to the same numbers): the
+// ceiling starts at initialMs and doubles with each failure in a row up to capMs, and each wait
+// is drawn between half the ceiling and all of it, so a fleet of tabs never retries in lockstep.
+export const BACKOFF = Object.freeze({ initialMs: 250, factor: 2, capMs: 30_000 });
+
+/**
+ * The wait before retry `attempt` (0: the first failure after a success), in ms.
+ * @param {number} attempt @param {() => number} [random]
+ */
+export function backoffDelay(attempt, random = Math.random) {
+  const ceiling = Math.min(BACKOFF.capMs, BACKOFF.initialMs * BACKOFF.factor ** attempt);
+  return ceiling * (0.5 + random() / 2);
+}
+
+/** Back off before retry `attempt` (see backoffDelay). @param {number} attempt */
+const pause = (attempt) => new Promise((resolve) => setTimeout(resolve, backoffDelay(attempt)));
 
 // localStorage may be unavailable (privacy modes, sandboxed frames): degrade to memory.
 function readStorage(key) {

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import importlib
 import json
+import random
 import signal
 import subprocess
 import threading
@@ -146,6 +148,43 @@ def test_the_browser_matcher_takes_the_worst_patterns_in_linear_time() -> None:
             False,
         ]
     )
+
+
+def _gateway_backoff() -> Any:
+    """The gateway's one backoff class (in its own module once it has one)."""
+    for name in ("gateway.backoff", "gateway.source"):
+        with contextlib.suppress(ImportError):
+            module = importlib.import_module(name)
+            if hasattr(module, "Backoff"):
+                return module.Backoff
+    raise AssertionError("no Backoff in the gateway")
+
+
+def test_the_browser_backs_off_as_the_gateway_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    attempts = list(range(12))
+    out = json.loads(
+        subprocess.run(
+            ["node", str(ROOT / "tests/js/backoff.mjs")],
+            input=json.dumps(attempts),
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout
+    )
+    # The numbers the helper's README names: 250 ms, doubling, up to 30 s.
+    assert out["numbers"] == {"initialMs": 250, "factor": 2, "capMs": 30_000}
+    backoff_class = _gateway_backoff()
+
+    def gateway_waits(end: int) -> list[float]:
+        """The gateway's waits in ms for every attempt, its random draw pinned to one end."""
+        monkeypatch.setattr(random, "uniform", lambda low, high: (low, high)[end])
+        monkeypatch.setattr(random, "random", lambda: float(end))
+        backoff = backoff_class(initial=0.25, cap=30.0)
+        return [round(backoff.delay() * 1000, 6) for _ in attempts]
+
+    assert [low for low, _ in out["bounds"]] == gateway_waits(0)
+    assert [high for _, high in out["bounds"]] == gateway_waits(1)
 
 
 # -- tabs in one browser ------------------------------------------------------------
