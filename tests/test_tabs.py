@@ -779,6 +779,7 @@ def _open_one(tab: Tab, options: dict[str, Any]) -> int:
     return index
 
 
+@BOTH_MODES
 def test_a_stored_cursor_belongs_to_its_gateway_and_credential(
     browser: Any, make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
 ) -> None:
@@ -812,6 +813,7 @@ def test_a_stored_cursor_belongs_to_its_gateway_and_credential(
     assert any("/events/poll" in url and f"cursor={cursor}" in url for url in tab.requests)
 
 
+@BOTH_MODES
 def test_a_take_over_before_any_event_resumes_from_where_the_stream_first_opened(
     browser: Any, make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
 ) -> None:
@@ -835,12 +837,18 @@ def test_a_take_over_before_any_event_resumes_from_where_the_stream_first_opened
     for tab in rest:
         tab.page.route(lambda url: urlsplit(url).path == "/events", publish_first)
     leader.page.close()
-    wait_until(lambda: any(tab.role() == "leader" for tab in rest), 10, "a new leader")
-    wait_until(lambda: bool(during), 10, "the new leader's stream asked for")
+    # Each role() call lets Playwright run the route handler (sync Playwright dispatches
+    # only inside its own calls).
+    wait_until(
+        lambda: sum(tab.role() == "leader" for tab in rest) == 1 and bool(during),
+        20,
+        "a new leader to ask for its stream",
+    )
     after = devserver.publish("revision.created", f"kref://{project}/b")
     _wait_got(rest, [during + after], "both events")
 
 
+@BOTH_MODES
 def test_a_stream_broken_before_its_first_event_resumes_from_when_it_opened(
     browser: Any, make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
 ) -> None:
