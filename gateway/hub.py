@@ -80,6 +80,7 @@ class Channel:
         # so an id from another channel, worker or replica is never mistaken.
         self._id_prefix = f"{MINTED_PREFIX}{secrets.token_hex(4)}:"
         self._minted = 0
+        self.newest = ""  # the id of the last event the feed passed (a live subscriber is there)
         self._filter = ResumeFilter(None)  # the shared feed is at-least-once too
         self._subscribers: set[HubSource] = set()
         # Subscribers by what is left to match, so each event is matched once per filter.
@@ -137,6 +138,7 @@ class Channel:
         elif self._filter.accept(item.cursor):
             assert not isinstance(item, SharedEvent), "a channel's feed sends Kumiho events"
             shared = SharedEvent(item, item.cursor or self._mint())
+            self.newest = shared.cursor
             self._hub.metrics.frames_encoded.inc()
             if shared.cursor and not self._group:
                 self._ring[shared.cursor] = shared
@@ -388,11 +390,19 @@ class _CatchUp:
         self._rest = rest
         self._handover = handover
         self._skips = Skips()
+        self._passed = ""  # the cursor of the last event the catch-up stream brought
         self.handed_over = False
+
+    def flush(self) -> None:
+        """An Advance to the last event passed, if unwanted ones came since the last item."""
+        if not self.handed_over and (advance := self._skips.flush(self._passed)):
+            self._sink.put(advance)
 
     def put(self, item: Item) -> bool:
         if self.handed_over:
             return False
+        if isinstance(item, kumiho_pb2.Event) and item.cursor:
+            self._passed = item.cursor
         if isinstance(item, kumiho_pb2.Event) and not (
             self._rest.everything or self._rest.wants(item)
         ):
@@ -435,6 +445,8 @@ class HubSource:
         self._sub = subscription
         self._channel: Channel | None = None
         self._catch_up: UpstreamSource | None = None
+        self._catching_up: _CatchUp | None = None  # the catch-up stream's sink, while it runs
+        self._joined = False  # attached to the shared feed: live
         self._sink: Sink | None = None
         self._backlog: collections.deque[Item] = collections.deque()
         self._limit = hub.settings.hub_ring_size + hub.settings.buffer_events
@@ -475,17 +487,45 @@ class HubSource:
         self._backlog.append(channel.status)
         self._backlog.extend(first)
         channel.attach(self)
+        self._joined = True
+
+    def caught_up(self, quiet: float) -> bool:
+        """On the shared feed: live. Catching up: when its own stream went quiet.
+
+        The catch-up normally joins the feed at the ring; a quiet catch-up
+        stream that has not (the ring holds nothing it will bring: a channel
+        that has seen no event yet) has read all there was.
+        """
+        if self._joined:
+            return not self._ended
+        catching_up = self._catch_up
+        return catching_up is not None and catching_up.caught_up(quiet)
+
+    def flush(self) -> None:
+        if self._catching_up is not None:
+            self._catching_up.flush()
+        elif self._joined and self._sink is not None and self._channel is not None:
+            # Every item up to the feed's newest event has been handed over (or
+            # queued before this): a subscriber is there, whatever it skipped.
+            if not self._channel.newest:
+                return
+            advance = Advance(self._channel.newest)
+            if self._backlog:
+                self._backlog.append(advance)
+            else:
+                self._sink.put(advance)
 
     async def run(self, sink: Sink) -> None:
         if self._catch_up is not None:
             metrics = self._hub.metrics
             metrics.catch_up_streams.inc()
-            catch_up = _CatchUp(sink, self.rest, self._hand_over)
+            catch_up = self._catching_up = _CatchUp(sink, self.rest, self._hand_over)
             try:
                 await self._catch_up.run(catch_up)
             finally:
                 metrics.catch_up_streams.dec()
                 self._catch_up.close()
+                self._catching_up = None
             if not catch_up.handed_over:
                 return  # the client left, or the catch-up stream failed for good
         self._sink = sink
@@ -521,6 +561,7 @@ class HubSource:
             self._backlog.append(channel.status)
         self._backlog.extend(replay)
         channel.attach(self)
+        self._joined = True
         return True
 
     def deliver(self, item: Item) -> None:

@@ -10,10 +10,13 @@ gateway ends every batch at once (``Batch.drain``). The answer:
     {"events": [...], "cursor": "<pass it next time>" | null, "more": true | false,
      "reset": {...} | null}
 
-``cursor`` is the id of the last event returned, or of an unwanted event the
-stream passed after it (so the next poll does not read past it again), or
-the cursor the poll was given; ``more`` is true when another matching event was
-already waiting. Polling again with ``cursor`` returns each event once, in
+``cursor`` is the id of the last event returned, or of the last unwanted
+event the stream passed after it (so the next poll does not read past it
+again), or the cursor the poll was given. ``more`` is true when another
+matching event was already waiting, or when the source had not reached the
+live stream when the answer was due (``Source.caught_up``): a client polls
+while ``more`` and then streams from the last cursor, and that one loop
+catches up. Polling again with ``cursor`` returns each event once, in
 order: the same resume rules as a stream's ``Last-Event-ID``. ``reset`` is a
 ``gateway.reset``'s data when the given cursor could not be resumed.
 """
@@ -33,20 +36,23 @@ from gateway.sse import dumps, event_json
 
 log = logging.getLogger("gateway.poll")
 
-# After the first event, how long a pause in arrivals ends the batch.
+# After the first event, how long a pause in arrivals ends the batch; and how
+# long a stream of its own must have been silent to count as caught up.
 _QUIET = 0.05
 
 
 @dataclass(eq=False)  # tracked in a set by the lifecycle, by identity
 class Batch:
-    """The Sink of one poll: events up to ``limit``, and whether one more was waiting."""
+    """The Sink of one poll: events up to ``limit``, whether one more was waiting, and
+    whether the source was live when the answer was due."""
 
     limit: int
     cursor: str | None
 
     def __post_init__(self) -> None:
         self.events: list[str] = []  # each event's JSON
-        self.more = False
+        self.more = False  # one past the limit was waiting
+        self.live = False  # set by collect() as the answer is due
         self.reset: Reset | None = None
         self.failure: GatewayError | None = None
         self._filter = ResumeFilter(self.cursor)
@@ -124,7 +130,7 @@ class Batch:
         reset = self.reset.data() if self.reset is not None else None
         return (
             f'{{"events":[{",".join(self.events)}],"cursor":{dumps(self.cursor)},'
-            f'"more":{dumps(self.more)},"reset":{dumps(reset)}}}'
+            f'"more":{dumps(self.more or not self.live)},"reset":{dumps(reset)}}}'
         ).encode()
 
 
@@ -136,7 +142,7 @@ async def collect(source: Source, batch: Batch, wait: float, gone: Awaitable[Non
     opened (at least ``_QUIET``, so ``timeout=0`` still gets what is already
     there), or when ``gone`` resolves (the client left). A drain or the
     client leaving ends the opening too. Refusals while opening (GatewayError)
-    propagate.
+    propagate. Then ``_settle`` says whether the source is live.
     """
     left = asyncio.ensure_future(gone)
     stopped = asyncio.ensure_future(batch.stopped())
@@ -153,6 +159,8 @@ async def collect(source: Source, batch: Batch, wait: float, gone: Awaitable[Non
         filling = asyncio.ensure_future(_fill(batch, deadline))
         tasks += [running, filling]
         await asyncio.wait({filling, left, running}, return_when=asyncio.FIRST_COMPLETED)
+        if not left.done():
+            await _settle(source, batch, deadline)
     finally:
         for task in tasks:
             task.cancel()
@@ -173,3 +181,17 @@ async def _fill(batch: Batch, deadline: float) -> None:
         # events must not hold the answer back.
         if not await batch.arrival(min(_QUIET, left) if batch.events else left):
             return
+
+
+async def _settle(source: Source, batch: Batch, deadline: float) -> None:
+    """As the answer is due: is the source live, and the cursor past what it skipped.
+
+    A stream of its own that read something within the last ``_QUIET`` gets
+    one more quiet window (never past the deadline) to show it has caught up:
+    a poll answered as its catch-up ends then says so.
+    """
+    loop = asyncio.get_running_loop()
+    if not batch.done and not source.caught_up(_QUIET) and (left := deadline - loop.time()) > 0:
+        await batch.arrival(min(_QUIET, left))
+    batch.live = source.caught_up(_QUIET)
+    source.flush()

@@ -226,6 +226,16 @@ class Source(Protocol):
     def close(self) -> None:
         """Stop now (synchronous, so it is safe inside a cancelled task's cleanup)."""
 
+    def caught_up(self, quiet: float) -> bool:
+        """Whether the source has reached the live stream (a poll's ``more`` is its negation).
+
+        A shared feed's subscriber knows it; a stream of its own judges by
+        ``quiet``: the upstream sent nothing, wanted or not, for that long.
+        """
+
+    def flush(self) -> None:
+        """Deliver an Advance now for the unwanted events passed since the last item."""
+
 
 class Backoff:
     """Doubling delays with full jitter, capped: 'decorrelated' reconnects for a fleet."""
@@ -290,6 +300,9 @@ class UpstreamSource:
         self._wake: asyncio.Future[None] | None = None  # ends a backoff sleep early on close
         self.status = Status.now("live", None, None)  # announced first by run()
         self._first_retry: float | None = None  # open() failed: wait this long first
+        self._sink: Sink | None = None  # what run() delivers to, for flush()
+        self._skips = Skips()  # unwanted events since the client's last item
+        self._last_read = 0.0  # loop time of the last event read (or of the last connect)
         # What the upstream cannot filter (a list of patterns) is matched here.
         self._filters = subscription.filter.upstream()
         rest = subscription.filter.beyond(*self._filters)
@@ -335,6 +348,7 @@ class UpstreamSource:
         """
         request = self._request()
         self._attempts += 1
+        self._last_read = asyncio.get_running_loop().time()
         call = self._upstream.event_stream(request, self._sub.credential)
         self._call = call
         gauge = self._metrics.upstream_streams_open
@@ -444,6 +458,8 @@ class UpstreamSource:
     # -- streaming ------------------------------------------------------------
 
     async def run(self, sink: Sink) -> None:
+        self._sink = sink
+        loop = asyncio.get_running_loop()
         pending, self._pending = [self.status, *self._pending], []
         for item in pending:
             if not sink.put(item) and not await sink.room():
@@ -463,11 +479,12 @@ class UpstreamSource:
             assert call is not None
             delivered = ended_cleanly = False
             keep = self._keep
-            skips = Skips()
+            skips = self._skips
             try:
                 # call.read() rather than `async for`: one async generator
                 # fewer per event on the hottest path.
                 while (read := await call.read()) is not _EOF:
+                    self._last_read = loop.time()
                     event = cast(kumiho_pb2.Event, read)
                     if event.cursor:
                         if self._since_cursor or self._unresumable:  # (rarely: mixed streams)
@@ -511,6 +528,20 @@ class UpstreamSource:
                 # A clean end (status OK) is retried through the backoff too: an
                 # upstream that ends every stream at once must not get a hot loop.
                 await self._sleep(self._backoff.delay(), "the upstream ended the stream")
+
+    def caught_up(self, quiet: float) -> bool:
+        """True when the upstream sent nothing for ``quiet`` seconds: it has no backlog left.
+
+        Kumiho says nothing about where its live stream begins, so a pause is
+        the only sign. A pause while the upstream itself skips a long run its
+        filter rejects looks the same: the position then stays at the last
+        event read, so whoever continues from it loses nothing.
+        """
+        return asyncio.get_running_loop().time() - self._last_read >= quiet
+
+    def flush(self) -> None:
+        if self._sink is not None and (advance := self._skips.flush(self._resume or "")):
+            self._sink.put(advance)
 
     def _seen_before(self, event: kumiho_pb2.Event) -> bool:
         """For an event without a cursor: True when it repeats one delivered before a break."""

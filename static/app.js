@@ -89,11 +89,13 @@ const store = {
  * Picks the storage this tab keeps its panels, rows and cursors in. A tab holds
  * its workspace's Web Lock while it lives and remembers the workspace in
  * sessionStorage, so a reload gets its own back. A new tab (or the browser
- * after a restart) takes the most recently used workspace no open tab holds,
- * rows and all; when every one is open, it starts a new one with the panels
- * (not the rows) of the most recent. Without Web Locks there is one workspace.
+ * after a restart) takes the most recently used workspace no open tab holds
+ * whose first panel shows what the URL asks for, rows and all; when there is
+ * none, it starts a new one. Never another tab's panels: the URL a person opened
+ * decides what the tab shows. Without Web Locks there is one workspace.
+ * @param {Filters} linked  the URL's filters
  */
-async function claimWorkspace() {
+async function claimWorkspace(linked) {
   if (typeof navigator.locks?.request !== "function") return;
   const listed = store.get(WORKSPACES_KEY);
   const known = (Array.isArray(listed) ? listed : []).filter((w) => w && typeof w.id === "string");
@@ -105,13 +107,17 @@ async function claimWorkspace() {
   } catch {
     /* a new workspace each time */
   }
-  for (const id of new Set([...(mine === null ? [] : [mine]), ...known.map((w) => w.id)])) {
+  // A workspace with no panels yet fits any URL.
+  const fits = (id) => {
+    const [first] = savedLayout(id);
+    return !first || sameFilters(first.filters, linked);
+  };
+  const candidates = [...(mine === null ? [] : [mine]), ...known.map((w) => w.id).filter(fits)];
+  for (const id of new Set(candidates)) {
     if (await holdWorkspace(id)) return useWorkspace(id, known);
   }
   const id = `w${Math.random().toString(36).slice(2, 10)}`;
   await holdWorkspace(id);
-  const template = store.get(`${workspaceKey(known[0].id)}panels`);
-  if (template) store.set(`${workspaceKey(id)}panels`, template);
   useWorkspace(id, known);
 }
 
@@ -212,10 +218,9 @@ function localInputValue(date) {
 const nowSecond = () => Math.floor(Date.now() / 1000);
 
 // -- the URL carries the first panel's filters (links to the dashboard use it) --
-/** @returns {Filters|null} the URL's filters, or null when it names none */
+/** @returns {Filters} the URL's filters: none named, every event from the latest */
 function filtersFromUrl() {
   const params = new URLSearchParams(location.search);
-  if (![...FILTER_NAMES, "from"].some((name) => params.has(name))) return null;
   const filters = noFilters();
   for (const name of FILTER_NAMES) filters[name] = params.get(name) || "";
   filters.from = params.get("from") || "latest";
@@ -692,8 +697,9 @@ const dashboard = {
   arrivals: [], // [time, cursor] of the last second's events, over all panels
   renderQueued: false,
 
-  load() {
-    for (const { id, filters } of initialLayout()) {
+  /** @param {Filters} linked  the URL's filters */
+  load(linked) {
+    for (const { id, filters } of initialLayout(linked)) {
       const panel = new Panel(id, filters);
       panel.restore();
       this.mount(panel);
@@ -830,15 +836,23 @@ function renderPanels() {
 // A chart is drawn at its element's size in device pixels: redraw when that changes.
 const resized = new ResizeObserver(renderPanels);
 
-/** The saved panels; a link naming other filters replaces the first panel's. */
-function initialLayout() {
-  const saved = store.get(panelsKey());
-  const valid = (p) => p && typeof p.id === "string" && p.filters;
+/** A workspace's saved panels (none when it has none or they are unreadable). */
+function savedLayout(id) {
+  const saved = store.get(`${workspaceKey(id)}panels`);
+  const valid = (p) => p && typeof p.id === "string" && p.filters && typeof p.filters === "object";
   const layout = Array.isArray(saved) ? saved.filter(valid) : [];
-  const linked = filtersFromUrl();
-  if (!layout.length) return [{ id: "1", filters: linked || noFilters() }];
-  layout.forEach((p) => (p.filters = { ...noFilters(), ...p.filters }));
-  if (linked && !sameFilters(linked, layout[0].filters)) {
+  return layout.map((p) => ({ id: p.id, filters: { ...noFilters(), ...p.filters } }));
+}
+
+/**
+ * This workspace's saved panels, the first one showing what the URL asks for
+ * (other filters there, its rows and cursor go: it starts afresh).
+ * @param {Filters} linked  the URL's filters
+ */
+function initialLayout(linked) {
+  const layout = savedLayout(workspace);
+  if (!layout.length) return [{ id: "1", filters: linked }];
+  if (!sameFilters(linked, layout[0].filters)) {
     for (const what of ["events", "cursor"]) store.remove(panelKey(layout[0].id, what));
     layout[0] = { id: layout[0].id, filters: linked };
   }
@@ -874,4 +888,5 @@ function setupControls() {
 
 setupTheme();
 setupControls();
-claimWorkspace().then(() => dashboard.load());
+const opened = filtersFromUrl(); // what the person opened decides what this tab shows
+claimWorkspace(opened).then(() => dashboard.load(opened));

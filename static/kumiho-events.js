@@ -11,11 +11,12 @@
 // subscriptions and relays what it reads on a BroadcastChannel; each tab
 // matches the events against its own subscriptions' filters (the gateway's
 // rules, ported below). When the leader tab goes, the next tab in the lock's
-// queue takes over from the last id relayed. A subscription that starts in
-// the past (a stored cursor, `from`) reads up to the present with
-// /events/poll, then continues on the shared stream, with no gap and no
-// repeat. Without those browser APIs (or with `shared: false`, or a consumer
-// group) each subscription is one EventSource of its own.
+// queue takes over from the last id relayed, or, before the first, from the
+// moment the stream first opened. A subscription that starts in the past (a
+// stored cursor, `from`) polls /events/poll while the gateway says "more",
+// then continues on the shared stream, with no gap and no repeat. Without
+// those browser APIs (or with `shared: false`, or a consumer group) each
+// subscription is one EventSource of its own.
 //
 // Either way it parses each event, reports gaps (gateway.reset), the
 // upstream's state (gateway.status) and terminal errors (gateway.error),
@@ -81,7 +82,8 @@
  * @property {boolean} [withCredentials=false]  send cookies cross-origin (kumiho_token)
  * @property {boolean} [shared=true]            share one connection with the other subscriptions of this browser
  * @property {string|null} [storageKey]         localStorage key of the last cursor; null: do not persist.
- *                                              Default "kumiho-events:cursor", plus "?" and the filters when there are any
+ *                                              Default "kumiho-events:cursor", the gateway URL and a fingerprint
+ *                                              of the credential, plus "?" and the filters when there are any
  * @property {(event: KumihoEvent) => void} [onEvent]
  * @property {(reset: KumihoReset) => void} [onReset]
  * @property {(status: KumihoStatus) => void} [onStatus]
@@ -119,9 +121,10 @@
 export function subscribe(options = {}) {
   const filter = filterOf(options);
   const query = filterQuery(filter).toString();
+  // A cursor is a position in what one credential reads at one gateway: another's is no start.
   const storageKey =
     options.storageKey === undefined
-      ? `kumiho-events:cursor${query ? `?${query}` : ""}`
+      ? `kumiho-events:cursor ${scopeOf(options)}${query ? `?${query}` : ""}`
       : options.storageKey;
   const stored = storageKey ? readStorage(storageKey) : "";
   const start = { cursor: options.cursor || stored || "", from: options.from || "" };
@@ -311,8 +314,31 @@ export function matcher(filter) {
 
 // -- one subscription, whichever connection feeds it --------------------------
 
-// How many delivered cursors a feed remembers to drop repeats (a leader change, a catch-up's overlap).
-const REMEMBERED = 2048;
+// -- cursors: opaque, but ordered when shaped <ms>-<seq> (gateway/cursor.py) ------
+
+const CURSOR_PART = /^[0-9]{1,20}$/;
+
+/** The (ms, seq) order key of a cursor, or null when it has another shape. @param {string} cursor */
+function cursorKey(cursor) {
+  const dash = cursor.indexOf("-");
+  const ms = cursor.slice(0, dash);
+  const seq = cursor.slice(dash + 1);
+  if (dash < 0 || !CURSOR_PART.test(ms) || !CURSOR_PART.test(seq)) return null;
+  return [BigInt(ms), BigInt(seq)];
+}
+
+/**
+ * Whether cursor `a` comes after `b`: by order when both have the <ms>-<seq> shape; otherwise
+ * only telling an equal one apart (null: cannot tell).
+ * @param {string} a @param {string} b @returns {boolean|null}
+ */
+function after(a, b) {
+  if (!b) return true;
+  if (a === b) return false;
+  const [ka, kb] = [cursorKey(a), cursorKey(b)];
+  if (!ka || !kb) return null;
+  return ka[0] > kb[0] || (ka[0] === kb[0] && ka[1] > kb[1]);
+}
 
 class Feed {
   /**
@@ -335,7 +361,6 @@ class Feed {
     this.closed = false;
     /** @type {() => void} */
     this.onClose = () => {};
-    this.delivered = new Set();
     this.storedAt = 0;
   }
 
@@ -363,24 +388,38 @@ class Feed {
     this.options.onStateChange?.(next, this.reconnects);
   }
 
-  /** Hand an event to the page once, and remember its cursor. @param {KumihoEvent} event */
-  deliver(event) {
+  /**
+   * Hand an event to the page, unless it is a repeat: the feed's one repeat filter drops an id at
+   * or before its position (by order; an id of another shape only when it is the same). Whatever
+   * delivers here (the shared stream, a catch-up poll, an EventSource of its own) may overlap.
+   * @param {KumihoEvent} event @param {string} [id] its id on the stream (default: its cursor)
+   */
+  deliver(event, id = event.cursor) {
     if (this.closed) return;
-    if (event.cursor) {
-      if (this.delivered.has(event.cursor)) return;
-      this.delivered.add(event.cursor);
-      if (this.delivered.size > REMEMBERED) this.delivered.delete(this.delivered.values().next().value);
-      this.advance(event.cursor, true);
+    if (id) {
+      if (after(id, this.cursor) === false) return;
+      this.advance(id, true);
     }
     this.options.onEvent?.(event);
   }
 
-  /** The position to resume from; an unwanted event's is stored at most once a second. */
-  advance(/** @type {string} */ cursor, now = false) {
+  /**
+   * The position to resume from (never moved back); an unwanted event's is stored at most once
+   * a second.
+   * @param {string} cursor @param {boolean} [now]
+   */
+  advance(cursor, now = false) {
+    if (after(cursor, this.cursor) === false) return;
     this.cursor = cursor;
     if (!this.storageKey || (!now && Date.now() - this.storedAt < 1000)) return;
     this.storedAt = Date.now();
     writeStorage(this.storageKey, cursor);
+  }
+
+  /** A gap: the old position means nothing now (what follows may sort before it). @param {KumihoReset} reset */
+  reset(reset) {
+    this.cursor = "";
+    this.options.onReset?.(reset);
   }
 
   /** @param {KumihoStatus} status */
@@ -415,7 +454,7 @@ const json = (message) => JSON.parse(/** @type {MessageEvent} */ (message).data)
 
 /**
  * The gateway URL with the filter, the credential and a start.
- * @param {SubscribeOptions} options @param {Filter} filter @param {{cursor: string, from: string}} start
+ * @param {SubscribeOptions} options @param {Filter} filter @param {Start} start
  */
 function streamUrl(options, filter, start) {
   const url = new URL(options.url || "/events", location.href);
@@ -429,48 +468,117 @@ function streamUrl(options, filter, start) {
 
 /**
  * Feed one subscription from an EventSource of its own (no sharing).
- * @param {Feed} feed @param {{cursor: string, from: string}} start
+ * @param {Feed} feed @param {Start} start
  */
 function ownConnection(feed, start) {
-  const source = new EventSource(streamUrl(feed.options, feed.filter, start), {
-    withCredentials: Boolean(feed.options.withCredentials),
-  });
-  feed.onClose = () => source.close();
-  listen(source, {
-    event: (message) => {
-      const event = json(message);
-      if (message.lastEventId) feed.advance(message.lastEventId, true);
-      feed.options.onEvent?.(event); // no repeats to drop: EventSource resumes exactly
-    },
+  const stream = new Stream(feed.options, feed.filter, start, {
+    // Its id, not the event's cursor: on a tier without cursors the gateway's own id resumes.
+    event: (message) => feed.deliver(json(message), message.lastEventId),
     status: (status) => feed.report(status),
-    reset: (reset) => feed.options.onReset?.(reset),
+    reset: (reset) => feed.reset(reset),
     error: (error) => feed.fail(error),
     state: (state) => feed.setState(state),
   });
+  feed.onClose = () => stream.close();
 }
 
 /**
- * Wire an EventSource's frames to handlers.
- * @param {EventSource} source
- * @param {{event: (m: MessageEvent) => void, status: (s: KumihoStatus) => void,
- *          reset: (r: KumihoReset) => void, error: (e: KumihoError) => void,
- *          state: (s: ConnectionState) => void, open?: () => void}} on
+ * Where a stream or a poll starts: after a cursor, else from "latest" ("" too), "beginning"
+ * or an ISO timestamp.
+ * @typedef {{cursor: string, from: string}} Start
  */
-function listen(source, on) {
-  // Not "live" on open: every stream starts with gateway.status, which says whether it is.
-  source.onopen = () => on.open?.();
-  source.onerror = () => {
-    // CLOSED: a non-200 answer, which retrying cannot help.
-    on.state(source.readyState === EventSource.CLOSED ? "stopped" : "reconnecting");
-  };
-  source.onmessage = on.event;
-  source.addEventListener("gateway.status", (m) => on.status(json(m)));
-  source.addEventListener("gateway.reset", (m) => on.reset(json(m)));
-  source.addEventListener("gateway.error", (m) => {
-    const error = json(m);
-    if (!error.retryable) source.close(); // else the stream ends and EventSource comes back after retry:
-    on.error(error);
-  });
+
+/** @param {Start} start */
+const fromLatest = (start) => !start.cursor && (!start.from || start.from === "latest");
+
+// How far the gateway's clock is ahead of this one, in ms: learned from the Date of its answers
+// (readable on the gateway's own origin; elsewhere this clock is taken as its).
+let clockAhead = 0;
+
+/** @param {Response} response */
+function learnClock(response) {
+  const date = Date.parse(response.headers.get("date") || "");
+  if (!Number.isNaN(date)) clockAhead = date - Date.now();
+}
+
+// A "latest" stream's opening moment is taken this much early, as the gateway does for its own
+// upstream and `tail` for its reconnects: clocks differ, and an event from just before the
+// opening beats a gap. (Date has whole seconds: its truncation errs early too.)
+const CLOCK_MARGIN_MS = 1000;
+
+/** The moment a "latest" stream opens, as an ISO timestamp for `from` (see CLOCK_MARGIN_MS). */
+const openedAt = () => new Date(Date.now() + clockAhead - CLOCK_MARGIN_MS).toISOString();
+
+/**
+ * @typedef {{event: (m: MessageEvent) => void, status: (s: KumihoStatus) => void,
+ *            reset: (r: KumihoReset) => void, error: (e: KumihoError) => void,
+ *            state: (s: ConnectionState) => void, open?: () => void}} StreamHandlers
+ */
+
+/**
+ * One EventSource for a filter from a start, resumed as the gateway resumes its own upstream:
+ * EventSource sends the last id it saw when it reconnects; before the first event, a stream that
+ * began at "latest" would begin at the latest again and skip what came meanwhile, so it is
+ * reopened from the moment it first opened (`since`) instead.
+ */
+class Stream {
+  /**
+   * @param {SubscribeOptions} options @param {Filter} filter @param {Start} start
+   * @param {StreamHandlers} on
+   */
+  constructor(options, filter, start, on) {
+    this.options = options;
+    this.filter = filter;
+    this.on = on;
+    this.since = fromLatest(start) ? openedAt() : ""; // "": the start says where to resume
+    this.dispatched = false; // an event came (its id, if any, is EventSource's to resend)
+    this.attempt = 0;
+    this.closed = false;
+    /** @type {EventSource|null} */
+    this.source = null;
+    this.open(start);
+  }
+
+  /** @param {Start} start */
+  open(start) {
+    const source = new EventSource(streamUrl(this.options, this.filter, start), {
+      withCredentials: Boolean(this.options.withCredentials),
+    });
+    this.source = source;
+    // Not "live" on open: every stream starts with gateway.status, which says whether it is.
+    source.onopen = () => {
+      this.attempt = 0;
+      this.on.open?.();
+    };
+    source.onerror = () => {
+      if (source.readyState === EventSource.CLOSED) {
+        this.on.state("stopped"); // a non-200 answer, which retrying cannot help
+        return;
+      }
+      if (fromLatest(start) && !this.dispatched && this.since) {
+        source.close();
+        const since = { cursor: "", from: this.since };
+        pause(this.attempt++).then(() => this.closed || this.source !== source || this.open(since));
+      }
+      this.on.state("reconnecting");
+    };
+    source.onmessage = (message) => {
+      this.dispatched = true;
+      this.on.event(message);
+    };
+    source.addEventListener("gateway.status", (m) => this.on.status(json(m)));
+    source.addEventListener("gateway.reset", (m) => this.on.reset(json(m)));
+    source.addEventListener("gateway.error", (m) => {
+      const error = json(m);
+      if (!error.retryable) source.close(); // else the stream ends and EventSource comes back after retry:
+      this.on.error(error);
+    });
+  }
+
+  close() {
+    this.closed = true;
+    this.source?.close();
+  }
 }
 
 // -- the shared connection ------------------------------------------------------
@@ -478,11 +586,22 @@ function listen(source, on) {
 /** @type {Map<string, Hub>} */
 const hubs = new Map();
 
+/**
+ * The gateway URL and the credential (a fingerprint, never the token), which name the shared
+ * stream's lock and channel and the stored cursors: tabs share only what they would have asked
+ * for alike, and a cursor is only ever resumed where it was read.
+ * @param {SubscribeOptions} options
+ */
+function scopeOf(options) {
+  const parts = [new URL(options.url || "/events", location.href).href];
+  if (options.withCredentials) parts.push("cookies");
+  if (options.accessToken) parts.push(`token:${fingerprint(options.accessToken)}`);
+  return parts.join(" ");
+}
+
 /** The hub of this page for one gateway URL and credential. @param {SubscribeOptions} options */
 function hubFor(options) {
-  const url = new URL(options.url || "/events", location.href);
-  // Tabs share only what they would have asked for alike: same gateway, same credential.
-  const key = [url.href, options.withCredentials ? "cookies" : "", fingerprint(options.accessToken || "")].join(" ");
+  const key = scopeOf(options);
   let hub = hubs.get(key);
   if (!hub) {
     hub = new Hub(key, options);
@@ -515,8 +634,11 @@ function fingerprint(text) {
   }).join(".");
 }
 
-// A catch-up poll waits this long for a first event; none means the past is read.
-const CATCH_UP_WAIT_S = 2;
+// How long a catch-up poll may wait for the gateway's catch-up to show it is still reading (a
+// stream of its own counts as caught up after 50 ms without a word from the upstream, and under
+// load its first events can take longer than that to come); the cost is this much delay before
+// a subscription with nothing to catch up goes live.
+const CATCH_UP_WAIT_S = 1;
 // Joins and leaves within this many milliseconds change the shared stream once.
 const SETTLE_MS = 25;
 // How long a new leader waits for the tabs to say what they read before it forgets the rest.
@@ -527,7 +649,8 @@ const ROLL_CALL_MS = 2000;
  * tab's filters, and (in the leader) the one EventSource. Messages on the channel:
  * join/leave/bye (a tab's subscriptions), roll (a new leader asks them again), covered
  * (the stream now carries these subscriptions' events), and event/status/reset/error/state
- * (what the stream said).
+ * (what the stream said). Joins and covers carry where the stream is (the last id relayed,
+ * else the moment it first opened), so whichever tab leads next resumes it from there.
  */
 class Hub {
   /** @param {string} key @param {SubscribeOptions} options */
@@ -540,8 +663,9 @@ class Hub {
     /** @type {Map<string, Filter>} every tab's, by "tab/id" */
     this.registry = new Map();
     this.position = ""; // the last id the shared stream relayed
+    this.since = ""; // before any: the moment it first opened (from "latest"), as an ISO timestamp
     this.leading = false;
-    /** @type {EventSource|null} */
+    /** @type {Stream|null} */
     this.source = null;
     this.streamQuery = "";
     this.streamOpen = false;
@@ -574,7 +698,7 @@ class Hub {
     addEventListener("pagehide", this.onPageHide);
   }
 
-  /** @param {Feed} feed @param {{cursor: string, from: string}} start */
+  /** @param {Feed} feed @param {Start} start */
   add(feed, start) {
     const shared = new Shared(this, feed, start);
     this.local.set(shared.id, shared);
@@ -584,7 +708,8 @@ class Hub {
 
   /** @param {Shared} shared */
   join(shared) {
-    this.post({ type: "join", tab: this.tab, id: shared.id, filter: shared.feed.filter });
+    const { position, since } = this;
+    this.post({ type: "join", tab: this.tab, id: shared.id, filter: shared.feed.filter, position, since });
   }
 
   /** @param {Shared} shared */
@@ -613,6 +738,7 @@ class Hub {
   receive(message) {
     switch (message.type) {
       case "join":
+        this.learn(message);
         this.registry.set(`${message.tab}/${message.id}`, message.filter);
         this.answered.add(message.tab);
         this.changed();
@@ -634,7 +760,7 @@ class Hub {
         }
         break;
       case "covered":
-        this.position ||= message.position; // a tab that joined after the last event learns it here
+        this.learn(message); // a tab that joined after the last event learns where the stream is
         for (const name of message.names) {
           const [tab, id] = name.split("/");
           if (tab === this.tab) this.local.get(id)?.covered(message.status);
@@ -660,6 +786,15 @@ class Hub {
         for (const shared of this.local.values()) if (shared.joined) shared.feed.setState(message.state);
         break;
     }
+  }
+
+  /**
+   * Where another tab says the stream is, when this one does not know yet.
+   * @param {{position?: string, since?: string}} message
+   */
+  learn(message) {
+    this.position ||= message.position || "";
+    this.since ||= message.since || "";
   }
 
   /** This tab got the lock: open the stream where the last leader stopped. */
@@ -700,10 +835,15 @@ class Hub {
     if (!this.streamOpen || this.wanted() !== this.streamQuery) return;
     const names = [...this.registry.keys()].filter((name) => !this.carried.has(name));
     for (const name of names) this.carried.add(name);
-    if (names.length) this.post({ type: "covered", names, status: this.lastStatus, position: this.position });
+    const { position, since } = this;
+    if (names.length) this.post({ type: "covered", names, status: this.lastStatus, position, since });
   }
 
-  /** (Re)open the one EventSource for the union of every tab's filters, from the last id relayed. */
+  /**
+   * (Re)open the one EventSource for the union of every tab's filters: from the last id relayed,
+   * else from the moment the stream first opened (a take-over or a change of filters before the
+   * first event must not skip what came meanwhile), else from the latest.
+   */
   open() {
     this.source?.close();
     this.carried = new Set();
@@ -714,11 +854,8 @@ class Hub {
       this.source = null; // nothing to read yet: the first join opens it
       return;
     }
-    const source = new EventSource(streamUrl(this.options, filter, { cursor: this.position, from: "" }), {
-      withCredentials: Boolean(this.options.withCredentials),
-    });
-    this.source = source;
-    listen(source, {
+    const start = this.position ? { cursor: this.position, from: "" } : { cursor: "", from: this.since };
+    const source = new Stream(this.options, filter, start, {
       // Open means the gateway accepted the filters and opened its side (on the hosted
       // route, whose signals are comments, it is the only sign): what it reads from here on
       // carries every joined subscription's events.
@@ -736,13 +873,15 @@ class Hub {
         else this.post({ type: "state", state });
       },
     });
+    this.source = source;
+    this.since ||= source.since;
   }
 
   /**
    * The gateway answered the stream with an error status, which EventSource does not show:
    * ask the same question as a poll to learn why. A refusal stops every subscription with
    * it; anything else (a proxy's 502, a tab leaving mid-request) is tried again.
-   * @param {EventSource} source
+   * @param {Stream} source
    */
   async refused(source) {
     this.post({ type: "state", state: "reconnecting" });
@@ -766,12 +905,15 @@ class Hub {
 let nextId = 0;
 
 /**
- * One subscription on the shared stream. It joins (the leader widens the stream to carry it),
- * waits to be covered, reads what it missed with polls while it keeps what the stream relays,
- * then delivers the kept events it has not delivered, and from then on each relayed event it wants.
+ * One subscription on the shared stream. It joins (the leader widens the stream to carry it)
+ * and, once covered, catches up as every client of the gateway does (README, "GET
+ * /events/poll"): it polls from its start while the answer says "more", then takes each relayed
+ * event it wants; the feed's repeat filter drops what it already had. It keeps nothing the
+ * stream relays meanwhile: when the stream relayed a wanted event past its last poll, it polls
+ * once more instead.
  */
 class Shared {
-  /** @param {Hub} hub @param {Feed} feed @param {{cursor: string, from: string}} start */
+  /** @param {Hub} hub @param {Feed} feed @param {Start} start */
   constructor(hub, feed, start) {
     this.hub = hub;
     this.feed = feed;
@@ -780,9 +922,7 @@ class Shared {
     this.joined = false;
     this.carried = false; // the stream carries its events (from then on they are relayed here)
     this.live = false;
-    /** @type {KumihoEvent[]} relayed while catching up */
-    this.kept = [];
-    this.keptCursors = new Set();
+    this.heard = ""; // while catching up: the cursor of the last wanted event relayed
     feed.role = hub.leading ? "leader" : "follower";
   }
 
@@ -802,46 +942,36 @@ class Shared {
     if (this.carried || this.feed.closed) return;
     this.carried = true;
     this.feed.status ||= status;
-    let { cursor, from } = this.start;
-    if (cursor || (from && from !== "latest")) {
-      for (;;) {
-        const answer = await this.poll({ cursor, from }, CATCH_UP_WAIT_S);
-        if (answer === null) return;
-        if (answer.reset) this.feed.options.onReset?.(answer.reset);
-        let met = false; // reached what the stream relayed: the rest is kept already
-        for (const event of answer.events) {
-          if (event.cursor && this.keptCursors.has(event.cursor)) {
-            met = true;
-            break;
-          }
-          this.feed.deliver(event);
-        }
-        if (answer.cursor) {
-          cursor = answer.cursor;
-          this.feed.advance(cursor, true);
-        }
-        if (met || !answer.events.length) break;
-      }
-    }
+    if (!fromLatest(this.start) && !(await this.catchUp())) return;
     this.live = true;
-    for (const event of this.kept) this.feed.deliver(event);
-    this.kept = [];
-    this.keptCursors.clear();
     if (this.feed.status) this.feed.report(this.feed.status);
+  }
+
+  /** Poll until caught up: false when the feed stopped meanwhile. */
+  async catchUp() {
+    let start = this.start;
+    for (;;) {
+      const answer = await this.poll(start, CATCH_UP_WAIT_S);
+      if (answer === null) return false;
+      if (answer.reset) this.feed.reset(answer.reset);
+      for (const event of answer.events) this.feed.deliver(event);
+      if (answer.cursor) {
+        this.feed.advance(answer.cursor, true);
+        start = { cursor: answer.cursor, from: "" };
+      }
+      // Caught up, unless the stream already relayed a wanted event this poll did not reach.
+      if (!answer.more && (!this.heard || after(this.heard, this.feed.cursor) !== true)) return true;
+    }
   }
 
   /** @param {KumihoEvent} event @param {string} id */
   relayed(event, id) {
     if (!this.carried) return; // not carried yet: the catch-up reads it
-    if (!this.feed.wants(event)) {
-      if (this.live && id) this.feed.advance(id);
-      return;
-    }
-    if (this.live) this.feed.deliver(event);
-    else {
-      this.kept.push(event);
-      if (event.cursor) this.keptCursors.add(event.cursor);
-    }
+    const wanted = this.feed.wants(event);
+    if (!this.live) {
+      if (wanted && event.cursor) this.heard = event.cursor; // the catch-up polls up to it
+    } else if (wanted) this.feed.deliver(event);
+    else if (id) this.feed.advance(id);
   }
 
   /** @param {KumihoStatus} status */
@@ -853,13 +983,13 @@ class Shared {
 
   /** @param {KumihoReset} reset */
   reset(reset) {
-    if (this.joined) this.feed.options.onReset?.(reset);
+    if (this.joined) this.feed.reset(reset);
   }
 
   /**
-   * One /events/poll answer for this subscription's filters, retried while the gateway asks
-   * to; null when the feed stopped (refused: reported as an error).
-   * @param {{cursor: string, from: string}} start @param {number} wait seconds
+   * One /events/poll answer for this subscription's filters, retried while the gateway asks to;
+   * null when the feed stopped (refused: reported as an error).
+   * @param {Start} start @param {number} wait seconds
    * @returns {Promise<{events: KumihoEvent[], cursor: string|null, more: boolean, reset: KumihoReset|null}|null>}
    */
   async poll(start, wait) {
@@ -881,7 +1011,7 @@ class Shared {
  * One GET of /events/poll (next to the stream's URL): the answer, a refusal (the gateway's
  * error envelope, when retrying cannot help), or neither (unreachable, or asked to retry).
  * @param {SubscribeOptions} options @param {Filter} filter
- * @param {{cursor: string, from: string}} start @param {number} wait seconds
+ * @param {Start} start @param {number} wait seconds
  * @returns {Promise<{body?: any, error?: KumihoError}>}
  */
 async function poll(options, filter, start, wait) {
@@ -891,6 +1021,7 @@ async function poll(options, filter, start, wait) {
   url.searchParams.set("max_events", "1000");
   try {
     const response = await fetch(url, { credentials: options.withCredentials ? "include" : "same-origin" });
+    learnClock(response);
     const body = await response.json();
     if (response.ok) return { body };
     if (response.status < 500 && response.status !== 429) return { error: { ...body.error, retryable: false } };
@@ -900,8 +1031,22 @@ async function poll(options, filter, start, wait) {
   return {};
 }
 
-/** Back off before retry ``attempt`` (0, 1, ...): 250 ms doubling up to 5 s. @param {number} attempt */
-const pause = (attempt) => new Promise((resolve) => setTimeout(resolve, Math.min(250 * 2 ** attempt, 5000)));
+// The gateway's one backoff, twinned (tests/test_tabs.py holds the two to the same numbers): the
+// ceiling starts at initialMs and doubles with each failure in a row up to capMs, and each wait
+// is drawn between half the ceiling and all of it, so a fleet of tabs never retries in lockstep.
+export const BACKOFF = Object.freeze({ initialMs: 250, factor: 2, capMs: 30_000 });
+
+/**
+ * The wait before retry `attempt` (0: the first failure after a success), in ms.
+ * @param {number} attempt @param {() => number} [random]
+ */
+export function backoffDelay(attempt, random = Math.random) {
+  const ceiling = Math.min(BACKOFF.capMs, BACKOFF.initialMs * BACKOFF.factor ** attempt);
+  return ceiling * (0.5 + random() / 2);
+}
+
+/** Back off before retry `attempt` (see backoffDelay). @param {number} attempt */
+const pause = (attempt) => new Promise((resolve) => setTimeout(resolve, backoffDelay(attempt)));
 
 // localStorage may be unavailable (privacy modes, sandboxed frames): degrade to memory.
 function readStorage(key) {

@@ -287,8 +287,9 @@ def test_panels_each_show_their_own_events_and_survive_a_reload(
     a2, b2 = publish()
     wait_until(lambda: _row_cursors(page, 2) == b1 + b2, 10, "the second panel's new row")
     wait_until(lambda: _row_cursors(page) == a1 + a2, 10, "the first panel's new row")
-    assert _key_counts(page) == [("revision.created", "2")]
-    assert _key_counts(page, 2) == [("revision.tagged", "2")]
+    # The counts are drawn at the next animation frame after the rows.
+    wait_until(lambda: _key_counts(page) == [("revision.created", "2")], 10, "first counts")
+    wait_until(lambda: _key_counts(page, 2) == [("revision.tagged", "2")], 10, "second counts")
     assert page.evaluate(
         "kumihoFeeds.length === 2 && kumihoFeed === kumihoFeeds[0]"
         " && kumihoFeeds[0] !== kumihoFeeds[1]"
@@ -677,5 +678,46 @@ def test_dashboard_tabs_share_one_connection_and_say_which_tab_holds_it(
         wait_until(lambda: _row_cursors(tabs[2]) == [created, tagged, later], 10, "the third's")
         assert tabs[1].input_value(f"{FIRST} input[name=routing_key]") == "item.*.created"
         assert tabs[2].input_value(f"{FIRST} input[name=routing_key]") == ""
+    finally:
+        context.close()
+
+
+def test_a_tab_opened_without_a_filter_shows_every_event_beside_tabs_with_filters(
+    chromium: Any, make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()  # its own: every event on it is this test's
+    gateway = make_gateway(devserver.address, *FAST)
+    project = unique_project()
+    kinds = ["revision.created", "revision.tagged", "item.model.created", "bundle.created"]
+    context = chromium.new_context(viewport=WIDE)
+    try:
+        tabs = []
+        for key in (*kinds, "edge.*"):  # five tabs with a filter each
+            tab = context.new_page()
+            tab.goto(gateway.url + f"/?routing_key={key}")
+            _wait_live(tab)
+            tabs.append(tab)
+        bare = context.new_page()
+        bare.goto(gateway.url + "/")
+        _wait_live(bare)
+        # What the person opened, not another tab's panels.
+        assert bare.evaluate("location.search") == ""
+        assert bare.locator("#panels > .panel").count() == 1
+        assert bare.input_value(f"{FIRST} input[name=routing_key]") == ""
+        assert bare.locator(f"{FIRST} .panel-title").inner_text() == "all events"
+        published = [
+            cursor
+            for n in range(6)
+            for key in (*kinds, "project.created")
+            for cursor in devserver.publish(key, f"kref://{project}/k{n}.model")
+        ]
+        wait_until(lambda: len(_row_cursors(bare)) >= len(published), 20, "every event")
+        assert _row_cursors(bare) == published
+        wait_until(lambda: len(_row_cursors(tabs[0])) == 6, 20, "the first tab's own")
+        # A reload keeps it so.
+        bare.reload()
+        _wait_live(bare)
+        assert bare.evaluate("location.search") == ""
+        assert _row_cursors(bare) == published
     finally:
         context.close()

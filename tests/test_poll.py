@@ -18,6 +18,7 @@ from tests.conftest import (
     Gateway,
     Publisher,
     Reader,
+    read_events,
     unique_project,
     wait_until,
 )
@@ -200,3 +201,60 @@ def test_bad_poll_parameters_are_400s(
         assert r.status_code == 400, r.text
         error = r.json()["error"]
         assert error["code"] == "invalid_parameter" and needle in error["message"]
+
+
+@BOTH_MODES
+def test_a_poll_loop_catches_up_through_a_long_unwanted_run_and_says_when_it_is_live(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    # A small ring, so the stored cursor leaves it and the hub needs a catch-up stream.
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *FAST, "--hub-ring-size", "64")
+    project = unique_project()
+    kref = f"kref://{project}/assets/hero.model"
+    wanted = {"details.tag": "approved", "kref_filter": f"kref://{project}/**"}
+    # Keeps the hub's shared stream (and its ring) open; it wants nothing of this test's.
+    keeper = Reader(gateway.url, {"kref": f"kref://{project}/**", "details.tag": "none"})
+    keeper.start()
+    wait_until(lambda: gateway.metric("kumiho_gateway_streams_open") == 1, 15, "the keeper")
+    [stored] = devserver.publish("revision.tagged", kref, {"tag": "approved"})
+    # The gateway applies the detail filter: the upstream sends every one of these.
+    unwanted = devserver.publish("revision.tagged", kref, {"tag": "wip"}, count=20_000)
+    [last] = devserver.publish("revision.tagged", kref, {"tag": "approved"})
+
+    # The one loop every client runs: poll with the returned cursor while "more".
+    cursor, got, answers = stored, [], []
+    for _ in range(200):  # bounded; a second's poll reads thousands of events
+        answer = _poll(gateway, cursor=cursor, timeout=1, **wanted)
+        answers.append(answer)
+        got += [e["cursor"] for e in answer["events"]]
+        # Never back, and never re-reading: the cursor is where this poll got to.
+        assert cursor_key(answer["cursor"]) >= cursor_key(cursor)
+        cursor = answer["cursor"]
+        if not answer["more"]:
+            break
+    assert got == [last], [(len(a["events"]), a["cursor"], a["more"]) for a in answers]
+    # A catch-up still reading unwanted events said so, with its cursor moved past them.
+    first = answers[0]
+    assert first["events"] == [] and first["more"] is True
+    assert first["cursor"] in unwanted
+    assert cursor == last
+    # Then the stream from that cursor carries on with what comes next, and nothing before.
+    [later] = devserver.publish("revision.tagged", kref, {"tag": "approved"})
+    [event] = read_events(gateway.url, 1, params=wanted, headers={"Last-Event-ID": cursor})
+    assert event.id == later
+    keeper.stop.set()
+
+
+@BOTH_MODES
+def test_a_poll_loop_ends_with_a_quiet_upstream_even_where_no_ring_holds_the_cursor(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    # No other client: with the hub, the channel opens with the poll and its ring
+    # holds none of these events, so the catch-up stream can never meet it.
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *FAST)
+    cursors = devserver.publish("revision.created", f"kref://{unique_project()}/a.model", count=5)
+    answer = _poll(gateway, cursor=cursors[0], timeout=2)
+    assert [e["cursor"] for e in answer["events"]] == cursors[1:]
+    assert answer["more"] is False  # the upstream had nothing more: caught up

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import importlib
 import json
+import random
 import signal
 import subprocess
 import threading
@@ -30,10 +32,13 @@ from prometheus_client import CollectorRegistry
 from gateway._proto import kumiho_pb2
 from gateway.matching import EventFilter
 from gateway.metrics import ClientStreams
-from tests.conftest import FAST, DevServer, Gateway, unique_project, wait_until
+from tests.conftest import BOTH_MODES, FAST, DevServer, Gateway, unique_project, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT = '{client="127.0.0.1"}'
+# Unwanted events between a stored cursor and the next wanted one: more than a poll reads
+# in one answer, so catching up takes several.
+UNWANTED_RUN = 30_000
 
 
 # -- the matcher: JavaScript and Python agree -----------------------------------
@@ -143,6 +148,43 @@ def test_the_browser_matcher_takes_the_worst_patterns_in_linear_time() -> None:
             False,
         ]
     )
+
+
+def _gateway_backoff() -> Any:
+    """The gateway's one backoff class (in its own module once it has one)."""
+    for name in ("gateway.backoff", "gateway.source"):
+        with contextlib.suppress(ImportError):
+            module = importlib.import_module(name)
+            if hasattr(module, "Backoff"):
+                return module.Backoff
+    raise AssertionError("no Backoff in the gateway")
+
+
+def test_the_browser_backs_off_as_the_gateway_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    attempts = list(range(12))
+    out = json.loads(
+        subprocess.run(
+            ["node", str(ROOT / "tests/js/backoff.mjs")],
+            input=json.dumps(attempts),
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout
+    )
+    # The numbers the helper's README names: 250 ms, doubling, up to 30 s.
+    assert out["numbers"] == {"initialMs": 250, "factor": 2, "capMs": 30_000}
+    backoff_class = _gateway_backoff()
+
+    def gateway_waits(end: int) -> list[float]:
+        """The gateway's waits in ms for every attempt, its random draw pinned to one end."""
+        monkeypatch.setattr(random, "uniform", lambda low, high: (low, high)[end])
+        monkeypatch.setattr(random, "random", lambda: float(end))
+        backoff = backoff_class(initial=0.25, cap=30.0)
+        return [round(backoff.delay() * 1000, 6) for _ in attempts]
+
+    assert [low for low, _ in out["bounds"]] == gateway_waits(0)
+    assert [high for _, high in out["bounds"]] == gateway_waits(1)
 
 
 # -- tabs in one browser ------------------------------------------------------------
@@ -381,8 +423,9 @@ def test_a_reloaded_tab_resumes_from_its_stored_cursor_on_the_shared_stream(
         tab.page.goto("about:blank")
         assert other.page.evaluate("window.feeds[0].role()") == "leader"  # within the goto
         # Stored as the tab went, under the subscription's own default key:
-        # "kumiho-events:cursor?" and its filters.
-        key = "kumiho-events:cursor?" + urlencode(_query(tab.subscriptions[0]), safe="*")
+        # "kumiho-events:cursor", the gateway URL, "?" and its filters.
+        query = urlencode(_query(tab.subscriptions[0]), safe="*")
+        key = f"kumiho-events:cursor {gateway.url}/events?{query}"
         assert other.page.evaluate("(key) => localStorage.getItem(key)", key) == stored
         since = len(published.events)
         published.publish(7)  # while the tab is away
@@ -700,3 +743,187 @@ def test_tabs_with_different_tokens_never_share_a_stream_or_an_event(
         for tab in pair:
             wait_until(lambda t=tab, s=sent[tenant]: t.got() == [s], 10, f"{tenant}'s events")
     assert "tok-a" not in gateway.log() and "tok-b" not in gateway.log()
+
+
+# -- where a subscription starts -----------------------------------------------------
+
+OPEN_ONE = """async (options) => {
+  const { subscribe } = await import("/kumiho-events.js");
+  window.got ??= [];
+  window.feeds ??= [];
+  const got = [];
+  window.got.push(got);
+  window.feeds.push(subscribe({ ...options, onEvent: (e) => got.push(e.cursor) }));
+  return window.feeds.length - 1;
+}"""
+
+
+def _wait_got(tabs: list[Tab], expected: list[list[str]], what: str) -> None:
+    """Every tab's subscriptions got exactly ``expected``; on a timeout, what they got instead."""
+    try:
+        wait_until(lambda: all(tab.got() == expected for tab in tabs), 20, what)
+    except AssertionError:
+        for tab in tabs:
+            assert tab.got() == expected, what
+        raise
+
+
+def _open_one(tab: Tab, options: dict[str, Any]) -> int:
+    """One more subscription in a tab; its index in window.feeds (and window.got)."""
+    index: int = tab.page.evaluate(OPEN_ONE, options)
+    wait_until(
+        lambda: tab.page.evaluate("(i) => window.feeds[i].state()", index) == "live",
+        20,
+        f"subscription {index} live",
+    )
+    return index
+
+
+@BOTH_MODES
+def test_a_stored_cursor_belongs_to_its_gateway_and_credential(
+    browser: Any, make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver("--token", "tok-a=studio-a", "--token", "tok-b=studio-b")
+    here = make_gateway(devserver.address, *FAST, "--auth", "passthrough")
+    tab = Tab(browser, here, [])
+    elsewhere = make_gateway(
+        devserver.address, *FAST, "--auth", "passthrough", "--cors-origins", here.url
+    )
+    project = unique_project()
+    everything = {"kref": f"kref://{project}/**"}
+    first = _open_one(tab, {**everything, "accessToken": "tok-a"})
+    [cursor] = devserver.publish("item.created", f"kref://{project}/x", tenant="studio-a")
+    wait_until(lambda: tab.got()[first] == [cursor], 10, "token A's event")
+    tab.page.evaluate("(i) => window.feeds[i].close()", first)  # its cursor stored
+
+    # The same filters with another token, and with the same token at another gateway:
+    # neither starts from token A's cursor here (nor reports it unknown as a gap).
+    tab.requests.clear()
+    _open_one(tab, {**everything, "accessToken": "tok-b"})
+    _open_one(tab, {**everything, "accessToken": "tok-a", "url": elsewhere.url + "/events"})
+    assert not [url for url in tab.requests if cursor in url]
+    assert tab.page.evaluate("window.feeds.slice(1).map((f) => f.cursor())") == ["", ""]
+    # Tokens are never written into storage keys; a fingerprint tells them apart.
+    keys = tab.page.evaluate("Object.keys(localStorage)")
+    assert keys and not [key for key in keys if "tok-" in key]
+
+    # Token A at this gateway again: it resumes after its own cursor.
+    tab.requests.clear()
+    _open_one(tab, {**everything, "accessToken": "tok-a"})
+    assert any("/events/poll" in url and f"cursor={cursor}" in url for url in tab.requests)
+
+
+@BOTH_MODES
+def test_a_take_over_before_any_event_resumes_from_where_the_stream_first_opened(
+    browser: Any, make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *FAST)
+    project = unique_project()
+    everything = {"kref": f"kref://{project}/**"}
+    tabs = [Tab(browser, gateway, [everything]) for _ in range(5)]
+    _live(tabs)
+    [leader] = [tab for tab in tabs if tab.role() == "leader"]
+    rest = [tab for tab in tabs if tab is not leader]
+    during: list[str] = []
+
+    def publish_first(route: Any) -> None:
+        # The new leader's stream is asked for only now: the event comes between the old
+        # stream's end and the new one's start, the take-over's blind spot.
+        if not during:
+            during.extend(devserver.publish("revision.created", f"kref://{project}/a"))
+        route.continue_()
+
+    for tab in rest:
+        tab.page.route(lambda url: urlsplit(url).path == "/events", publish_first)
+    leader.page.close()
+    # Each role() call lets Playwright run the route handler (sync Playwright dispatches
+    # only inside its own calls).
+    wait_until(
+        lambda: sum(tab.role() == "leader" for tab in rest) == 1 and bool(during),
+        20,
+        "a new leader to ask for its stream",
+    )
+    after = devserver.publish("revision.created", f"kref://{project}/b")
+    _wait_got(rest, [during + after], "both events")
+
+
+@BOTH_MODES
+def test_a_stream_broken_before_its_first_event_resumes_from_when_it_opened(
+    browser: Any, make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *FAST, "--retry-ms", "300")
+    project = unique_project()
+    everything = {"kref": f"kref://{project}/**"}
+    # The shared stream, and an EventSource of the helper's own.
+    tab = Tab(browser, gateway, [everything, {**everything, "shared": False}])
+    _live([tab])
+    assert tab.page.evaluate("window.feeds.map((f) => f.role())") == ["leader", "own"]
+    gateway.stop(signal.SIGKILL)
+    wait_until(lambda: tab.states() == ["reconnecting"] * 2, 10, "both reconnecting")
+    down = devserver.publish("revision.created", f"kref://{project}/a")  # while it is down
+    gateway.start()
+    _live([tab])
+    up = devserver.publish("revision.created", f"kref://{project}/b")
+    _wait_got([tab], [down + up] * 2, "both events in both")
+
+
+# Wraps localStorage.setItem so a test sees every cursor stored, in order with the events.
+RECORD_WRITES = """
+window.log = [];
+const setItem = Storage.prototype.setItem;
+Storage.prototype.setItem = function (key, value) {
+  window.log.push(["stored", key, value]);
+  return setItem.call(this, key, value);
+};
+"""
+
+
+def _order(cursor: str) -> tuple[int, int]:
+    ms, _, seq = cursor.partition("-")
+    return int(ms), int(seq)
+
+
+@BOTH_MODES
+def test_a_catch_up_through_a_long_unwanted_run_delivers_the_event_after_it(
+    browser: Any, make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *FAST)
+    project = unique_project()
+    kref = f"kref://{project}/hero.model"
+    # A detail filter: the gateway, not the upstream, reads past every unwanted event.
+    approved = {"kref": f"kref://{project}/**", "details": {"tag": "approved"}}
+    [first] = devserver.publish("revision.tagged", kref, {"tag": "approved"})
+    devserver.publish("revision.tagged", kref, {"tag": "wip"}, count=UNWANTED_RUN)
+    [wanted] = devserver.publish("revision.tagged", kref, {"tag": "approved"})
+    browser.add_init_script(RECORD_WRITES)
+    page = browser.new_page()
+    page.goto(gateway.url + "/healthz")
+    key = f"kumiho-events:cursor {gateway.url}/events?" + urlencode(_query(approved), safe="*")
+    page.evaluate("([key, cursor]) => localStorage.setItem(key, cursor)", [key, first])
+    page.evaluate(
+        """async (options) => {
+          const { subscribe } = await import("/kumiho-events.js");
+          window.feed = subscribe({ ...options,
+            onEvent: (e) => window.log.push(["event", e.cursor]) });
+        }""",
+        approved,
+    )
+    page.wait_for_function("window.feed.state() === 'live'", timeout=60_000)
+    [later] = devserver.publish("revision.tagged", kref, {"tag": "approved"})
+
+    def events() -> list[str]:
+        return [entry[1] for entry in page.evaluate("window.log") if entry[0] == "event"]
+
+    try:
+        wait_until(lambda: len(events()) >= 2, 30, "the wanted event and the later one")
+    finally:
+        assert events() == [wanted, later]
+    # The stored cursor never went past the wanted event before it was delivered (it is
+    # stored as it is delivered, so it may be that event's).
+    log = page.evaluate("window.log")
+    before = log[: log.index(["event", wanted])]
+    stored = [entry[2] for entry in before if entry[0] == "stored" and entry[1] == key]
+    assert all(_order(cursor) <= _order(wanted) for cursor in stored), stored
