@@ -204,8 +204,13 @@ class Channel:
         """What is left to match of ``wanted`` on this channel's events."""
         return wanted.beyond(*self.asked.upstream())
 
-    def after(self, cursor: str, rest: EventFilter) -> list[SharedEvent] | None:
-        """The ring's events after ``cursor`` that match ``rest``, or None when it lacks it."""
+    def after(self, cursor: str, rest: EventFilter) -> list[SharedEvent | Advance] | None:
+        """The ring's replay after ``cursor`` for ``rest``, or None when the ring lacks it.
+
+        The events that match ``rest``, then, when the ring's newest event is
+        not one of them, an Advance to it: a replay leaves the client's
+        position where the ring ends, past the unwanted events it passed.
+        """
         if cursor not in self._ring:
             return None
         entries = iter(self._ring.items())
@@ -214,7 +219,13 @@ class Channel:
                 break
         if rest.everything:
             return [event for _, event in entries]
-        return [shared for _, shared in entries if rest.wants(shared.event)]
+        replay: list[SharedEvent | Advance] = [
+            shared for _, shared in entries if rest.wants(shared.event)
+        ]
+        newest = next(reversed(self._ring))
+        if newest != cursor and (not replay or replay[-1].cursor != newest):
+            replay.append(Advance(newest))
+        return replay
 
     def hold(self, source: HubSource) -> None:
         """Keep the channel open for a request still catching up (it attaches later)."""
