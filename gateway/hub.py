@@ -37,25 +37,16 @@ import logging
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import assert_never
 
 from gateway._proto import kumiho_pb2
 from gateway.cursor import ResumeFilter
+from gateway.filtering import ADVANCE_EVERY, Skips
+from gateway.items import Advance, Failure, Item, Reset, SharedEvent, Sink, Status, wake
 from gateway.matching import EventFilter
 from gateway.metrics import Metrics
 from gateway.settings import Settings
-from gateway.source import (
-    ADVANCE_EVERY,
-    Advance,
-    Failure,
-    Item,
-    Reset,
-    SharedEvent,
-    Sink,
-    Skips,
-    Status,
-    UpstreamSource,
-    wake,
-)
+from gateway.source import UpstreamSource
 from gateway.subscription import Subscription
 from gateway.upstream import Upstream
 
@@ -122,56 +113,63 @@ class Channel:
     # -- Sink of the shared feed ---------------------------------------------
 
     def put(self, item: Item) -> bool:
-        shared: Item
-        if isinstance(item, Reset):
-            self._filter.forget()
-            self._ring.clear()  # what follows does not continue what the ring holds
-            shared = item
-        elif isinstance(item, Failure):
-            shared = item
-        elif isinstance(item, Status):
-            if item.same_state(self.status):
-                return True  # the feed's opening announcement: subscribers have it already
-            self.status = shared = item
-        elif isinstance(item, Advance):
-            return True  # never sent: the feed asks the upstream for just what it serves
-        elif self._filter.accept(item.cursor):
-            assert not isinstance(item, SharedEvent), "a channel's feed sends Kumiho events"
-            shared = SharedEvent(item, item.cursor or self._mint())
-            self.newest = shared.cursor
-            self._hub.metrics.frames_encoded.inc()
-            if shared.cursor and not self._group:
-                self._ring[shared.cursor] = shared
-                if len(self._ring) > self._ring_size:
-                    self._ring.popitem(last=False)
-        else:
-            return True  # a repeat after the feed resubscribed
-        if isinstance(shared, SharedEvent):
-            event = shared.event
-            matching: list[set[HubSource]] = []
-            advances: list[tuple[set[HubSource], Advance]] = []
-            for rest, members in self._by_filter.items():
-                skips = self._skips[rest]
-                if rest.everything or rest.wants(event):
-                    matching.append(members)
-                    skips.reset()
-                elif not self._group and (advance := skips.passed(shared.cursor)):
-                    advances.append((members, advance))
-            for members, advance in advances:
-                self._deliver(members, advance)
-            if self._group and matching:
-                # One member of the group, in turn, among those whose filters match.
-                candidates = [s for members in matching for s in members]
-                self._turn += 1
-                self._deliver({candidates[self._turn % len(candidates)]}, shared)
-            else:
-                for members in matching:
-                    self._deliver(members, shared)
-        else:
-            self._deliver(self._subscribers, shared)
-        if isinstance(shared, Failure):
-            self.close()
+        match item:
+            case kumiho_pb2.Event():
+                if self._filter.accept(item.cursor):  # else a repeat after a resubscribe
+                    self._dispatch(self._shared(item))
+            case SharedEvent():
+                raise AssertionError("a channel's feed sends Kumiho events")
+            case Advance():
+                pass  # never sent: the feed asks the upstream for just what it serves
+            case Status():
+                # Same state: the feed's opening announcement, which subscribers have.
+                if not item.same_state(self.status):
+                    self.status = item
+                    self._deliver(self._subscribers, item)
+            case Reset():
+                self._filter.forget()
+                self._ring.clear()  # what follows does not continue what the ring holds
+                self._deliver(self._subscribers, item)
+            case Failure():
+                self._deliver(self._subscribers, item)
+                self.close()
+            case _:
+                assert_never(item)
         return True  # never back-pressure a shared stream: slow subscribers are cut instead
+
+    def _shared(self, event: kumiho_pb2.Event) -> SharedEvent:
+        """The event encoded once for all, its id minted if it has no cursor, in the ring."""
+        shared = SharedEvent(event, event.cursor or self._mint())
+        self.newest = shared.cursor
+        self._hub.metrics.frames_encoded.inc()
+        if shared.cursor and not self._group:
+            self._ring[shared.cursor] = shared
+            if len(self._ring) > self._ring_size:
+                self._ring.popitem(last=False)
+        return shared
+
+    def _dispatch(self, shared: SharedEvent) -> None:
+        """Match once per filter; the event to each matching member, Advances to the others."""
+        event = shared.event
+        matching: list[set[HubSource]] = []
+        advances: list[tuple[set[HubSource], Advance]] = []
+        for rest, members in self._by_filter.items():
+            skips = self._skips[rest]
+            if rest.everything or rest.wants(event):
+                matching.append(members)
+                skips.reset()
+            elif not self._group and (advance := skips.passed(shared.cursor)):
+                advances.append((members, advance))
+        for members, advance in advances:
+            self._deliver(members, advance)
+        if self._group and matching:
+            # One member of the group, in turn, among those whose filters match.
+            candidates = [s for members in matching for s in members]
+            self._turn += 1
+            self._deliver({candidates[self._turn % len(candidates)]}, shared)
+        else:
+            for members in matching:
+                self._deliver(members, shared)
 
     @staticmethod
     def _deliver(subscribers: set[HubSource], item: Item) -> None:
@@ -412,18 +410,26 @@ class _CatchUp:
     def put(self, item: Item) -> bool:
         if self.handed_over:
             return False
-        if isinstance(item, kumiho_pb2.Event) and item.cursor:
-            self._passed = item.cursor
-        if isinstance(item, kumiho_pb2.Event) and not (
-            self._rest.everything or self._rest.wants(item)
-        ):
-            advance = self._skips.passed(item.cursor)
-            ok = self._sink.put(advance) if advance else True
-        else:
-            self._skips.reset()
-            ok = self._sink.put(item)
-        cursor = getattr(item, "cursor", "")
-        if cursor and self._handover(cursor):
+        match item:
+            case kumiho_pb2.Event():
+                cursor = self._passed = item.cursor or self._passed
+                if self._rest.everything or self._rest.wants(item):
+                    self._skips.reset()
+                    ok = self._sink.put(item)
+                else:
+                    advance = self._skips.passed(item.cursor)
+                    ok = self._sink.put(advance) if advance else True
+            case Advance():
+                cursor = self._passed = item.cursor
+                ok = self._sink.put(item)
+            case SharedEvent():
+                raise AssertionError("a catch-up stream sends Kumiho events")
+            case Reset() | Status() | Failure():
+                self._skips.reset()
+                return self._sink.put(item)
+            case _:
+                assert_never(item)
+        if item.cursor and self._handover(cursor):
             self.handed_over = True
             # The shared feed counts unwanted events afresh: bring the client's id
             # up to here first, so that it never lags more than one interval.

@@ -25,14 +25,15 @@ import asyncio
 import logging
 import random
 from collections.abc import AsyncGenerator
+from typing import assert_never
 
 from gateway._proto import kumiho_pb2
 from gateway.cursor import ResumeFilter
 from gateway.formats import Format
+from gateway.items import Advance, Failure, Item, Reset, SharedEvent, Source, Status, wake
 from gateway.lifecycle import Lifecycle
 from gateway.metrics import Metrics
 from gateway.settings import Settings
-from gateway.source import Advance, Item, Reset, SharedEvent, Source, Status, wake
 from gateway.ticker import Ticker
 
 log = logging.getLogger("gateway.pump")
@@ -134,30 +135,28 @@ class Pump:
         self._end("slow_consumer")
 
     def _encode(self, item: Item) -> bytes | None:
-        if isinstance(item, SharedEvent | kumiho_pb2.Event):
-            if not self._filter.accept(item.cursor):
-                log.debug("dropped repeat of cursor %s after resume", item.cursor)
-                return None
-            self._events += 1
-            return self._format.event(item)
-        if isinstance(item, Advance):
-            return self._format.advance(item.cursor) if self._filter.accept(item.cursor) else None
-        if isinstance(item, Reset):
-            self._filter.forget()
-            self._metrics.resets.labels(item.reason).inc()
-            return self._format.control("gateway.reset", item.data())
-        if isinstance(item, Status):
-            return self._format.control(
-                "gateway.status",
-                {
-                    "upstream": item.upstream,
-                    "code": item.code,
-                    "retry_in_ms": item.retry_in_ms(),
-                    "since": item.since,
-                },
-            )
-        self._cause = "upstream_error"
-        return self._format.control("gateway.error", item.error.envelope()["error"])
+        match item:
+            case SharedEvent() | kumiho_pb2.Event():
+                if not self._filter.accept(item.cursor):
+                    log.debug("dropped repeat of cursor %s after resume", item.cursor)
+                    return None
+                self._events += 1
+                return self._format.event(item)
+            case Advance():
+                if not self._filter.accept(item.cursor):
+                    return None
+                return self._format.advance(item.cursor)
+            case Reset():
+                self._filter.forget()
+                self._metrics.resets.labels(item.reason).inc()
+                return self._format.control("gateway.reset", item.data())
+            case Status():
+                return self._format.control("gateway.status", item.data())
+            case Failure():
+                self._cause = "upstream_error"
+                return self._format.control("gateway.error", item.error.envelope()["error"])
+            case _:
+                assert_never(item)
 
     # -- ending ---------------------------------------------------------------
 
