@@ -229,7 +229,6 @@ def create_app(
         pump = Pump(
             source,
             fmt=fmt,
-            cursor=subscription.cursor,
             settings=settings,
             metrics=metrics,
             lifecycle=lifecycle,

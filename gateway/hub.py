@@ -40,8 +40,7 @@ from dataclasses import replace
 from typing import assert_never
 
 from gateway._proto import kumiho_pb2
-from gateway.cursor import ResumeFilter
-from gateway.filtering import ADVANCE_EVERY, Skips
+from gateway.filtering import ADVANCE_EVERY, FilteringSink
 from gateway.items import Advance, Failure, Item, Reset, SharedEvent, Sink, Status, wake
 from gateway.matching import EventFilter
 from gateway.metrics import Metrics
@@ -72,12 +71,9 @@ class Channel:
         self._id_prefix = f"{MINTED_PREFIX}{secrets.token_hex(4)}:"
         self._minted = 0
         self.newest = ""  # the id of the last event the feed passed (a live subscriber is there)
-        self._filter = ResumeFilter(None)  # the shared feed is at-least-once too
         self._subscribers: set[HubSource] = set()
         # Subscribers by what is left to match, so each event is matched once per filter.
-        self._by_filter: dict[EventFilter, set[HubSource]] = {}
-        # Per filter, the unwanted events since its last frame (see Advance).
-        self._skips: dict[EventFilter, Skips] = {}
+        self._groups: dict[EventFilter, _Group] = {}
         self._advance_every = min(ADVANCE_EVERY, hub.settings.hub_ring_size // 4)
         self._holders: set[HubSource] = set()
         self._task: asyncio.Task[None] | None = None
@@ -114,9 +110,8 @@ class Channel:
 
     def put(self, item: Item) -> bool:
         match item:
-            case kumiho_pb2.Event():
-                if self._filter.accept(item.cursor):  # else a repeat after a resubscribe
-                    self._dispatch(self._shared(item))
+            case kumiho_pb2.Event():  # never a repeat: the feed's own filtering sink drops them
+                self._dispatch(self._shared(item))
             case SharedEvent():
                 raise AssertionError("a channel's feed sends Kumiho events")
             case Advance():
@@ -125,13 +120,12 @@ class Channel:
                 # Same state: the feed's opening announcement, which subscribers have.
                 if not item.same_state(self.status):
                     self.status = item
-                    self._deliver(self._subscribers, item)
+                    _deliver(self._subscribers, item)
             case Reset():
-                self._filter.forget()
                 self._ring.clear()  # what follows does not continue what the ring holds
-                self._deliver(self._subscribers, item)
+                _deliver(self._subscribers, item)
             case Failure():
-                self._deliver(self._subscribers, item)
+                _deliver(self._subscribers, item)
                 self.close()
             case _:
                 assert_never(item)
@@ -149,37 +143,22 @@ class Channel:
         return shared
 
     def _dispatch(self, shared: SharedEvent) -> None:
-        """Match once per filter; the event to each matching member, Advances to the others."""
-        event = shared.event
-        matching: list[set[HubSource]] = []
-        advances: list[tuple[set[HubSource], Advance]] = []
-        for rest, members in self._by_filter.items():
-            skips = self._skips[rest]
-            if rest.everything or rest.wants(event):
-                matching.append(members)
-                skips.reset()
-            elif not self._group and (advance := skips.passed(shared.cursor)):
-                advances.append((members, advance))
-        for members, advance in advances:
-            self._deliver(members, advance)
-        if self._group and matching:
+        """Match once per filter group: the event to its members, or an Advance now and then."""
+        if self._group:
             # One member of the group, in turn, among those whose filters match.
-            candidates = [s for members in matching for s in members]
-            self._turn += 1
-            self._deliver({candidates[self._turn % len(candidates)]}, shared)
-        else:
-            for members in matching:
-                self._deliver(members, shared)
-
-    @staticmethod
-    def _deliver(subscribers: set[HubSource], item: Item) -> None:
-        for subscriber in list(subscribers):
-            try:
-                subscriber.deliver(item)
-            except Exception:
-                # One subscriber's failure ends its own stream, never the others'.
-                log.exception("delivering to a subscriber failed; ending its stream")
-                subscriber.close()
+            candidates = [
+                member
+                for group in self._groups.values()
+                if group.filtering.wants(shared.event)
+                for member in group.members
+            ]
+            if candidates:
+                self._turn += 1
+                _deliver({candidates[self._turn % len(candidates)]}, shared)
+            return
+        # A copy: a member cut while this event is delivered may take its group away.
+        for group in list(self._groups.values()):
+            group.filtering.put(shared)
 
     async def room(self) -> bool:
         return not self.closed
@@ -234,21 +213,20 @@ class Channel:
         self._holders.discard(subscriber)
         self._cancel_linger()
         self._subscribers.add(subscriber)
-        if subscriber.rest not in self._by_filter:
-            self._by_filter[subscriber.rest] = set()
-            self._skips[subscriber.rest] = Skips(self._advance_every)
-        self._by_filter[subscriber.rest].add(subscriber)
+        group = self._groups.get(subscriber.rest)
+        if group is None:
+            group = self._groups[subscriber.rest] = _Group(subscriber.rest, self._advance_every)
+        group.members.add(subscriber)
         self._hub.metrics.hub_subscribers.inc()
 
     def detach(self, source: HubSource) -> None:
         self._holders.discard(source)
         if source in self._subscribers:
             self._subscribers.discard(source)
-            members = self._by_filter[source.rest]
-            members.discard(source)
-            if not members:
-                del self._by_filter[source.rest]
-                del self._skips[source.rest]
+            group = self._groups[source.rest]
+            group.members.discard(source)
+            if not group.members:
+                del self._groups[source.rest]
             self._hub.metrics.hub_subscribers.dec()
         if self._group and not self._subscribers and not self._holders:
             # A group's member closes at once: the upstream would go on handing
@@ -285,6 +263,42 @@ class Channel:
         self._hub.forget(self)
         for source in [*self._subscribers, *self._holders]:
             source.end()  # each stream ends with a retry: line; clients resume elsewhere
+
+
+def _deliver(subscribers: set[HubSource], item: Item) -> None:
+    for subscriber in list(subscribers):
+        try:
+            subscriber.deliver(item)
+        except Exception:
+            # One subscriber's failure ends its own stream, never the others'.
+            log.exception("delivering to a subscriber failed; ending its stream")
+            subscriber.close()
+
+
+class _Group:
+    """A channel's subscribers with the same filter left to match, behind one filtering sink.
+
+    The event is matched once for all of them, and their shared count of
+    unwanted events sends them an Advance together. It is the Sink of its
+    filtering sink: it hands what passes to every member.
+    """
+
+    __slots__ = ("filtering", "members")
+
+    def __init__(self, rest: EventFilter, every: int) -> None:
+        self.members: set[HubSource] = set()
+        # No repeat filter: the channel's feed has dropped its repeats already.
+        self.filtering = FilteringSink(self, rest, every=every)
+
+    def put(self, item: Item) -> bool:
+        _deliver(self.members, item)
+        return True  # members are never waited for: a slow one is cut instead
+
+    async def room(self) -> bool:
+        return True
+
+    def slow_consumer(self) -> None:
+        """Never asked: put() never reports a full buffer."""
 
 
 class Hub:
@@ -391,58 +405,45 @@ class _CatchUp:
 
     The catch-up stream asks the upstream what the channel asks, so any event
     it brings (wanted by the client or not) may be where the ring takes over;
-    only the wanted ones are forwarded.
+    a filtering sink passes on the wanted ones and advances past the rest.
     """
 
     def __init__(self, sink: Sink, rest: EventFilter, handover: Callable[[str], bool]) -> None:
-        self._sink = sink
-        self._rest = rest
+        # No repeat filter: the catch-up's UpstreamSource has dropped its repeats.
+        self._filtering = FilteringSink(sink, rest)
         self._handover = handover
-        self._skips = Skips()
-        self._passed = ""  # the cursor of the last event the catch-up stream brought
         self.handed_over = False
 
     def flush(self) -> None:
         """An Advance to the last event passed, if unwanted ones came since the last item."""
-        if not self.handed_over and (advance := self._skips.flush(self._passed)):
-            self._sink.put(advance)
+        if not self.handed_over:
+            self._filtering.flush()
 
     def put(self, item: Item) -> bool:
         if self.handed_over:
             return False
+        ok = self._filtering.put(item)
         match item:
-            case kumiho_pb2.Event():
-                cursor = self._passed = item.cursor or self._passed
-                if self._rest.everything or self._rest.wants(item):
-                    self._skips.reset()
-                    ok = self._sink.put(item)
-                else:
-                    advance = self._skips.passed(item.cursor)
-                    ok = self._sink.put(advance) if advance else True
-            case Advance():
-                cursor = self._passed = item.cursor
-                ok = self._sink.put(item)
+            case kumiho_pb2.Event() | Advance():
+                if item.cursor and self._handover(item.cursor):
+                    self.handed_over = True
+                    # The shared feed counts unwanted events afresh: bring the client's
+                    # id up to here first, so that it never lags more than one interval.
+                    self._filtering.flush()
+                    return False  # stop the catch-up stream: the shared feed continues
             case SharedEvent():
                 raise AssertionError("a catch-up stream sends Kumiho events")
             case Reset() | Status() | Failure():
-                self._skips.reset()
-                return self._sink.put(item)
+                pass
             case _:
                 assert_never(item)
-        if item.cursor and self._handover(cursor):
-            self.handed_over = True
-            # The shared feed counts unwanted events afresh: bring the client's id
-            # up to here first, so that it never lags more than one interval.
-            if advance := self._skips.flush(cursor):
-                self._sink.put(advance)
-            return False  # stop the catch-up stream: the shared feed continues
         return ok
 
     async def room(self) -> bool:
-        return not self.handed_over and await self._sink.room()
+        return not self.handed_over and await self._filtering.room()
 
     def slow_consumer(self) -> None:
-        self._sink.slow_consumer()
+        self._filtering.slow_consumer()
 
 
 class HubSource:
@@ -464,6 +465,7 @@ class HubSource:
         self._catch_up: UpstreamSource | None = None
         self._catching_up: _CatchUp | None = None  # the catch-up stream's sink, while it runs
         self._joined = False  # attached to the shared feed: live
+        self._seen = ""  # the feed's newest event when this joined it
         self._sink: Sink | None = None
         self._backlog: collections.deque[Item] = collections.deque()
         self._limit = hub.settings.hub_ring_size + hub.settings.buffer_events
@@ -504,7 +506,7 @@ class HubSource:
         self._backlog.append(channel.status)
         self._backlog.extend(first)
         channel.attach(self)
-        self._joined = True
+        self._joined, self._seen = True, channel.newest
 
     def caught_up(self, quiet: float) -> bool:
         """On the shared feed: live. Catching up: when its own stream went quiet.
@@ -524,8 +526,8 @@ class HubSource:
         elif self._joined and self._sink is not None and self._channel is not None:
             # Every item up to the feed's newest event has been handed over (or
             # queued before this): a subscriber is there, whatever it skipped.
-            if not self._channel.newest:
-                return
+            if self._channel.newest == self._seen:
+                return  # nothing passed since it joined (its replay ends at the newest)
             advance = Advance(self._channel.newest)
             if self._backlog:
                 self._backlog.append(advance)
@@ -578,7 +580,7 @@ class HubSource:
             self._backlog.append(channel.status)
         self._backlog.extend(replay)
         channel.attach(self)
-        self._joined = True
+        self._joined, self._seen = True, channel.newest
         return True
 
     def deliver(self, item: Item) -> None:

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from typing import assert_never
 
 from gateway._proto import kumiho_pb2
-from gateway.cursor import ResumeFilter
 from gateway.errors import GatewayError
 from gateway.items import Advance, Failure, Item, Reset, SharedEvent, Source, Status, wake
 from gateway.sse import dumps, event_json
@@ -56,7 +55,6 @@ class Batch:
         self.live = False  # set by collect() as the answer is due
         self.reset: Reset | None = None
         self.failure: GatewayError | None = None
-        self._filter = ResumeFilter(self.cursor)
         self._arrived: asyncio.Future[None] | None = None  # _fill waits: the next item
         self._stopped: asyncio.Future[None] | None = None  # collect waits: done
         self.done = False
@@ -67,8 +65,6 @@ class Batch:
             return False
         match item:
             case SharedEvent() | kumiho_pb2.Event():
-                if not self._filter.accept(item.cursor):
-                    return True  # a repeat after a resume
                 if len(self.events) == self.limit:
                     self.more = True  # one past the limit: it stays for the next poll
                     self._finish()
@@ -77,11 +73,9 @@ class Batch:
                 self.events.append(event_json(event))
                 self.cursor = item.cursor or self.cursor
             case Advance():
-                if self._filter.accept(item.cursor):
-                    self.cursor = item.cursor  # past unwanted events: not read again next time
+                self.cursor = item.cursor  # past unwanted events: not read again next time
                 return True
             case Reset():
-                self._filter.forget()
                 self.reset = item
             case Failure():
                 self.failure = item.error

@@ -1,8 +1,9 @@
 """The pump: a Source's items become the bytes of one SSE response.
 
 A reader task runs the source, which pushes items into the pump (its Sink).
-The pump drops what a resume would send twice, encodes frames and appends
-them to a bounded buffer; the response side takes the whole buffer at once.
+The pump encodes frames and appends them to a bounded buffer; the response
+side takes the whole buffer at once. (What a resume would send twice never
+reaches it: each upstream stream's filtering sink drops it, see filtering.py.)
 A burst of events thus costs one socket write per ``flush_interval`` instead
 of one per event, while a lone event (nothing written just before it) goes
 out at once.
@@ -28,7 +29,6 @@ from collections.abc import AsyncGenerator
 from typing import assert_never
 
 from gateway._proto import kumiho_pb2
-from gateway.cursor import ResumeFilter
 from gateway.formats import Format
 from gateway.items import Advance, Failure, Item, Reset, SharedEvent, Source, Status, wake
 from gateway.lifecycle import Lifecycle
@@ -55,7 +55,6 @@ class Pump:
         source: Source,
         *,
         fmt: Format,
-        cursor: str | None,
         settings: Settings,
         metrics: Metrics,
         lifecycle: Lifecycle,
@@ -66,7 +65,6 @@ class Pump:
         self._client = client  # the peer's address, for the per-client stream count
         self._format = fmt
         self.media_type = fmt.media_type
-        self._filter = ResumeFilter(cursor)
         self._settings = settings
         self._metrics = metrics
         self._lifecycle = lifecycle
@@ -137,17 +135,11 @@ class Pump:
     def _encode(self, item: Item) -> bytes | None:
         match item:
             case SharedEvent() | kumiho_pb2.Event():
-                if not self._filter.accept(item.cursor):
-                    log.debug("dropped repeat of cursor %s after resume", item.cursor)
-                    return None
                 self._events += 1
                 return self._format.event(item)
             case Advance():
-                if not self._filter.accept(item.cursor):
-                    return None
                 return self._format.advance(item.cursor)
             case Reset():
-                self._filter.forget()
                 self._metrics.resets.labels(item.reason).inc()
                 return self._format.control("gateway.reset", item.data())
             case Status():

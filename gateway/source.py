@@ -33,7 +33,7 @@ from gateway._proto import kumiho_pb2
 from gateway.auth import SERVICE
 from gateway.cursor import ResumeFilter
 from gateway.errors import GatewayError
-from gateway.filtering import Skips
+from gateway.filtering import FilteringSink
 from gateway.items import Failure, Item, Reset, Sink, Source, Status, wake
 from gateway.metrics import Metrics
 from gateway.quota import QuotaExceeded
@@ -97,7 +97,8 @@ class UpstreamSource:
         self._sub = subscription
         self._open_timeout = settings.open_timeout
         self._backoff = Backoff(settings.backoff_initial, settings.backoff_max)
-        self._resume: str | None = subscription.cursor
+        # The stream's one repeat filter; its position is where a resubscribe resumes.
+        self._repeats = ResumeFilter(subscription.cursor)
         self._start = subscription.start
         self._live_since: str | None = None  # when a "latest" client stream began
         self._attempts = 0  # upstream calls made
@@ -115,15 +116,18 @@ class UpstreamSource:
         self._wake: asyncio.Future[None] | None = None  # ends a backoff sleep early on close
         self.status = Status.now("live", None, None)  # announced first by run()
         self._first_retry: float | None = None  # open() failed: wait this long first
-        self._sink: Sink | None = None  # what run() delivers to, for flush()
-        self._skips = Skips()  # unwanted events since the client's last item
+        self._sink: FilteringSink | None = None  # what run() delivers through
         self._last_read = 0.0  # loop time of the last event read (or of the last connect)
         # What the upstream cannot filter (a list of patterns) is matched here.
         self._filters = subscription.filter.upstream()
-        rest = subscription.filter.beyond(*self._filters)
-        self._keep = None if rest.everything else rest.wants
+        self._rest = subscription.filter.beyond(*self._filters)
 
     # -- requests -------------------------------------------------------------
+
+    @property
+    def _resume(self) -> str | None:
+        """The cursor to resume after: the last event read, or the client's own."""
+        return self._repeats.position
 
     def _request(self) -> kumiho_pb2.EventStreamRequest:
         sub = self._sub
@@ -148,7 +152,7 @@ class UpstreamSource:
     def _reset(self, reason: str) -> Reset:
         """Give up the current resume point: restart from the earliest event available."""
         reset = Reset(reason, self._resume or "", "earliest" if self._replay else "latest")
-        self._resume = None
+        self._repeats.forget()
         self._start = "beginning" if self._replay else "latest"
         self._live_since = None
         return reset
@@ -273,7 +277,8 @@ class UpstreamSource:
     # -- streaming ------------------------------------------------------------
 
     async def run(self, sink: Sink) -> None:
-        self._sink = sink
+        # Everything goes through the filtering sink: repeats, the filter, skips.
+        sink = self._sink = FilteringSink(sink, self._rest, self._repeats)
         loop = asyncio.get_running_loop()
         pending, self._pending = [self.status, *self._pending], []
         for item in pending:
@@ -293,8 +298,6 @@ class UpstreamSource:
             call = self._call
             assert call is not None
             delivered = ended_cleanly = False
-            keep = self._keep
-            skips = self._skips
             try:
                 # call.read() rather than `async for`: one async generator
                 # fewer per event on the hottest path.
@@ -303,12 +306,11 @@ class UpstreamSource:
                     event = cast(kumiho_pb2.Event, read)
                     if event.cursor:
                         if self._since_cursor or self._unresumable:  # (rarely: mixed streams)
-                            if not ResumeFilter(self._resume).accept(event.cursor):
+                            if sink.repeat(event.cursor):
                                 continue  # a repeat (at-least-once) must not reset what follows
                             self._since_cursor.clear()
                             self._replayed.clear()
                             self._unresumable = False
-                        self._resume = event.cursor
                     elif self._seen_before(event):
                         continue
                     if not delivered:
@@ -317,17 +319,7 @@ class UpstreamSource:
                         self._live_since = None
                         if self.status.upstream != "live":  # events flow: it is live
                             self._announce(Status.now("live", None, None), sink)
-                    if keep is not None:
-                        if not keep(event):
-                            advance = skips.passed(event.cursor)
-                            if (
-                                advance is not None
-                                and not sink.put(advance)
-                                and not await sink.room()
-                            ):
-                                return
-                            continue
-                        skips.reset()
+                    # The sink drops a repeat, and counts an unwanted event into an Advance.
                     if not sink.put(event) and not await sink.room():
                         return
                 ended_cleanly = True
@@ -355,8 +347,8 @@ class UpstreamSource:
         return asyncio.get_running_loop().time() - self._last_read >= quiet
 
     def flush(self) -> None:
-        if self._sink is not None and (advance := self._skips.flush(self._resume or "")):
-            self._sink.put(advance)
+        if self._sink is not None:
+            self._sink.flush()
 
     def _seen_before(self, event: kumiho_pb2.Event) -> bool:
         """For an event without a cursor: True when it repeats one delivered before a break."""
@@ -382,7 +374,8 @@ class UpstreamSource:
             # Nothing to resume from: say so, and go on from the latest event.
             sink.put(Reset("stream_interrupted", "", "latest"))
             self._unresumable = False
-            self._resume, self._start, self._live_since = None, "latest", None
+            self._repeats.forget()
+            self._start, self._live_since = "latest", None
             self._since_cursor.clear()
         self._replayed = collections.deque(self._since_cursor)
 

@@ -452,7 +452,6 @@ def make_pump(source: Source, **overrides: Any) -> Pump:
     return Pump(
         source,
         fmt=ServerSentEvents(named=False),
-        cursor=None,
         settings=settings,
         metrics=Metrics(),
         lifecycle=Lifecycle(),
