@@ -22,7 +22,6 @@ import collections
 import contextlib
 import hashlib
 import logging
-import random
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import cast
@@ -31,6 +30,7 @@ import grpc
 
 from gateway._proto import kumiho_pb2
 from gateway.auth import SERVICE
+from gateway.backoff import Backoff
 from gateway.cursor import ResumeFilter
 from gateway.errors import GatewayError
 from gateway.filtering import FilteringSink
@@ -51,7 +51,7 @@ from gateway.upstream import (
 
 # Re-exported for the routes (app.py), which take the Source seam and the
 # status table's answer from here; their homes are items.py and upstream.py.
-__all__ = ["Backoff", "Source", "UpstreamSource", "terminal_error"]
+__all__ = ["Source", "UpstreamSource", "terminal_error"]
 
 log = logging.getLogger("gateway.source")
 
@@ -67,23 +67,6 @@ _SETTLE = 0.25
 _CLOCK_MARGIN = timedelta(seconds=1)
 # Events without a cursor remembered after the last cursor, to drop their repeats.
 _MAX_SINCE_CURSOR = 4096
-
-
-class Backoff:
-    """Doubling delays with full jitter, capped: 'decorrelated' reconnects for a fleet."""
-
-    def __init__(self, initial: float, cap: float) -> None:
-        self._initial = initial
-        self._cap = max(cap, initial)
-        self._next = initial
-
-    def reset(self) -> None:
-        self._next = self._initial
-
-    def delay(self) -> float:
-        ceiling = self._next
-        self._next = min(self._cap, self._next * 2)
-        return random.uniform(ceiling / 2, ceiling)
 
 
 class UpstreamSource:
