@@ -4,7 +4,7 @@ Every consumer (the pump, a poll's batch, a hub channel, a catch-up, the
 filtering sink) takes an ``Item`` with ``match`` and ends with
 ``assert_never``: a new kind of item is a type error until each of them
 handles it. Nothing here does I/O; the machinery lives in the modules that
-use these (``source.py``, ``hub.py``, ``pump.py``, ``poll.py``).
+use these (``source.py``, ``channel.py``, ``pump.py``, ``poll.py``, ...).
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ class Failure:
 
 
 class SharedEvent:
-    """An event encoded once for every subscriber of a shared stream (see hub.py)."""
+    """An event encoded once for every subscriber of a shared stream (see channel.py)."""
 
     __slots__ = ("_named", "_plain", "cursor", "event")
 

@@ -14,12 +14,14 @@ from httpx_sse import connect_sse
 
 from gateway._proto import kumiho_pb2
 from gateway.auth import ANONYMOUS
-from gateway.hub import Channel, Hub, HubSource
+from gateway.channel import Channel
+from gateway.hub import Hub
 from gateway.items import Item, SharedEvent, Sink, Status
 from gateway.matching import EventFilter
 from gateway.metrics import Metrics
 from gateway.pump import Pump
 from gateway.settings import Settings
+from gateway.subscriber import HubSource
 from gateway.subscription import Subscription
 from gateway.upstream import Upstream
 from tests.conftest import FAST, DevServer, Gateway, Reader, make_pump, read_events, wait_until

@@ -16,7 +16,7 @@ from gateway.upstream import Rejected, down, terminal_error
 
 ROOT = Path(__file__).resolve().parent.parent
 # Every module that takes items apart: each must handle every kind of item.
-CONSUMERS = ("pump.py", "poll.py", "hub.py", "filtering.py")
+CONSUMERS = ("pump.py", "poll.py", "channel.py", "catchup.py", "filtering.py")
 
 
 def test_reset_data_is_the_gateway_reset_object() -> None:
