@@ -46,6 +46,20 @@ class ResumeFilter:
         """After a reset the old resume point means nothing."""
         self._cursor = self._key = None
 
+    @property
+    def position(self) -> str | None:
+        """The last cursor accepted (or the one it started from): where a resume goes on."""
+        return self._cursor
+
+    def repeat(self, cursor: str) -> bool:
+        """Whether ``accept`` would refuse ``cursor``; nothing changes."""
+        if not cursor:
+            return False  # events without cursors cannot be told apart
+        if cursor == self._cursor:
+            return True
+        key = cursor_key(cursor)
+        return key is not None and self._key is not None and key <= self._key
+
     def accept(self, cursor: str) -> bool:
         """False for a repeat; otherwise True, and ``cursor`` becomes the new resume point."""
         if not cursor:

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 from gateway import ndjson, sse
 from gateway._proto import kumiho_pb2
-from gateway.source import SharedEvent
+from gateway.items import SharedEvent
 
 
 class Format(Protocol):

@@ -27,11 +27,11 @@ import asyncio
 import logging
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import assert_never
 
 from gateway._proto import kumiho_pb2
-from gateway.cursor import ResumeFilter
 from gateway.errors import GatewayError
-from gateway.source import Advance, Failure, Item, Reset, SharedEvent, Source, Status, wake
+from gateway.items import Advance, Failure, Item, Reset, SharedEvent, Source, Status, wake
 from gateway.sse import dumps, event_json
 
 log = logging.getLogger("gateway.poll")
@@ -55,7 +55,6 @@ class Batch:
         self.live = False  # set by collect() as the answer is due
         self.reset: Reset | None = None
         self.failure: GatewayError | None = None
-        self._filter = ResumeFilter(self.cursor)
         self._arrived: asyncio.Future[None] | None = None  # _fill waits: the next item
         self._stopped: asyncio.Future[None] | None = None  # collect waits: done
         self.done = False
@@ -64,29 +63,28 @@ class Batch:
     def put(self, item: Item) -> bool:
         if self.done:
             return False
-        if isinstance(item, SharedEvent | kumiho_pb2.Event):
-            event = item.event if isinstance(item, SharedEvent) else item
-            if not self._filter.accept(item.cursor):
-                return True  # a repeat after a resume
-            if len(self.events) == self.limit:
-                self.more = True  # one past the limit: it stays for the next poll
+        match item:
+            case SharedEvent() | kumiho_pb2.Event():
+                if len(self.events) == self.limit:
+                    self.more = True  # one past the limit: it stays for the next poll
+                    self._finish()
+                    return False
+                event = item.event if isinstance(item, SharedEvent) else item
+                self.events.append(event_json(event))
+                self.cursor = item.cursor or self.cursor
+            case Advance():
+                self.cursor = item.cursor  # past unwanted events: not read again next time
+                return True
+            case Reset():
+                self.reset = item
+            case Failure():
+                self.failure = item.error
                 self._finish()
                 return False
-            self.events.append(event_json(event))
-            self.cursor = item.cursor or self.cursor
-        elif isinstance(item, Reset):
-            self._filter.forget()
-            self.reset = item
-        elif isinstance(item, Failure):
-            self.failure = item.error
-            self._finish()
-            return False
-        elif isinstance(item, Status):
-            return True  # the answer is what arrived; the state is not news to a poll
-        elif isinstance(item, Advance):
-            if self._filter.accept(item.cursor):
-                self.cursor = item.cursor  # past unwanted events: not read again next time
-            return True
+            case Status():
+                return True  # the answer is what arrived; the state is not news to a poll
+            case _:
+                assert_never(item)
         wake(self._arrived)
         return True
 

@@ -1,8 +1,9 @@
 """The pump: a Source's items become the bytes of one SSE response.
 
 A reader task runs the source, which pushes items into the pump (its Sink).
-The pump drops what a resume would send twice, encodes frames and appends
-them to a bounded buffer; the response side takes the whole buffer at once.
+The pump encodes frames and appends them to a bounded buffer; the response
+side takes the whole buffer at once. (What a resume would send twice never
+reaches it: each upstream stream's filtering sink drops it, see filtering.py.)
 A burst of events thus costs one socket write per ``flush_interval`` instead
 of one per event, while a lone event (nothing written just before it) goes
 out at once.
@@ -25,14 +26,14 @@ import asyncio
 import logging
 import random
 from collections.abc import AsyncGenerator
+from typing import assert_never
 
 from gateway._proto import kumiho_pb2
-from gateway.cursor import ResumeFilter
 from gateway.formats import Format
+from gateway.items import Advance, Failure, Item, Reset, SharedEvent, Source, Status, wake
 from gateway.lifecycle import Lifecycle
 from gateway.metrics import Metrics
 from gateway.settings import Settings
-from gateway.source import Advance, Item, Reset, SharedEvent, Source, Status, wake
 from gateway.ticker import Ticker
 
 log = logging.getLogger("gateway.pump")
@@ -54,7 +55,6 @@ class Pump:
         source: Source,
         *,
         fmt: Format,
-        cursor: str | None,
         settings: Settings,
         metrics: Metrics,
         lifecycle: Lifecycle,
@@ -65,7 +65,6 @@ class Pump:
         self._client = client  # the peer's address, for the per-client stream count
         self._format = fmt
         self.media_type = fmt.media_type
-        self._filter = ResumeFilter(cursor)
         self._settings = settings
         self._metrics = metrics
         self._lifecycle = lifecycle
@@ -134,30 +133,22 @@ class Pump:
         self._end("slow_consumer")
 
     def _encode(self, item: Item) -> bytes | None:
-        if isinstance(item, SharedEvent | kumiho_pb2.Event):
-            if not self._filter.accept(item.cursor):
-                log.debug("dropped repeat of cursor %s after resume", item.cursor)
-                return None
-            self._events += 1
-            return self._format.event(item)
-        if isinstance(item, Advance):
-            return self._format.advance(item.cursor) if self._filter.accept(item.cursor) else None
-        if isinstance(item, Reset):
-            self._filter.forget()
-            self._metrics.resets.labels(item.reason).inc()
-            return self._format.control("gateway.reset", item.data())
-        if isinstance(item, Status):
-            return self._format.control(
-                "gateway.status",
-                {
-                    "upstream": item.upstream,
-                    "code": item.code,
-                    "retry_in_ms": item.retry_in_ms(),
-                    "since": item.since,
-                },
-            )
-        self._cause = "upstream_error"
-        return self._format.control("gateway.error", item.error.envelope()["error"])
+        match item:
+            case SharedEvent() | kumiho_pb2.Event():
+                self._events += 1
+                return self._format.event(item)
+            case Advance():
+                return self._format.advance(item.cursor)
+            case Reset():
+                self._metrics.resets.labels(item.reason).inc()
+                return self._format.control("gateway.reset", item.data())
+            case Status():
+                return self._format.control("gateway.status", item.data())
+            case Failure():
+                self._cause = "upstream_error"
+                return self._format.control("gateway.error", item.error.envelope()["error"])
+            case _:
+                assert_never(item)
 
     # -- ending ---------------------------------------------------------------
 

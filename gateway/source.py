@@ -1,8 +1,8 @@
-"""Sources: where a subscription's Kumiho events come from.
+"""The upstream client: ``UpstreamSource``, one upstream EventStream for a subscription.
 
-The pump consumes a ``Source``: an ``UpstreamSource`` (one upstream
-EventStream, for a request with ``--no-hub`` or for a hub channel) or the
-hub's ``HubSource``, behind the same interface.
+It is a ``Source`` (``items.py``), the one a request reads with ``--no-hub``,
+a hub channel's shared feed, and a hub catch-up stream (the hub's own
+``HubSource`` is the other).
 
 ``UpstreamSource`` keeps the client's stream alive whatever the upstream
 does: a broken stream or an unreachable server means resubscribing from the
@@ -22,24 +22,35 @@ import collections
 import contextlib
 import hashlib
 import logging
-import random
-import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Literal, Protocol, cast
+from typing import cast
 
 import grpc
 
-from gateway import sse
 from gateway._proto import kumiho_pb2
 from gateway.auth import SERVICE
+from gateway.backoff import Backoff
 from gateway.cursor import ResumeFilter
 from gateway.errors import GatewayError
+from gateway.filtering import FilteringSink
+from gateway.items import Failure, Item, Reset, Sink, Status, wake
 from gateway.metrics import Metrics
 from gateway.quota import QuotaExceeded
 from gateway.settings import Settings
 from gateway.subscription import Subscription
-from gateway.upstream import EventCall, Rejected, Upstream
+from gateway.upstream import (
+    CREDENTIAL_REFUSED,
+    CURSOR_REJECTED,
+    EventCall,
+    Rejected,
+    Upstream,
+    down,
+    terminal_error,
+)
+
+# Re-exported for the routes (app.py), which take the Source seam and the
+# status table's answer from here; their homes are items.py and upstream.py.
 
 log = logging.getLogger("gateway.source")
 
@@ -55,220 +66,6 @@ _SETTLE = 0.25
 _CLOCK_MARGIN = timedelta(seconds=1)
 # Events without a cursor remembered after the last cursor, to drop their repeats.
 _MAX_SINCE_CURSOR = 4096
-_CREDENTIAL_REFUSED = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
-# Transient statuses that mean "not reachable"; any other is the upstream failing.
-_UNREACHABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
-
-# Statuses that mean "this resume point cannot be resumed" (KUMIHO.md).
-_CURSOR_REJECTED = {
-    grpc.StatusCode.OUT_OF_RANGE: "cursor_expired",
-    grpc.StatusCode.NOT_FOUND: "cursor_unknown",
-    grpc.StatusCode.INVALID_ARGUMENT: "cursor_invalid",
-}
-
-
-@dataclass(frozen=True, slots=True)
-class Reset:
-    """The requested resume point could not be honoured; what follows starts elsewhere."""
-
-    reason: str
-    requested_cursor: str
-    resumed_from: Literal["earliest", "latest"]
-
-    def data(self) -> dict[str, str]:
-        """The ``gateway.reset`` object (CONTRACT.md)."""
-        return {
-            "reason": self.reason,
-            "requested_cursor": self.requested_cursor,
-            "resumed_from": self.resumed_from,
-        }
-
-
-UpstreamState = Literal["live", "unavailable", "failing"]
-
-
-@dataclass(frozen=True, slots=True)
-class Status:
-    """The upstream's state as a stream sees it (CONTRACT.md: ``gateway.status``)."""
-
-    upstream: UpstreamState
-    code: str | None  # the gRPC status name that caused a state other than live
-    retry_at: float | None  # time.monotonic() of the next attempt
-    since: str  # ISO 8601, UTC
-
-    @classmethod
-    def now(cls, upstream: UpstreamState, code: str | None, retry_in: float | None) -> Status:
-        since = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        retry_at = None if retry_in is None else time.monotonic() + retry_in
-        return cls(upstream, code, retry_at, since)
-
-    def retry_in_ms(self) -> int | None:
-        """Until the next attempt, as of now (a hub's later joiner gets the true wait)."""
-        if self.retry_at is None:
-            return None
-        return max(0, round((self.retry_at - time.monotonic()) * 1000))
-
-    @classmethod
-    def down(cls, code: grpc.StatusCode, retry_in: float) -> Status:
-        """After a call failed in a way retrying may fix: unreachable, or failing."""
-        state: UpstreamState = "unavailable" if code in _UNREACHABLE else "failing"
-        return cls.now(state, code.name, retry_in)
-
-    def same_state(self, other: Status) -> bool:
-        return (self.upstream, self.code) == (other.upstream, other.code)
-
-
-@dataclass(frozen=True, slots=True)
-class Advance:
-    """The stream passed events the client's filter does not want, up to ``cursor``.
-
-    Sent now and then (``Skips``), so the id a client resumes by never lags
-    far behind: the resume is served from the hub's ring, not re-read upstream.
-    """
-
-    cursor: str
-
-
-# How many unwanted events in a row before the client's resume point is moved.
-ADVANCE_EVERY = 100
-
-
-class Skips:
-    """Counts the unwanted events since the client's last frame; says when to send an Advance."""
-
-    __slots__ = ("_count", "_every")
-
-    def __init__(self, every: int = ADVANCE_EVERY) -> None:
-        self._every = max(1, every)
-        self._count = 0
-
-    def passed(self, cursor: str) -> Advance | None:
-        """One more unwanted event: an Advance to its cursor every ``every`` of them."""
-        self._count += 1
-        if self._count < self._every or not cursor:
-            return None
-        self._count = 0
-        return Advance(cursor)
-
-    def reset(self) -> None:
-        """A wanted event went out: its id is the client's resume point."""
-        self._count = 0
-
-    def flush(self, cursor: str) -> Advance | None:
-        """An Advance to ``cursor`` now if unwanted events passed since the client's last frame."""
-        if not self._count or not cursor:
-            return None
-        self._count = 0
-        return Advance(cursor)
-
-
-@dataclass(frozen=True, slots=True)
-class Failure:
-    """A terminal error after the stream started; the stream ends after it."""
-
-    error: GatewayError
-
-
-class SharedEvent:
-    """An event encoded once for every subscriber of a shared stream (see hub.py)."""
-
-    __slots__ = ("_named", "_plain", "cursor", "event")
-
-    def __init__(self, event: kumiho_pb2.Event, minted_id: str = "") -> None:
-        self.event = event
-        # The SSE id: Kumiho's cursor, or one the hub minted when there is none.
-        self.cursor = event.cursor or minted_id
-        self._plain: bytes | None = None
-        self._named: bytes | None = None
-
-    def frame(self, named: bool) -> bytes:
-        """The frame bytes, built on first use and shared from then on."""
-        if named:
-            if self._named is None:
-                self._named = sse.event_frame(self.event, named=True, event_id=self.cursor)
-            return self._named
-        if self._plain is None:
-            self._plain = sse.event_frame(self.event, named=False, event_id=self.cursor)
-        return self._plain
-
-
-Item = kumiho_pb2.Event | SharedEvent | Reset | Failure | Status | Advance
-
-
-class Sink(Protocol):
-    """Where a source delivers: one subscriber's bounded buffer."""
-
-    def put(self, item: Item) -> bool:
-        """Take an item; False when the buffer is now full (await ``room()`` before more)."""
-
-    async def room(self) -> bool:
-        """Wait until the buffer can take items again; False: the subscriber is gone, stop."""
-
-    def slow_consumer(self) -> None:
-        """Cut the subscriber: it reads slower than its events arrive (it resumes by id)."""
-
-
-def wake(waiter: asyncio.Future[None] | None) -> None:
-    """Resolve a waiter's bare future (cheaper per stream than an asyncio.Event's deque)."""
-    if waiter is not None and not waiter.done():
-        waiter.set_result(None)
-
-
-class Source(Protocol):
-    """What the pump consumes: items for one subscription, pushed into a Sink."""
-
-    async def open(self) -> None:
-        """Start; raise GatewayError for refusals that must be answered before the stream."""
-
-    async def run(self, sink: Sink) -> None:
-        """Deliver events and resets in order; return after delivering a Failure."""
-
-    def close(self) -> None:
-        """Stop now (synchronous, so it is safe inside a cancelled task's cleanup)."""
-
-    def caught_up(self, quiet: float) -> bool:
-        """Whether the source has reached the live stream (a poll's ``more`` is its negation).
-
-        A shared feed's subscriber knows it; a stream of its own judges by
-        ``quiet``: the upstream sent nothing, wanted or not, for that long.
-        """
-
-    def flush(self) -> None:
-        """Deliver an Advance now for the unwanted events passed since the last item."""
-
-
-class Backoff:
-    """Doubling delays with full jitter, capped: 'decorrelated' reconnects for a fleet."""
-
-    def __init__(self, initial: float, cap: float) -> None:
-        self._initial = initial
-        self._cap = max(cap, initial)
-        self._next = initial
-
-    def reset(self) -> None:
-        self._next = self._initial
-
-    def delay(self) -> float:
-        ceiling = self._next
-        self._next = min(self._cap, self._next * 2)
-        return random.uniform(ceiling / 2, ceiling)
-
-
-# Statuses retrying cannot fix: (HTTP status, code, what to tell the client).
-_TERMINAL = {
-    grpc.StatusCode.UNAUTHENTICATED: (401, "unauthenticated", "rejected the credential"),
-    grpc.StatusCode.PERMISSION_DENIED: (403, "permission_denied", "denied access to events"),
-    grpc.StatusCode.INVALID_ARGUMENT: (400, "invalid_parameter", "rejected the request"),
-    grpc.StatusCode.UNIMPLEMENTED: (502, "upstream_unsupported", "does not serve EventStream"),
-}
-
-
-def terminal_error(rejected: Rejected) -> GatewayError | None:
-    """The GatewayError for a status retrying cannot fix, or None for a transient one."""
-    if rejected.code not in _TERMINAL:
-        return None
-    status, error_code, what = _TERMINAL[rejected.code]
-    return GatewayError(status, error_code, f"the upstream {what}: {rejected.details}")
 
 
 class UpstreamSource:
@@ -282,7 +79,8 @@ class UpstreamSource:
         self._sub = subscription
         self._open_timeout = settings.open_timeout
         self._backoff = Backoff(settings.backoff_initial, settings.backoff_max)
-        self._resume: str | None = subscription.cursor
+        # The stream's one repeat filter; its position is where a resubscribe resumes.
+        self._repeats = ResumeFilter(subscription.cursor)
         self._start = subscription.start
         self._live_since: str | None = None  # when a "latest" client stream began
         self._attempts = 0  # upstream calls made
@@ -300,15 +98,18 @@ class UpstreamSource:
         self._wake: asyncio.Future[None] | None = None  # ends a backoff sleep early on close
         self.status = Status.now("live", None, None)  # announced first by run()
         self._first_retry: float | None = None  # open() failed: wait this long first
-        self._sink: Sink | None = None  # what run() delivers to, for flush()
-        self._skips = Skips()  # unwanted events since the client's last item
+        self._sink: FilteringSink | None = None  # what run() delivers through
         self._last_read = 0.0  # loop time of the last event read (or of the last connect)
         # What the upstream cannot filter (a list of patterns) is matched here.
         self._filters = subscription.filter.upstream()
-        rest = subscription.filter.beyond(*self._filters)
-        self._keep = None if rest.everything else rest.wants
+        self._rest = subscription.filter.beyond(*self._filters)
 
     # -- requests -------------------------------------------------------------
+
+    @property
+    def _resume(self) -> str | None:
+        """The cursor to resume after: the last event read, or the client's own."""
+        return self._repeats.position
 
     def _request(self) -> kumiho_pb2.EventStreamRequest:
         sub = self._sub
@@ -333,7 +134,7 @@ class UpstreamSource:
     def _reset(self, reason: str) -> Reset:
         """Give up the current resume point: restart from the earliest event available."""
         reset = Reset(reason, self._resume or "", "earliest" if self._replay else "latest")
-        self._resume = None
+        self._repeats.forget()
         self._start = "beginning" if self._replay else "latest"
         self._live_since = None
         return reset
@@ -380,8 +181,8 @@ class UpstreamSource:
     def _classify(self, exc: Rejected) -> Item | None:
         """Reset or Failure for a refused call; None when retrying may fix it."""
         self._metrics.upstream_failures.labels(exc.code.name).inc()
-        if self._resume and exc.code in _CURSOR_REJECTED:
-            return self._reset(_CURSOR_REJECTED[exc.code])
+        if self._resume and exc.code in CURSOR_REJECTED:
+            return self._reset(CURSOR_REJECTED[exc.code])
         error = terminal_error(exc)
         return Failure(error) if error else None
 
@@ -398,7 +199,7 @@ class UpstreamSource:
             rejected = self._upstream.rejected(exc.code(), exc.details(), self._sub.credential)
             if self._rotated(rejected.code):
                 return await self._check_capabilities(wait)
-            if rejected.code in _CREDENTIAL_REFUSED:
+            if rejected.code in CREDENTIAL_REFUSED:
                 self._metrics.upstream_failures.labels(rejected.code.name).inc()
                 error = terminal_error(rejected)
                 assert error is not None
@@ -451,14 +252,15 @@ class UpstreamSource:
                 if item is None:
                     log.info("upstream unavailable at open (%s); streaming anyway", exc)
                     self._first_retry = self._backoff.delay()
-                    self.status = Status.down(exc.code, self._first_retry)
+                    self.status = down(exc.code, self._first_retry)
                     return
                 self._pending.append(item)
 
     # -- streaming ------------------------------------------------------------
 
     async def run(self, sink: Sink) -> None:
-        self._sink = sink
+        # Everything goes through the filtering sink: repeats, the filter, skips.
+        sink = self._sink = FilteringSink(sink, self._rest, self._repeats)
         loop = asyncio.get_running_loop()
         pending, self._pending = [self.status, *self._pending], []
         for item in pending:
@@ -478,8 +280,6 @@ class UpstreamSource:
             call = self._call
             assert call is not None
             delivered = ended_cleanly = False
-            keep = self._keep
-            skips = self._skips
             try:
                 # call.read() rather than `async for`: one async generator
                 # fewer per event on the hottest path.
@@ -488,12 +288,11 @@ class UpstreamSource:
                     event = cast(kumiho_pb2.Event, read)
                     if event.cursor:
                         if self._since_cursor or self._unresumable:  # (rarely: mixed streams)
-                            if not ResumeFilter(self._resume).accept(event.cursor):
+                            if sink.repeat(event.cursor):
                                 continue  # a repeat (at-least-once) must not reset what follows
                             self._since_cursor.clear()
                             self._replayed.clear()
                             self._unresumable = False
-                        self._resume = event.cursor
                     elif self._seen_before(event):
                         continue
                     if not delivered:
@@ -502,17 +301,7 @@ class UpstreamSource:
                         self._live_since = None
                         if self.status.upstream != "live":  # events flow: it is live
                             self._announce(Status.now("live", None, None), sink)
-                    if keep is not None:
-                        if not keep(event):
-                            advance = skips.passed(event.cursor)
-                            if (
-                                advance is not None
-                                and not sink.put(advance)
-                                and not await sink.room()
-                            ):
-                                return
-                            continue
-                        skips.reset()
+                    # The sink drops a repeat, and counts an unwanted event into an Advance.
                     if not sink.put(event) and not await sink.room():
                         return
                 ended_cleanly = True
@@ -540,8 +329,8 @@ class UpstreamSource:
         return asyncio.get_running_loop().time() - self._last_read >= quiet
 
     def flush(self) -> None:
-        if self._sink is not None and (advance := self._skips.flush(self._resume or "")):
-            self._sink.put(advance)
+        if self._sink is not None:
+            self._sink.flush()
 
     def _seen_before(self, event: kumiho_pb2.Event) -> bool:
         """For an event without a cursor: True when it repeats one delivered before a break."""
@@ -567,7 +356,8 @@ class UpstreamSource:
             # Nothing to resume from: say so, and go on from the latest event.
             sink.put(Reset("stream_interrupted", "", "latest"))
             self._unresumable = False
-            self._resume, self._start, self._live_since = None, "latest", None
+            self._repeats.forget()
+            self._start, self._live_since = "latest", None
             self._since_cursor.clear()
         self._replayed = collections.deque(self._since_cursor)
 
@@ -591,7 +381,7 @@ class UpstreamSource:
         item = self._classify(exc)
         if item is None:
             delay = self._backoff.delay()
-            self._announce(Status.down(exc.code, delay), sink)
+            self._announce(down(exc.code, delay), sink)
             await self._sleep(delay, exc)
             return False
         sink.put(item)

@@ -7,8 +7,9 @@ each imports everything afresh) and supervises them:
   streams; the parent returns once all have exited. A second signal is
   forwarded too, and the workers exit at once.
 - A worker that exits while the parent was not told to stop (a crash, the
-  OOM killer, a stray SIGKILL) is logged and replaced after a backoff (0.5 s,
-  doubling to 30 s; back to 0.5 s once a worker has stayed up a minute). The
+  OOM killer, a stray SIGKILL) is logged and replaced after a backoff
+  (``backoff.py``: 0.5 s, doubling to 30 s, each delay jittered down to as
+  little as half; back to 0.5 s once a worker has stayed up a minute). The
   replacement accepts on the same socket; the dead worker's clients reconnect
   with their Last-Event-ID and resume on any worker.
 - Each worker tells the parent when it serves (uvicorn has started). One
@@ -49,6 +50,7 @@ from types import FrameType
 from prometheus_client.multiprocess import mark_process_dead
 
 from gateway import logs
+from gateway.backoff import Backoff
 from gateway.metrics import MULTIPROC_DIR_ENV
 from gateway.server import listening_socket
 from gateway.settings import Settings
@@ -85,25 +87,15 @@ class WorkerSpec:
 Run = Callable[[Settings, list[socket.socket], WorkerSpec], None]
 
 
-class RestartBackoff:
-    """Delays before restarting one place of the pool: doubling to a cap, reset by a long life."""
+def restart_delay(backoff: Backoff, uptime: float) -> float:
+    """Seconds to wait before the next start, after a worker that ran ``uptime`` seconds.
 
-    def __init__(
-        self,
-        initial: float = RESTART_INITIAL,
-        cap: float = RESTART_MAX,
-        reset_after: float = RESTART_RESET,
-    ) -> None:
-        self.initial, self.cap, self.reset_after = initial, cap, reset_after
-        self._next = initial
-
-    def delay(self, uptime: float) -> float:
-        """Seconds to wait before the next start, after a worker that ran ``uptime`` seconds."""
-        if uptime >= self.reset_after:
-            self._next = self.initial
-        delay = self._next
-        self._next = min(self._next * 2, self.cap)
-        return delay
+    A worker that stayed up ``RESTART_RESET`` seconds was healthy: the
+    doubling starts over.
+    """
+    if uptime >= RESTART_RESET:
+        backoff.reset()
+    return backoff.delay()
 
 
 @dataclass
@@ -111,7 +103,7 @@ class _Place:
     """One of the pool's N places: its worker, or when the next one starts."""
 
     index: int
-    backoff: RestartBackoff
+    backoff: Backoff
     process: BaseProcess | None = None
     started: float = 0.0
     restart_at: float | None = None
@@ -134,7 +126,9 @@ class _Pool:
     def __init__(self, settings: Settings, run: Run, sock: socket.socket, metrics_dir: str):
         self._settings, self._run, self._sock, self._metrics_dir = settings, run, sock, metrics_dir
         self._context = multiprocessing.get_context("spawn")
-        self._places = [_Place(i, RestartBackoff()) for i in range(settings.workers)]
+        self._places = [
+            _Place(i, Backoff(RESTART_INITIAL, RESTART_MAX)) for i in range(settings.workers)
+        ]
         self._pool_failing = self._context.Event()
         self._stop_signal: int | None = None  # set: no more restarts
         self._received: int | None = None  # the signal that came, if any
@@ -258,7 +252,7 @@ class _Pool:
         self._stop(signal.SIGTERM)
 
     def _schedule_restart(self, place: _Place, uptime: float, what: str) -> None:
-        delay = place.backoff.delay(uptime)
+        delay = restart_delay(place.backoff, uptime)
         place.restart_at = time.monotonic() + delay
         log.error("worker %d %s; restarting it in %.1fs", place.index, what, delay)
 
@@ -305,7 +299,7 @@ class _Pool:
         try:
             self._start(place, restarted=True)
         except OSError as exc:  # no memory or processes left for it, for now
-            delay = place.backoff.delay(0)
+            delay = restart_delay(place.backoff, 0)
             place.restart_at = time.monotonic() + delay
             log.error(
                 "worker %d could not be started (%s); trying in %.1fs", place.index, exc, delay

@@ -2,7 +2,8 @@
 
 A client like any other: it talks HTTP to a gateway's ``/events`` (or the
 hosted dialect's ``/api/v1/events/stream``), reads the stream with httpx-sse,
-and imports nothing from the server side. Events go to stdout, one readable
+and imports nothing from the server side (only the pure ``backoff.py``, the
+rule every retry loop of the gateway follows). Events go to stdout, one readable
 line each (or the event's JSON object with ``--json``); everything else
 (upstream status, gaps, reconnects, errors) goes to stderr, so a pipe only
 ever sees events.
@@ -35,6 +36,8 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import httpx
 from httpx_sse import ServerSentEvent, connect_sse
+
+from gateway.backoff import Backoff
 
 PROG = "kumiho-sse-gateway tail"
 DEFAULT_URL = "http://127.0.0.1:8000/events"  # the demo's stream
@@ -394,15 +397,21 @@ def reconnect_delay_ms(
     """How long to wait before the next attempt, after ``failures`` failed ones in a row.
 
     None failed (the last stream delivered and then ended): the server's
-    ``retry:``, as ``EventSource`` does. Each failure doubles it (from at least
-    ``MIN_BACKOFF_MS``), up to ``MAX_BACKOFF_MS`` or the server's own delay if
-    longer, with jitter so clients that failed together do not return together.
+    ``retry:``, as ``EventSource`` does. Then the gateway's one backoff
+    (``backoff.py``): doubling from the server's delay (at least
+    ``MIN_BACKOFF_MS``) up to ``MAX_BACKOFF_MS`` or the server's own delay if
+    longer, jittered so clients that failed together do not return together.
+    The server may change ``retry:`` between attempts, so the rule is applied
+    afresh each time rather than kept in a ``Backoff`` across them.
     """
     if failures == 0:
         return retry_ms
-    doubled = max(retry_ms, MIN_BACKOFF_MS) << min(failures - 1, 20)
-    capped = min(doubled, max(retry_ms, MAX_BACKOFF_MS))
-    return round(capped * (0.5 + jitter() / 2))
+    backoff = Backoff(
+        max(retry_ms, MIN_BACKOFF_MS) / 1000,
+        max(retry_ms, MAX_BACKOFF_MS) / 1000,
+        jitter=jitter,
+    )
+    return round(backoff.nth(failures) * 1000)
 
 
 def refusal(response: httpx.Response) -> Pause:

@@ -4,6 +4,10 @@ The channel is created inside the running event loop (grpc.aio objects
 belong to the loop that made them) and shared by every request, as the
 Community Edition accepts a single client connection. Endpoint, TLS and
 keepalive follow the official SDK's conventions.
+
+Also what the upstream's statuses mean (``TERMINAL``, ``CURSOR_REJECTED``,
+``UNREACHABLE``, ``CREDENTIAL_REFUSED``): one table for the routes and the
+sources alike.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from gateway import correlation
 from gateway._proto import kumiho_pb2, kumiho_pb2_grpc
 from gateway.auth import Credential, ServiceToken
 from gateway.endpoint import resolve_target
+from gateway.errors import GatewayError
+from gateway.items import Status, UpstreamState
 from gateway.logs import scrub
 from gateway.quota import StreamQuota
 from gateway.settings import Settings
@@ -51,6 +57,40 @@ class Rejected(Exception):
 
 # How much of an upstream's free text the gateway repeats (logs, envelopes).
 MAX_DETAILS = 500
+
+# -- What the upstream's statuses mean, for the routes and the sources alike --
+
+# Statuses retrying cannot fix: (HTTP status, code, what to tell the client).
+TERMINAL = {
+    grpc.StatusCode.UNAUTHENTICATED: (401, "unauthenticated", "rejected the credential"),
+    grpc.StatusCode.PERMISSION_DENIED: (403, "permission_denied", "denied access to events"),
+    grpc.StatusCode.INVALID_ARGUMENT: (400, "invalid_parameter", "rejected the request"),
+    grpc.StatusCode.UNIMPLEMENTED: (502, "upstream_unsupported", "does not serve EventStream"),
+}
+# The credential was refused: a 401/403 before the stream, never a retry.
+CREDENTIAL_REFUSED = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
+# Transient statuses that mean "not reachable"; any other is the upstream failing.
+UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+# Statuses that mean "this resume point cannot be resumed" (KUMIHO.md): the reset's reason.
+CURSOR_REJECTED = {
+    grpc.StatusCode.OUT_OF_RANGE: "cursor_expired",
+    grpc.StatusCode.NOT_FOUND: "cursor_unknown",
+    grpc.StatusCode.INVALID_ARGUMENT: "cursor_invalid",
+}
+
+
+def terminal_error(rejected: Rejected) -> GatewayError | None:
+    """The GatewayError for a status retrying cannot fix, or None for a transient one."""
+    if rejected.code not in TERMINAL:
+        return None
+    status, error_code, what = TERMINAL[rejected.code]
+    return GatewayError(status, error_code, f"the upstream {what}: {rejected.details}")
+
+
+def down(code: grpc.StatusCode, retry_in: float) -> Status:
+    """The ``Status`` after a call failed in a way retrying may fix: unreachable, or failing."""
+    state: UpstreamState = "unavailable" if code in UNREACHABLE else "failing"
+    return Status.now(state, code.name, retry_in)
 
 
 def _one_line(text: str) -> str:

@@ -25,11 +25,11 @@ from httpx_sse import ServerSentEvent, connect_sse
 
 from gateway.devserver.control import DevServerClient
 from gateway.formats import ServerSentEvents
+from gateway.items import Source
 from gateway.lifecycle import Lifecycle
 from gateway.metrics import Metrics
 from gateway.pump import Pump
 from gateway.settings import Settings
-from gateway.source import Source
 from gateway.ticker import Ticker
 
 STARTUP_DEADLINE = 30.0
@@ -452,7 +452,6 @@ def make_pump(source: Source, **overrides: Any) -> Pump:
     return Pump(
         source,
         fmt=ServerSentEvents(named=False),
-        cursor=None,
         settings=settings,
         metrics=Metrics(),
         lifecycle=Lifecycle(),

@@ -9,7 +9,7 @@ import pytest
 from gateway import ndjson, sse
 from gateway._proto import kumiho_pb2
 from gateway.formats import Format, NewlineDelimitedJson, ServerSentEvents, format_for
-from gateway.source import SharedEvent
+from gateway.items import SharedEvent
 
 RESET = {"reason": "cursor_expired", "requested_cursor": "1-0", "resumed_from": "earliest"}
 

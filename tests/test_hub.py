@@ -10,15 +10,18 @@ from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
+from httpx_sse import connect_sse
 
 from gateway._proto import kumiho_pb2
 from gateway.auth import ANONYMOUS
-from gateway.hub import Channel, Hub, HubSource
+from gateway.channel import Channel
+from gateway.hub import Hub
+from gateway.items import Item, SharedEvent, Sink, Status
 from gateway.matching import EventFilter
 from gateway.metrics import Metrics
 from gateway.pump import Pump
 from gateway.settings import Settings
-from gateway.source import Item, SharedEvent, Sink, Status
+from gateway.subscriber import HubSource
 from gateway.subscription import Subscription
 from gateway.upstream import Upstream
 from tests.conftest import FAST, DevServer, Gateway, Reader, make_pump, read_events, wait_until
@@ -87,6 +90,47 @@ def test_resume_from_the_ring_makes_no_upstream_call(
     assert [a.id, b.id] == more  # joined the live feed after the (empty) replay
     with devserver.client() as c:
         assert c.stats().streams_started == before  # not one upstream call
+    assert gateway.metric("kumiho_gateway_hub_ring_hits_total") == 3
+    assert gateway.metric("kumiho_gateway_hub_ring_misses_total") == 0
+    keeper.stop.set()
+
+
+def test_a_ring_resume_moves_the_clients_position_past_the_unwanted_events_it_passed(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *FAST)  # --auth none: one unfiltered channel
+    keeper = Reader(gateway.url)
+    started([keeper], gateway)
+    wanted = {"routing_key": "revision.tagged"}
+    [first] = devserver.publish("revision.tagged", KREF)
+    unwanted = devserver.publish("revision.created", KREF, count=300)
+    keeper.wait_for(301)  # all in the ring now
+    # A poll from the wanted event: nothing new, and its cursor past all 300.
+    r = httpx.get(
+        gateway.url + "/events/poll", params={**wanted, "cursor": first, "timeout": 0}, timeout=10
+    )
+    assert r.json() == {"events": [], "cursor": unwanted[-1], "more": False, "reset": None}
+    # A stream resumed from it: an id-only frame at the newest event the replay
+    # passed, before the next wanted event.
+    with (
+        httpx.Client(timeout=20) as client,
+        connect_sse(
+            client, "GET", gateway.url + "/events", params=wanted,
+            headers={"Last-Event-ID": first},
+        ) as source,
+    ):  # fmt: skip
+        [later] = devserver.publish("revision.tagged", KREF)
+        frames = []
+        for sse in source.iter_sse():
+            if sse.id:
+                frames.append((sse.id, sse.data and json.loads(sse.data)["cursor"]))
+            if sse.id == later:
+                break
+    assert frames == [(unwanted[-1], ""), (later, later)]
+    # Both were served from the ring, and so is the next resume, from that position.
+    [event] = read_events(gateway.url, 1, params=wanted, headers={"Last-Event-ID": unwanted[-1]})
+    assert event.id == later
     assert gateway.metric("kumiho_gateway_hub_ring_hits_total") == 3
     assert gateway.metric("kumiho_gateway_hub_ring_misses_total") == 0
     keeper.stop.set()

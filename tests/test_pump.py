@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+from gateway.items import Reset, Sink
 from gateway.metrics import Metrics
 from gateway.settings import Settings
-from gateway.source import Reset, Sink
 from gateway.sse import HEARTBEAT
 from tests.conftest import make_pump
 

@@ -21,8 +21,8 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway._proto import kumiho_pb2
+from gateway.items import Sink
 from gateway.response import EventStreamResponse, StreamHandoff, disconnected
-from gateway.source import Sink
 from tests.conftest import make_pump
 
 DEADLINE = 10.0

@@ -18,7 +18,8 @@ import psutil
 import pytest
 from httpx_sse import connect_sse
 
-from gateway.supervisor import RestartBackoff, exit_description
+from gateway.backoff import Backoff
+from gateway.supervisor import exit_description, restart_delay
 from tests.conftest import (
     FAST,
     STATUS,
@@ -298,10 +299,11 @@ def test_a_worker_that_cannot_start_stops_the_pool(tmp_path: Path) -> None:
 
 
 def test_restart_backoff_doubles_to_a_cap_and_resets_after_a_long_life() -> None:
-    backoff = RestartBackoff(initial=0.5, cap=4, reset_after=60)
-    assert [backoff.delay(1) for _ in range(6)] == [0.5, 1, 2, 4, 4, 4]
-    assert backoff.delay(60) == 0.5  # it had stayed up a minute: a fresh start
-    assert backoff.delay(59) == 1
+    backoff = Backoff(0.5, 4, jitter=lambda: 0.999999)  # the top of each jittered range
+    assert [round(restart_delay(backoff, 1), 3) for _ in range(6)] == [0.5, 1, 2, 4, 4, 4]
+    assert round(restart_delay(backoff, 60), 3) == 0.5  # it stayed up a minute: a fresh start
+    assert round(restart_delay(backoff, 59), 3) == 1
+    assert restart_delay(Backoff(0.5, 4, jitter=lambda: 0.0), 1) == 0.25  # down to half
 
 
 @pytest.mark.parametrize(

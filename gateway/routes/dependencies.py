@@ -16,10 +16,11 @@ from fastapi import Depends, Request
 
 from gateway.auth import Credential, authenticate
 from gateway.hub import Hub
+from gateway.items import Source
 from gateway.lifecycle import Lifecycle
 from gateway.metrics import Metrics
 from gateway.settings import Settings
-from gateway.source import Source, UpstreamSource
+from gateway.source import UpstreamSource
 from gateway.subscription import Subscription, access_token_param, parse_subscription
 from gateway.ticker import Ticker
 from gateway.upstream import Upstream

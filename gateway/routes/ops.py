@@ -19,7 +19,7 @@ from gateway.auth import SERVICE
 from gateway.errors import GatewayError
 from gateway.metrics import CONTENT_TYPE
 from gateway.routes.dependencies import CredentialDep, StateDep
-from gateway.source import terminal_error
+from gateway.upstream import terminal_error
 
 router = APIRouter()
 

@@ -17,10 +17,10 @@ from fastapi.responses import Response
 
 from gateway.errors import GatewayError
 from gateway.formats import Format, format_for
+from gateway.items import Source
 from gateway.pump import Pump, jittered_retry_ms
 from gateway.response import HEADERS, EventStreamResponse
 from gateway.routes.dependencies import REFUSALS, GatewayState, StateDep, SubscriptionDep
-from gateway.source import Source
 from gateway.subscription import Subscription, openapi_parameters
 
 log = logging.getLogger("gateway.routes.stream")
@@ -75,7 +75,6 @@ async def stream(
     pump = Pump(
         source,
         fmt=fmt,
-        cursor=subscription.cursor,
         settings=state.settings,
         metrics=state.metrics,
         lifecycle=lifecycle,
