@@ -49,9 +49,6 @@ from gateway.upstream import (
     terminal_error,
 )
 
-# Re-exported for the routes (app.py), which take the Source seam and the
-# status table's answer from here; their homes are items.py and upstream.py.
-
 log = logging.getLogger("gateway.source")
 
 _EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]  # missing from grpc-stubs
