@@ -166,6 +166,11 @@ class Channel:
         """What is left to match of ``wanted`` on this channel's events."""
         return wanted.beyond(*self.asked.upstream())
 
+    @property
+    def holds_events(self) -> bool:
+        """Whether the ring holds an event a catch-up stream would meet (and hand over at)."""
+        return bool(self._ring)
+
     def after(self, cursor: str, rest: EventFilter) -> list[SharedEvent | Advance] | None:
         """The ring's replay after ``cursor`` for ``rest`` (see ``Ring.after``), or None."""
         return self._ring.after(cursor, rest)

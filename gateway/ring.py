@@ -29,6 +29,9 @@ class Ring:
         if len(self._events) > self._size:
             self._events.popitem(last=False)
 
+    def __len__(self) -> int:
+        return len(self._events)
+
     def clear(self) -> None:
         """Forget every event (after a reset, what follows does not continue them)."""
         self._events.clear()

@@ -91,16 +91,19 @@ class HubSource:
         self._joined, self._seen = True, channel.newest
 
     def caught_up(self, quiet: float) -> bool:
-        """On the shared feed: live. Catching up: when its own stream went quiet.
+        """On the shared feed: live. Catching up: when it joins the feed at the ring.
 
-        The catch-up normally joins the feed at the ring; a quiet catch-up
-        stream that has not (the ring holds nothing it will bring: a channel
-        that has seen no event yet) has read all there was.
+        Only when the ring holds nothing the catch-up could meet (a channel
+        that has seen no event yet) does a quiet catch-up stream count as
+        caught up: a pause is a guess (a loaded machine makes one mid-run),
+        the hand-over is not.
         """
         if self._joined:
             return not self._ended
-        catching_up = self._catch_up
-        return catching_up is not None and catching_up.caught_up(quiet)
+        catching_up, channel = self._catch_up, self._channel
+        if catching_up is None or (channel is not None and channel.holds_events):
+            return False
+        return catching_up.caught_up(quiet)
 
     def flush(self) -> None:
         if self._catching_up is not None:
