@@ -62,12 +62,8 @@ class ResumeFilter:
 
     def accept(self, cursor: str) -> bool:
         """False for a repeat; otherwise True, and ``cursor`` becomes the new resume point."""
-        if not cursor:
-            return True  # events without cursors cannot be told apart
-        if cursor == self._cursor:
+        if self.repeat(cursor):
             return False
-        key = cursor_key(cursor)
-        if key is not None and self._key is not None and key <= self._key:
-            return False
-        self._cursor, self._key = cursor, key
+        if cursor:  # events without cursors cannot be told apart: no new resume point
+            self._cursor, self._key = cursor, cursor_key(cursor)
         return True
