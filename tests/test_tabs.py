@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import http.server
-import importlib
 import json
-import random
 import signal
 import subprocess
 import threading
@@ -30,6 +28,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from gateway._proto import kumiho_pb2
+from gateway.backoff import CAP, FACTOR, INITIAL, Backoff
 from gateway.matching import EventFilter
 from gateway.metrics import ClientStreams
 from tests.conftest import BOTH_MODES, FAST, DevServer, Gateway, unique_project, wait_until
@@ -150,17 +149,7 @@ def test_the_browser_matcher_takes_the_worst_patterns_in_linear_time() -> None:
     )
 
 
-def _gateway_backoff() -> Any:
-    """The gateway's one backoff class (in its own module once it has one)."""
-    for name in ("gateway.backoff", "gateway.source"):
-        with contextlib.suppress(ImportError):
-            module = importlib.import_module(name)
-            if hasattr(module, "Backoff"):
-                return module.Backoff
-    raise AssertionError("no Backoff in the gateway")
-
-
-def test_the_browser_backs_off_as_the_gateway_does(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_browser_backs_off_as_the_gateway_does() -> None:
     attempts = list(range(12))
     out = json.loads(
         subprocess.run(
@@ -174,17 +163,15 @@ def test_the_browser_backs_off_as_the_gateway_does(monkeypatch: pytest.MonkeyPat
     )
     # The numbers the helper's README names: 250 ms, doubling, up to 30 s.
     assert out["numbers"] == {"initialMs": 250, "factor": 2, "capMs": 30_000}
-    backoff_class = _gateway_backoff()
+    assert (INITIAL, FACTOR, CAP) == (0.25, 2, 30)
 
-    def gateway_waits(end: int) -> list[float]:
-        """The gateway's waits in ms for every attempt, its random draw pinned to one end."""
-        monkeypatch.setattr(random, "uniform", lambda low, high: (low, high)[end])
-        monkeypatch.setattr(random, "random", lambda: float(end))
-        backoff = backoff_class(initial=0.25, cap=30.0)
+    def gateway_waits(end: float) -> list[float]:
+        """The gateway's waits in ms for each failure in a row, its jitter pinned to one end."""
+        backoff = Backoff(jitter=lambda: end)
         return [round(backoff.delay() * 1000, 6) for _ in attempts]
 
-    assert [low for low, _ in out["bounds"]] == gateway_waits(0)
-    assert [high for _, high in out["bounds"]] == gateway_waits(1)
+    assert [low for low, _ in out["bounds"]] == gateway_waits(0.0)
+    assert [high for _, high in out["bounds"]] == gateway_waits(1.0)
 
 
 # -- tabs in one browser ------------------------------------------------------------
