@@ -4,8 +4,9 @@ Every stream of a process shares one event loop, so one step that holds it
 (a CPU-bound match, a synchronous call) delays every client at once. A
 timer due every ``PERIOD`` seconds notes how late it ran: the lateness goes
 to a histogram on ``/metrics``, and lateness over ``WARN_AFTER`` (a step
-that held the loop at least that long) is logged as a warning, so an
-operator sees the cause of the next freeze before the clients report it.
+that held the loop at least that long, or one round of ready work that
+took that long, as one event written to thousands of streams) is logged as
+a warning, so an operator sees the next freeze before the clients report it.
 """
 
 from __future__ import annotations
@@ -47,8 +48,9 @@ class LoopLag:
         self.histogram.observe(late)
         if late > self.warn_after:
             log.warning(
-                "event loop blocked: a timer ran %d ms late, so one step held every stream "
-                "at least that long (see kumiho_gateway_event_loop_lag_seconds)",
+                "event loop blocked: a timer ran %d ms late, so one step (or one round of "
+                "ready work, such as one event's writes to thousands of streams) held every "
+                "stream that long (see kumiho_gateway_event_loop_lag_seconds)",
                 late * 1000,
             )
         self._arm(loop)
