@@ -70,7 +70,7 @@ class FilteringSink:
                 if cursor:
                     self.passed = cursor
                 event = item.event if isinstance(item, SharedEvent) else item
-                if self._rest is None or self._rest.wants(event):
+                if self.wants(event):
                     self._count = 0
                     return self.sink.put(item)
                 self._count += 1
