@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -46,6 +47,7 @@ class Stack:
     dev_addr: str
     gw_port: int
     gw: psutil.Process
+    tmp: Path  # the devserver's database, removed by stop_stack
 
 
 def start_stack(
@@ -73,7 +75,7 @@ def start_stack(
     assert devserver.stdout is not None
     devserver.stdout.readline()
     wait_healthy(f"http://127.0.0.1:{gw_port}")
-    return Stack(devserver, gateway, dev_addr, gw_port, psutil.Process(gateway.pid))
+    return Stack(devserver, gateway, dev_addr, gw_port, psutil.Process(gateway.pid), tmp)
 
 
 def stop_stack(stack: Stack) -> None:
@@ -83,3 +85,5 @@ def stop_stack(stack: Stack) -> None:
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
+    shutil.rmtree(stack.tmp, ignore_errors=True)
