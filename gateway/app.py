@@ -1,7 +1,7 @@
 """The app factory: wires state, lifespan, middleware, error answers and the routers.
 
 It holds no route: each HTTP surface is a module of ``gateway/routes``
-(``stream``, ``poll``, ``ops``), and what they share is a ``GatewayState``
+(``stream``, ``poll``, ``ops``, ``docs``), and what they share is a ``GatewayState``
 on ``app.state.gateway``, handed to them by ``routes/dependencies.py``.
 """
 
@@ -26,7 +26,7 @@ from gateway.lifecycle import Lifecycle
 from gateway.looplag import LoopLag
 from gateway.metrics import Metrics
 from gateway.response import StreamHandoff
-from gateway.routes import ops, poll, stream
+from gateway.routes import docs, ops, poll, stream
 from gateway.routes.dependencies import GatewayState
 from gateway.settings import Settings
 from gateway.ticker import Ticker
@@ -54,6 +54,7 @@ _ROUTERS: tuple[tuple[APIRouter, str], ...] = (
     (stream.router, ""),
     *((poll.router, prefix) for prefix in poll.PREFIXES),
     (ops.router, ""),
+    (docs.router, ""),
 )
 
 
@@ -113,6 +114,7 @@ def build_app(
         version=__version__,
         summary="Kumiho's gRPC EventStream as Server-Sent Events",
         lifespan=lifespan,
+        redoc_url=None,  # routes/docs.py serves it, without the logo from a CDN
     )
     app.state.gateway = state
     if settings.cors_origins:

@@ -5,8 +5,10 @@ The dashboard's own tests are in test_dashboard.py.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -40,6 +42,38 @@ def test_the_api_docs_render_with_nothing_from_another_host(
     assert "kumiho-sse-gateway" in page.locator(".swagger-ui .title").first.inner_text()
     page.wait_for_selector("text=/events", timeout=10_000)  # the operations rendered
     assert requested and all(url.startswith(gateway.url) for url in requested), requested
+
+
+def _hosts_named(text: str) -> set[str]:
+    """The hosts of every absolute http(s) URL in ``text``."""
+    return {urlsplit(url).netloc for url in re.findall(r"https?://[^\s\"'<>)]+", text)}
+
+
+# Each page, and what shows once it has rendered the operations.
+DOC_PAGES = {"/redoc": "[role=menuitem] >> nth=3", "/docs": ".swagger-ui .opblock >> nth=3"}
+
+
+@pytest.mark.parametrize("path", list(DOC_PAGES))
+def test_the_api_doc_pages_load_nothing_from_another_host(
+    page: Any,
+    make_devserver: Callable[..., DevServer],
+    make_gateway: Callable[..., Gateway],
+    path: str,
+) -> None:
+    gateway = make_gateway(make_devserver().address, *FAST)
+    here = urlsplit(gateway.url).netloc
+    html = httpx.get(gateway.url + path, timeout=10)
+    assert html.status_code == 200
+    assert _hosts_named(html.text) <= {here}, html.text
+    # What the browser asks for while the page renders, images and fonts included.
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    page.goto(gateway.url + path)
+    page.wait_for_selector(DOC_PAGES[path], timeout=20_000)
+    page.wait_for_load_state("networkidle", timeout=20_000)
+    # data: and blob: URLs are the page's own memory.
+    hosts = {urlsplit(url).netloc for url in requested if not url.startswith(("data:", "blob:"))}
+    assert hosts == {here}, requested
 
 
 def test_a_400_stops_eventsource_for_good(

@@ -2,6 +2,6 @@
 
 ``stream`` serves ``/events`` and ``/api/v1/events/stream`` over one path;
 ``poll`` the bounded read, under both prefixes; ``ops`` what operators and
-the dashboard use. What they all need (the app's state, the credential, the
-Subscription) comes from ``dependencies``.
+the dashboard use; ``docs`` the ReDoc page. What they all need (the app's
+state, the credential, the Subscription) comes from ``dependencies``.
 """
