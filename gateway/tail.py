@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import random
+import signal
 import sys
 import unicodedata
 import zlib
@@ -165,6 +166,10 @@ def _positive(text: str) -> int:
 
 def run(ns: argparse.Namespace) -> int:
     """Follow the stream the parsed flags name until done; returns the exit status."""
+    # Ctrl-C ends tail with 130 even when it was started with SIGINT ignored
+    # (a script's `cmd &`, some CI runners): Python keeps an inherited
+    # SIG_IGN, and a terminal client that Ctrl-C cannot stop is a trap.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     for stream in (sys.stdout, sys.stderr):
         # A kref in a script the terminal's encoding lacks is escaped, never a crash.
         if hasattr(stream, "reconfigure"):

@@ -18,6 +18,7 @@ from typing import IO
 import pytest
 
 from gateway.tail import (
+    EXIT_INTERRUPTED,
     MAX_BACKOFF_MS,
     MIN_BACKOFF_MS,
     reconnect_delay_ms,
@@ -57,12 +58,29 @@ def run_tail(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
     )
 
 
-class TailProcess:
-    """A tail running in the background; its stdout and stderr lines gathered as they come."""
+# Runs tail as a script's `cmd &` (or `nohup cmd &`) and some CI runners do:
+# SIGINT ignored (SIG_IGN survives exec). exec keeps the pid, so the signal reaches tail.
+SIGINT_IGNORED = [
+    sys.executable,
+    "-c",
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])",
+    *TAIL[1:],
+]
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+
+class TailProcess:
+    """A tail running in the background; its stdout and stderr lines gathered as they come.
+
+    ``sigint_ignored``: started by a parent that ignores SIGINT. Either way, a
+    test signals it only once it shows it runs (a line, a notice, a stream).
+    """
+
+    def __init__(
+        self, *args: str, env: dict[str, str] | None = None, sigint_ignored: bool = False
+    ) -> None:
         self.proc = subprocess.Popen(
-            [*TAIL, *args],
+            [*(SIGINT_IGNORED if sigint_ignored else TAIL), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -103,8 +121,10 @@ class TailProcess:
 def start_tail() -> Iterator[Callable[..., TailProcess]]:
     started: list[TailProcess] = []
 
-    def start(*args: str, env: dict[str, str] | None = None) -> TailProcess:
-        started.append(TailProcess(*args, env=env))
+    def start(
+        *args: str, env: dict[str, str] | None = None, sigint_ignored: bool = False
+    ) -> TailProcess:
+        started.append(TailProcess(*args, env=env, sigint_ignored=sigint_ignored))
         return started[-1]
 
     yield start
@@ -501,6 +521,19 @@ def test_readable_lines_show_time_routing_key_kref_author_and_details(
 
     with_no_color = run_tail(*flags, "--color", "always", env=tail_env(NO_COLOR="1"))
     assert with_no_color.stdout == coloured.stdout  # an explicit choice wins over NO_COLOR
+
+
+def test_ctrl_c_stops_a_tail_started_with_sigint_ignored(
+    stack: tuple[DevServer, Gateway], start_tail: Callable[..., TailProcess]
+) -> None:
+    devserver, gateway = stack
+    project = unique_project()
+    flags = [gateway.url, "--json", "--from", "beginning", "--kref", f"kref://{project}/**"]
+    published = devserver.publish("revision.created", f"kref://{project}/a/b.model")
+    tail = start_tail(*flags, sigint_ignored=True)
+    assert cursors(tail.wait_lines(1)) == published  # it runs, with its own handling in place
+    assert tail.kill(signal.SIGINT) == EXIT_INTERRUPTED
+    assert tail.err == []
 
 
 def run_in_terminal(*args: str, env: dict[str, str]) -> str:
