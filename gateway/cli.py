@@ -315,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         metavar="RATE",
-        help="generate studio events per second (default: 0, none)",
+        help="generate studio events per second, into every --token's tenant (default: 0, none)",
     )
     dev.add_argument(
         "--break-after",

@@ -109,6 +109,30 @@ def test_publish_prints_cursors_that_the_gateway_serves(
     assert bad.returncode != 0 and "KEY=VALUE" in bad.stderr
 
 
+def test_devserver_activity_reaches_every_token_s_tenant(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver(
+        "--token", "tok-a=studio-a", "--token", "tok-b=studio-b", "--activity", "20"
+    )  # fmt: skip
+    gateway = make_gateway(devserver.address, "--auth", "passthrough")
+
+    def generated(token: str) -> int:
+        answer = httpx.get(
+            gateway.url + "/events/poll",
+            params={"from": "beginning", "timeout": "2"},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
+        assert answer.status_code == 200, answer.text
+        return len(answer.json()["events"])
+
+    for token in ("tok-a", "tok-b"):
+        wait_until(lambda t=token: generated(t) >= 3, 20, f"studio activity for {token}")
+    # No token, no events: the activity went to the tenants, not around them.
+    assert httpx.get(gateway.url + "/events", timeout=10).status_code == 401
+
+
 def test_demo_streams_studio_activity_within_two_seconds(tmp_path: Path) -> None:
     port = free_port()
     cache = tmp_path / "cache"  # where a devserver keeps its default store

@@ -52,10 +52,16 @@ class DevServerConfig:
     tokens: dict[str, str] = field(default_factory=dict)  # token -> tenant
     denied_tokens: set[str] = field(default_factory=set)
     activity: float = 0.0  # events per second (0 = none)
-    activity_tenant: str = DEFAULT_TENANT
     break_after: int = 0
     refuse: bool = False
     late_headers: bool = False
+
+    def activity_tenants(self) -> list[str]:
+        """Where the activity goes: every tenant a token opens, or the open server's default.
+
+        A tenant that no token reads would make ``--activity`` with ``--token`` invisible.
+        """
+        return sorted(set(self.tokens.values())) or [DEFAULT_TENANT]
 
     def effective_tier(self) -> Tier:
         base = TIERS[self.tier]
@@ -113,7 +119,7 @@ async def running_devserver(config: DevServerConfig) -> AsyncIterator[RunningDev
         raise AddressInUse(address) from None
     await server.start()
     activity = (
-        asyncio.create_task(_generate(events.log, config.activity, config.activity_tenant))
+        asyncio.create_task(_generate(events.log, config.activity, config.activity_tenants()))
         if config.activity > 0
         else None
     )
@@ -128,7 +134,8 @@ async def running_devserver(config: DevServerConfig) -> AsyncIterator[RunningDev
         store.close()
 
 
-async def _generate(log_: EventLog, rate: float, tenant: str) -> None:
+async def _generate(log_: EventLog, rate: float, tenants: list[str]) -> None:
+    """``rate`` events a second, each published to every one of ``tenants``."""
     studio = StudioActivity()
     interval = 1.0 / rate
     loop = asyncio.get_running_loop()
@@ -136,6 +143,8 @@ async def _generate(log_: EventLog, rate: float, tenant: str) -> None:
     while True:
         # Catch up in one batch after a stall rather than drifting behind.
         due = max(1, int((loop.time() - next_at) / interval) + 1)
-        log_.publish(tenant, [studio.next_event() for _ in range(min(due, 1000))])
+        batch = [studio.next_event() for _ in range(min(due, 1000))]
+        for tenant in tenants:
+            log_.publish(tenant, batch)
         next_at += due * interval
         await asyncio.sleep(max(0.0, next_at - loop.time()))
