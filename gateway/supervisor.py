@@ -25,6 +25,11 @@ each imports everything afresh) and supervises them:
 - Metrics: the parent makes a fresh ``PROMETHEUS_MULTIPROC_DIR`` before the
   first worker starts and removes it at exit (its workers do, if it was
   killed outright), and removes a dead worker's live gauges (see ``metrics.py``).
+  A pool killed outright with no worker left to clean up (the whole process
+  group SIGKILLed, or the parent while every worker waited to restart) leaves
+  its directory: the next pool's parent removes those whose parent and
+  workers are all gone (the parent's pid is in the name, the workers' in
+  their files' names).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import re
 import shutil
 import signal
 import socket
@@ -45,6 +51,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event
+from pathlib import Path
 from types import FrameType
 
 from prometheus_client.multiprocess import mark_process_dead
@@ -306,17 +313,65 @@ class _Pool:
             )
 
 
+METRICS_DIR_PREFIX = "kumiho-gateway-metrics-"
+# The pid in a metrics file's name (prometheus-client's "<kind>_<pid>.db").
+_FILE_PID = re.compile(r"_(\d{1,10})\.db")
+
+
 def metrics_directory() -> str:
-    """A fresh directory for the pool's metrics files.
+    """A fresh directory for the pool's metrics files, named with this process's pid.
 
     In ``$TMPDIR`` when it is set, else in ``/dev/shm`` (memory, and writable in
     a container with a read-only root file system), else in the default temporary
-    directory.
+    directory. Stale ones there go first (``sweep_metrics_directories``).
     """
-    parent = None
+    parent = tempfile.gettempdir()
     if not os.environ.get("TMPDIR") and os.access("/dev/shm", os.W_OK | os.X_OK):
         parent = "/dev/shm"
-    return tempfile.mkdtemp(prefix="kumiho-gateway-metrics-", dir=parent)
+    for stale in sweep_metrics_directories(parent):
+        log.info("removed %s: its pool is gone", stale)
+    return tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}-", dir=parent)
+
+
+def sweep_metrics_directories(parent: str) -> list[Path]:
+    """Remove this user's pool metrics directories in ``parent`` whose processes are all gone.
+
+    A directory is left alone when its parent's pid or any of its workers' is
+    alive (a pid reused since only delays the removal), when it is another
+    user's, or when its name carries no pid (not made by this version).
+    """
+    removed = []
+    for path in Path(parent).glob(METRICS_DIR_PREFIX + "*"):
+        pids = _pool_pids(path)
+        if pids is not None and not any(_alive(pid) for pid in pids):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _pool_pids(path: Path) -> set[int] | None:
+    """The pids of the pool that made ``path``, or None when it is not ours to judge."""
+    owner, dash, _ = path.name.removeprefix(METRICS_DIR_PREFIX).partition("-")
+    try:
+        if not (dash and owner.isdigit() and len(owner) <= 10):
+            return None
+        info = path.lstat()
+        if not path.is_dir() or path.is_symlink() or info.st_uid != os.getuid():
+            return None
+        files = [_FILE_PID.search(entry.name) for entry in path.iterdir()]
+    except OSError:  # gone meanwhile, or unreadable
+        return None
+    return {int(owner)} | {int(found.group(1)) for found in files if found}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: asks only whether the process exists
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # another user's, or no pid at all
+        return True
+    return True
 
 
 def serve_workers(settings: Settings, run: Run) -> int:
@@ -325,25 +380,27 @@ def serve_workers(settings: Settings, run: Run) -> int:
     Returns when a signal has stopped them all: 0, or 3 when a worker could not start.
     """
     logs.install(settings.log_level)
-    sock = listening_socket(settings)
-    metrics_dir = metrics_directory()
-    previous = os.environ.get(MULTIPROC_DIR_ENV)
-    # Inherited by each worker, whose prometheus-client then keeps its values in files there.
-    os.environ[MULTIPROC_DIR_ENV] = metrics_dir
-    pool = _Pool(settings, run, sock, metrics_dir)
-    handlers = {sig: signal.signal(sig, pool.on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    with contextlib.ExitStack() as cleanup:  # undone in reverse, whatever ends the pool
+        sock = listening_socket(settings)
+        cleanup.callback(sock.close)
+        metrics_dir = metrics_directory()
+        cleanup.callback(shutil.rmtree, metrics_dir, ignore_errors=True)
+        # Inherited by each worker, whose prometheus-client then keeps its values in files there.
+        previous = os.environ.get(MULTIPROC_DIR_ENV)
+        os.environ[MULTIPROC_DIR_ENV] = metrics_dir
+        cleanup.callback(_restore_environment, MULTIPROC_DIR_ENV, previous)
+        pool = _Pool(settings, run, sock, metrics_dir)
+        cleanup.callback(pool.close)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            cleanup.callback(signal.signal, sig, signal.signal(sig, pool.on_signal))
         return pool.run()
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
-        pool.close()
-        sock.close()
-        shutil.rmtree(metrics_dir, ignore_errors=True)
-        if previous is None:
-            os.environ.pop(MULTIPROC_DIR_ENV, None)
-        else:
-            os.environ[MULTIPROC_DIR_ENV] = previous
+
+
+def _restore_environment(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
 
 
 def worker_exited(spec: WorkerSpec) -> None:

@@ -191,9 +191,9 @@ def make_devserver(tmp_path: Path) -> Iterator[Callable[..., DevServer]]:
     started: list[DevServer] = []
 
     def make(*args: str, db: Path | None = None) -> DevServer:
-        server = DevServer(db or tmp_path / f"devserver-{len(started)}.sqlite3", list(args)).start()
-        started.append(server)
-        return server
+        server = DevServer(db or tmp_path / f"devserver-{len(started)}.sqlite3", list(args))
+        started.append(server)  # first: one that fails to start is stopped all the same
+        return server.start()
 
     yield make
     for server in started:
@@ -220,13 +220,15 @@ def make_gateway(
             tmp_path / f"gateway-{len(started)}.log",
             [*args, *mode],
             dict(env or {}),
-        ).start()
-        started.append(gateway)
-        return gateway
+        )
+        started.append(gateway)  # first: one that fails to start is stopped all the same
+        return gateway.start()
 
     yield make
     for gateway in started:
-        gateway.stop(signal.SIGKILL)
+        # A pool gets the signal that stops it cleanly: killed while none of its
+        # workers lives (one waiting to restart), nobody would remove its metrics.
+        gateway.stop(signal.SIGTERM if "--workers" in gateway.args else signal.SIGKILL)
 
 
 # Fast heartbeats and backoff so the resilience tests finish quickly.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 import re
 import signal
 import subprocess
@@ -19,7 +20,12 @@ import pytest
 from httpx_sse import connect_sse
 
 from gateway.backoff import Backoff
-from gateway.supervisor import exit_description, restart_delay
+from gateway.supervisor import (
+    METRICS_DIR_PREFIX,
+    exit_description,
+    restart_delay,
+    sweep_metrics_directories,
+)
 from tests.conftest import (
     FAST,
     STATUS,
@@ -262,6 +268,97 @@ def test_a_parent_killed_outright_leaves_no_workers_and_no_metrics_directory(
     gateway.proc.wait(5)
     wait_until(lambda: not any(w.is_running() for w in workers), 15, "the workers to exit")
     assert not metrics_dir.exists(), "the orphaned workers remove it"
+
+
+SHM = Path("/dev/shm")
+
+
+def _of_a_live_pool(name: str) -> bool:
+    """Whether a /dev/shm entry is the metrics directory of a pool still running
+    (another test run on this machine may have one open)."""
+    owner = name.removeprefix(METRICS_DIR_PREFIX).partition("-")[0]
+    return name.startswith(METRICS_DIR_PREFIX) and owner.isdigit() and psutil.pid_exists(int(owner))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
+def test_a_pool_stopped_by_a_signal_leaves_nothing_in_dev_shm(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway], sig: int
+) -> None:
+    if os.environ.get("TMPDIR") or not os.access(SHM, os.W_OK):
+        pytest.skip("the pool keeps its metrics in $TMPDIR, not /dev/shm")
+    before = set(os.listdir(SHM))
+    _, gateway = pool(make_devserver, make_gateway)
+    assert gateway.proc is not None
+    workers = [psutil.Process(pid) for pid in worker_pids(gateway)]
+    metrics_dir = Path(workers[0].environ()["PROMETHEUS_MULTIPROC_DIR"])
+    assert metrics_dir.parent == SHM
+    assert metrics_dir.name.startswith(f"{METRICS_DIR_PREFIX}{gateway.proc.pid}-")
+    gateway.proc.send_signal(sig)
+    assert gateway.proc.wait(30) == 0, gateway.log()
+    assert not any(w.is_running() for w in workers)
+    assert not metrics_dir.exists()
+    # Nothing new stays: what another program made meanwhile goes by itself.
+    wait_until(
+        lambda: all(_of_a_live_pool(name) for name in set(os.listdir(SHM)) - before),
+        10,
+        f"no new entry in /dev/shm: {sorted(set(os.listdir(SHM)) - before)}",
+    )
+
+
+def test_a_pool_killed_with_its_workers_leaves_a_directory_the_next_pool_removes(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    devserver = make_devserver()
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    env = {"TMPDIR": str(tmpdir)}
+    first = make_gateway(devserver.address, *FAST, "--workers", "2", env=env)
+    wait_until(lambda: len(worker_pids(first)) == 2, 15, "two workers")
+    assert first.proc is not None
+    killed = [psutil.Process(first.proc.pid), *map(psutil.Process, worker_pids(first))]
+    stale = Path(killed[1].environ()["PROMETHEUS_MULTIPROC_DIR"])
+    assert stale.parent == tmpdir
+    # As a container runtime or the OOM killer may: all at once, nobody left to clean up.
+    for process in killed:
+        process.kill()
+    first.proc.wait(5)
+    wait_until(lambda: not any(p.is_running() for p in killed), 15, "every process gone")
+    assert stale.is_dir() and any(stale.iterdir()), "the workers' files stayed"
+
+    second = make_gateway(devserver.address, *FAST, "--workers", "2", env=env)
+    wait_until(lambda: len(worker_pids(second)) == 2, 15, "two workers")
+    assert not stale.exists()
+    assert f"removed {stale}: its pool is gone" in second.log()
+    [current] = tmpdir.iterdir()
+    assert current.name.startswith(f"{METRICS_DIR_PREFIX}{second.proc.pid}-")  # type: ignore[union-attr]
+
+
+def test_the_sweep_removes_only_directories_whose_pool_is_gone(tmp_path: Path) -> None:
+    exited = subprocess.Popen([sys.executable, "-c", ""])
+    exited.wait()
+    dead, alive = exited.pid, os.getpid()
+
+    def directory(name: str, *files: str) -> Path:
+        path = tmp_path / f"{METRICS_DIR_PREFIX}{name}"
+        path.mkdir()
+        for file in files:
+            (path / file).write_bytes(b"")
+        return path
+
+    gone = directory(f"{dead}-a1", f"counter_{dead}.db", f"histogram_{dead}.db")
+    worker_alive = directory(f"{dead}-b2", f"counter_{alive}.db")  # its parent was killed
+    parent_alive = directory(f"{alive}-c3")  # a pool just started: no file yet
+    unnamed = directory("d4", f"counter_{dead}.db")  # no pid in the name: not ours to judge
+    not_a_directory = tmp_path / f"{METRICS_DIR_PREFIX}{dead}-e5"
+    not_a_directory.write_text("")
+    target = directory(f"{alive}-f6", "keep.db")
+    link = tmp_path / f"{METRICS_DIR_PREFIX}{dead}-g7"
+    link.symlink_to(target)
+
+    assert sweep_metrics_directories(str(tmp_path)) == [gone]
+    assert not gone.exists()
+    for kept in (worker_alive, parent_alive, unnamed, not_a_directory, link, target / "keep.db"):
+        assert kept.exists(), kept
 
 
 def test_a_worker_that_cannot_start_stops_the_pool(tmp_path: Path) -> None:
