@@ -30,12 +30,15 @@ import gateway.server
 from gateway.app import create_app as _create_app
 from gateway.cli import main
 from gateway.lifecycle import Lifecycle
+from gateway.metrics import Metrics
 from gateway.pump import Pump
 from gateway.response import HEADERS
 from gateway.settings import Settings
 
 
-def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ASGIApp:
+def create_app(
+    settings: Settings, lifecycle: Lifecycle | None = None, metrics: Metrics | None = None
+) -> ASGIApp:
     """``gateway.app.create_app`` whose /events answers an EventSourceResponse."""
 
     def event_source_response(pump: Pump) -> EventSourceResponse:
@@ -50,7 +53,7 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> ASGIAp
 
     # The route looks EventStreamResponse up in its module when it answers.
     gateway.routes.stream.EventStreamResponse = event_source_response  # type: ignore[attr-defined,assignment]
-    return _create_app(settings, lifecycle)
+    return _create_app(settings, lifecycle, metrics)
 
 
 if __name__ == "__main__":

@@ -25,18 +25,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable
-from pathlib import Path
 
 import httpx
 import psutil
-from stack import free_port, wait_healthy
+from stack import start_stack, stop_stack
 
 from gateway.devserver.control import DevServerClient
 
@@ -119,55 +115,21 @@ def main() -> None:
     args = parser.parse_args()
     n = args.events
 
-    tmp = Path(tempfile.mkdtemp(prefix="kumiho-bench-"))
-    dev_port, gw_port = free_port(), free_port()
     # Readers on CPU 1; the devserver and this process (the SSE client) on CPU 0.
     pinned = (os.cpu_count() or 1) >= 2
     producer_cpus, reader_cpus = ({0}, {1}) if pinned else (None, None)
-
-    def pin(cpus: set[int] | None) -> Callable[[], None] | None:
-        return (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
-
     if producer_cpus:
         os.sched_setaffinity(0, producer_cpus)
-    devserver = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "devserver",
-            "--port",
-            str(dev_port),
-            "--db",
-            str(tmp / "bench.sqlite3"),
-            "--tier",
-            "enterprise",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        preexec_fn=pin(producer_cpus),
-    )
-    gateway = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "serve",
-            "--upstream",
-            f"127.0.0.1:{dev_port}",
-            "--port",
-            str(gw_port),
-            "--log-level",
-            "warning",
-        ],
-        preexec_fn=pin(reader_cpus),
+    stack = start_stack(
+        False,
+        devserver_args=("--tier", "enterprise"),
+        devserver_cpus=producer_cpus,
+        gateway_cpus=reader_cpus,
     )
     raw: RawReader | None = None
-    url = f"http://127.0.0.1:{gw_port}"
+    url = f"http://127.0.0.1:{stack.gw_port}"
     try:
-        assert devserver.stdout is not None
-        devserver.stdout.readline()
-        with DevServerClient(f"127.0.0.1:{dev_port}", timeout=120) as control:
+        with DevServerClient(stack.dev_addr, timeout=120) as control:
             for start in range(0, n, 5000):
                 control.publish(
                     "revision.created",
@@ -177,9 +139,8 @@ def main() -> None:
                     username="bench",
                     count=min(5000, n - start),
                 )
-        wait_healthy(url)
-        gw = psutil.Process(gateway.pid)
-        raw = RawReader(f"127.0.0.1:{dev_port}", reader_cpus)
+        gw = stack.gw
+        raw = RawReader(stack.dev_addr, reader_cpus)
         read_sse(url, min(n, 1000))  # warm up both paths once
         raw.read(min(n, 1000))
 
@@ -219,12 +180,8 @@ def main() -> None:
     finally:
         if raw is not None:
             raw.proc.kill()
-        for proc in (gateway, devserver):
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            raw.proc.wait()
+        stop_stack(stack)
 
 
 if __name__ == "__main__":
