@@ -5,6 +5,9 @@
 //   const feed = subscribe({ routingKey: "revision.*", onEvent: (e) => console.log(e.kref) });
 //   feed.close();
 //
+// It reads the gateway it was loaded from (its /events), unless given a `url`: a page of
+// another origin may import it straight from the gateway.
+//
 // Over HTTP/1.1 a browser holds at most six connections to a host, and each
 // EventSource keeps one for good. So the tabs of one origin elect a leader
 // (Web Locks); the leader holds one EventSource for the union of every tab's
@@ -54,11 +57,14 @@
 
 /**
  * An error: the stream ends. Retryable ones (a gateway at its limits) reconnect by themselves;
- * any other stops the feed.
+ * any other stops the feed. The gateway's codes, or "not_a_gateway": the URL answered a status
+ * retrying cannot change (a 404) or a 200 that is no poll answer, without the gateway's error
+ * envelope (a wrong `url`, or a proxy in the way).
  * @typedef {Object} KumihoError
  * @property {string} code
  * @property {string} message
  * @property {boolean} retryable
+ * @property {number} [status]           the HTTP status, for "not_a_gateway"
  */
 
 /**
@@ -69,7 +75,8 @@
 
 /**
  * @typedef {Object} SubscribeOptions
- * @property {string} [url="/events"]           the gateway's /events URL (absolute for another origin)
+ * @property {string} [url]                     the gateway's /events URL; default: the /events beside
+ *                                              this module, on the gateway that served it
  * @property {string|string[]} [routingKey]     routing-key filter, e.g. "revision.*"; a list means any of them
  * @property {string|string[]} [kref]           kref filter, e.g. "kref://film/**"; a list likewise
  * @property {Object<string, string|string[]>} [details]  detail filters, e.g. {tag: "approved"} (globs, lists)
@@ -452,12 +459,21 @@ class Feed {
 /** @param {MessageEvent|Event} message */
 const json = (message) => JSON.parse(/** @type {MessageEvent} */ (message).data);
 
+// The /events beside this module, on the gateway that served it. A module not loaded over
+// HTTP (bundled, or read from a file) falls back to the page's own /events.
+const DEFAULT_URL = /^https?:$/.test(new URL(import.meta.url).protocol)
+  ? new URL("events", import.meta.url).href
+  : "/events";
+
+/** The gateway's /events URL. @param {SubscribeOptions} options */
+const gatewayUrl = (options) => new URL(options.url || DEFAULT_URL, location.href);
+
 /**
  * The gateway URL with the filter, the credential and a start.
  * @param {SubscribeOptions} options @param {Filter} filter @param {Start} start
  */
 function streamUrl(options, filter, start) {
-  const url = new URL(options.url || "/events", location.href);
+  const url = gatewayUrl(options);
   for (const [name, value] of filterQuery(filter)) url.searchParams.set(name, value);
   if (options.consumerGroup) url.searchParams.set("consumer_group", options.consumerGroup);
   if (start.cursor) url.searchParams.set("cursor", start.cursor);
@@ -471,15 +487,36 @@ function streamUrl(options, filter, start) {
  * @param {Feed} feed @param {Start} start
  */
 function ownConnection(feed, start) {
-  const stream = new Stream(feed.options, feed.filter, start, {
-    // Its id, not the event's cursor: on a tier without cursors the gateway's own id resumes.
-    event: (message) => feed.deliver(json(message), message.lastEventId),
-    status: (status) => feed.report(status),
-    reset: (reset) => feed.reset(reset),
-    error: (error) => feed.fail(error),
-    state: (state) => feed.setState(state),
-  });
-  feed.onClose = () => stream.close();
+  /** @type {Stream|null} */
+  let stream = null;
+  /** @param {Start} from */
+  const open = (from) => {
+    const opened = new Stream(feed.options, feed.filter, from, {
+      // Its id, not the event's cursor: on a tier without cursors the gateway's own id resumes.
+      event: (message) => feed.deliver(json(message), message.lastEventId),
+      status: (status) => feed.report(status),
+      reset: (reset) => feed.reset(reset),
+      error: (error) => feed.fail(error),
+      state: (state) => {
+        if (state !== "stopped") {
+          feed.setState(state);
+          return;
+        }
+        // Refused: report why, or open again where the feed is.
+        feed.setState("reconnecting");
+        const gone = () => feed.closed || stream !== opened;
+        whyRefused(feed.options, () => feed.filter, gone).then((error) => {
+          if (gone()) return;
+          if (error) feed.fail(error);
+          else if (feed.cursor) open({ cursor: feed.cursor, from: "" });
+          else open(opened.since ? { cursor: "", from: opened.since } : from);
+        });
+      },
+    });
+    stream = opened;
+  };
+  open(start);
+  feed.onClose = () => stream?.close();
 }
 
 /**
@@ -593,7 +630,7 @@ const hubs = new Map();
  * @param {SubscribeOptions} options
  */
 function scopeOf(options) {
-  const parts = [new URL(options.url || "/events", location.href).href];
+  const parts = [gatewayUrl(options).href];
   if (options.withCredentials) parts.push("cookies");
   if (options.accessToken) parts.push(`token:${fingerprint(options.accessToken)}`);
   return parts.join(" ");
@@ -878,27 +915,17 @@ class Hub {
   }
 
   /**
-   * The gateway answered the stream with an error status, which EventSource does not show:
-   * ask the same question as a poll to learn why. A refusal stops every subscription with
-   * it; anything else (a proxy's 502, a tab leaving mid-request) is tried again.
+   * The gateway answered the stream with an error status: a refusal (see whyRefused) stops
+   * every subscription with it; otherwise the stream opens again.
    * @param {Stream} source
    */
   async refused(source) {
     this.post({ type: "state", state: "reconnecting" });
-    for (let attempt = 0; ; attempt += 1) {
-      await pause(attempt);
-      if (this.closed || this.source !== source) return;
-      const answer = await poll(this.options, union([...this.registry.values()]), { cursor: "", from: "latest" }, 0);
-      if (this.closed || this.source !== source) return;
-      if (answer.error) {
-        this.post({ type: "error", error: answer.error });
-        return;
-      }
-      if (answer.body) {
-        this.open();
-        return;
-      }
-    }
+    const gone = () => this.closed || this.source !== source;
+    const error = await whyRefused(this.options, () => union([...this.registry.values()]), gone);
+    if (gone()) return;
+    if (error) this.post({ type: "error", error });
+    else this.open();
   }
 }
 
@@ -1008,8 +1035,31 @@ class Shared {
 }
 
 /**
- * One GET of /events/poll (next to the stream's URL): the answer, a refusal (the gateway's
- * error envelope, when retrying cannot help), or neither (unreachable, or asked to retry).
+ * A stream was answered with an error status, which EventSource does not show: ask the same
+ * question as a poll, with backoff, to learn why. The refusal to report (the gateway's, or an
+ * answer that is not the gateway's: see poll), or null once the gateway answers (the stream may
+ * open again) or `gone()` says to stop asking. A proxy's 502 or a tab leaving mid-request is
+ * asked again.
+ * @param {SubscribeOptions} options @param {() => Filter} filter
+ * @param {() => boolean} gone
+ * @returns {Promise<KumihoError|null>}
+ */
+async function whyRefused(options, filter, gone) {
+  for (let attempt = 0; ; attempt += 1) {
+    await pause(attempt);
+    if (gone()) return null;
+    const answer = await poll(options, filter(), { cursor: "", from: "latest" }, 0);
+    if (gone()) return null;
+    if (answer.error) return answer.error;
+    if (answer.body) return null;
+  }
+}
+
+/**
+ * One GET of /events/poll (next to the stream's URL): the answer, a refusal, or neither
+ * (unreachable, or asked to retry: a 5xx or a 429). A refusal is the gateway's error envelope
+ * when retrying cannot help, or "not_a_gateway": a status retrying cannot help (a 404) without
+ * that envelope, or a success that is no poll answer (a page's HTML).
  * @param {SubscribeOptions} options @param {Filter} filter
  * @param {Start} start @param {number} wait seconds
  * @returns {Promise<{body?: any, error?: KumihoError}>}
@@ -1019,16 +1069,29 @@ async function poll(options, filter, start, wait) {
   url.pathname = `${url.pathname.replace(/\/stream$/, "")}/poll`;
   url.searchParams.set("timeout", String(wait));
   url.searchParams.set("max_events", "1000");
+  /** @type {Response} */
+  let response;
   try {
-    const response = await fetch(url, { credentials: options.withCredentials ? "include" : "same-origin" });
-    learnClock(response);
-    const body = await response.json();
-    if (response.ok) return { body };
-    if (response.status < 500 && response.status !== 429) return { error: { ...body.error, retryable: false } };
+    response = await fetch(url, { credentials: options.withCredentials ? "include" : "same-origin" });
   } catch {
-    /* unreachable, or not the gateway's JSON */
+    return {}; // unreachable (or a cross-origin answer the browser does not show)
   }
-  return {};
+  learnClock(response);
+  if (response.status >= 500 || response.status === 429) return {};
+  const body = await response.json().catch(() => null);
+  if (response.ok && Array.isArray(body?.events)) return { body };
+  if (!response.ok && typeof body?.error?.code === "string") {
+    return { error: { ...body.error, retryable: false } };
+  }
+  const answered = `${response.status} ${response.statusText}`.trim();
+  return {
+    error: {
+      code: "not_a_gateway",
+      message: `${url.origin}${url.pathname} answered ${answered}, not as a Kumiho gateway does: is the url option right?`,
+      retryable: false,
+      status: response.status,
+    },
+  };
 }
 
 // The gateway's one backoff, twinned (tests/test_tabs.py holds the two to the same numbers): the

@@ -268,3 +268,67 @@ def test_browser_credentials_and_tenant_isolation(
         b.close()
     log = gateway.log()
     assert "access_token=***" in log and "tok-b" not in log and "tok-a" not in log
+
+
+def _importing_page(gateway: Gateway, options: str) -> str:
+    """A page that imports the library from the gateway and subscribes with ``options``."""
+    return f"""<!doctype html><meta charset="utf-8"><script type="module">
+      import {{ subscribe }} from "{gateway.url}/kumiho-events.js";
+      window.got = [];
+      window.errors = [];
+      window.feed = subscribe({{
+        storageKey: null, ...{options},
+        onEvent: (e) => window.got.push(e.cursor),
+        onError: (e) => window.errors.push(e),
+      }});
+    </script>"""
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "own"])
+def test_the_library_imported_from_another_origin_reads_the_gateway_it_came_from(
+    page: Any,
+    make_devserver: Callable[..., DevServer],
+    make_gateway: Callable[..., Gateway],
+    page_server: Callable[[dict[str, str]], PageServer],
+    shared: bool,
+) -> None:
+    devserver = make_devserver()
+    project = unique_project()
+    pages = page_server({})
+    gateway = make_gateway(devserver.address, *FAST, "--cors-origins", pages.origin)
+    before = devserver.publish("revision.created", f"kref://{project}/a.model", count=2)
+    options = f'{{from: "beginning", kref: "kref://{project}/**", shared: {str(shared).lower()}}}'
+    url = pages.write("index.html", _importing_page(gateway, options))
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    page.goto(url)
+    page.wait_for_function(f"window.got.length === {len(before)}", timeout=20_000)
+    page.wait_for_function("window.feed.state() === 'live'", timeout=20_000)
+    after = devserver.publish("revision.created", f"kref://{project}/b.model")
+    page.wait_for_function(f"window.got.length === {len(before) + 1}", timeout=20_000)
+    assert page.evaluate("window.got") == before + after
+    assert page.evaluate("window.errors") == []
+    # The page's own origin served the page, and nothing else was asked of it.
+    assert [u for u in requested if u.startswith(pages.origin)] == [url]
+    assert any(u.startswith(gateway.url + "/events") for u in requested)
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "own"])
+def test_the_library_reports_a_url_that_answers_404(
+    page: Any,
+    make_devserver: Callable[..., DevServer],
+    make_gateway: Callable[..., Gateway],
+    page_server: Callable[[dict[str, str]], PageServer],
+    shared: bool,
+) -> None:
+    pages = page_server({})
+    gateway = make_gateway(make_devserver().address, *FAST, "--cors-origins", pages.origin)
+    # A server that is no gateway: the page's own, where nothing is at /nothing/.
+    options = f'{{url: location.origin + "/nothing/events", shared: {str(shared).lower()}}}'
+    page.goto(pages.write("index.html", _importing_page(gateway, options)))
+    page.wait_for_function("window.errors.length > 0", timeout=20_000)
+    [error] = page.evaluate("window.errors")
+    assert error["code"] == "not_a_gateway" and error["status"] == 404, error
+    assert error["retryable"] is False
+    assert f"{pages.origin}/nothing/events/poll answered 404" in error["message"], error
+    assert page.evaluate("window.feed.state()") == "stopped"
