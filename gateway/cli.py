@@ -16,7 +16,7 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import SecretStr, ValidationError
+from pydantic import ValidationError
 
 from gateway import __version__, server, supervisor, tail
 from gateway.devserver.control import DevServerClient
@@ -24,7 +24,7 @@ from gateway.devserver.server import AddressInUse, DevServerConfig, running_devs
 from gateway.devserver.servicer import TIERS
 from gateway.lifecycle import Lifecycle
 from gateway.metrics import Metrics
-from gateway.settings import Settings, env_names, flag_name, problems
+from gateway.settings import Settings, env_names, flag_name, problems, shown_default
 
 T = TypeVar("T")
 
@@ -57,9 +57,7 @@ def _add_settings_flags(parser: argparse.ArgumentParser, only: Sequence[str] = (
         if only and name not in only:
             continue
         envs = ", ".join(env_names(name))
-        default = field.get_default(call_default_factory=True)
-        if default in (None, []) or isinstance(default, SecretStr) or name == "auth_token":
-            default = "unset"
+        default = shown_default(name)
         help_text = f"{field.description} (env: {envs}; default: {default})".replace("%", "%%")
         kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text}
         annotation = field.annotation

@@ -3,7 +3,8 @@
 Where the Kumiho SDK already reads an environment variable for the same
 thing, the gateway reads that name too, so it runs with the environment of
 any other Kumiho client. Every field is also a ``serve`` flag (``cli.py``
-builds the flags from this class) and a row of the README's table.
+builds the flags from this class) and a row of the docs' configuration table
+(``docs/hooks/settings_table.py`` builds it from this class).
 
 Only the names listed there are read (never ``PORT`` or ``HOST``, which
 platforms set for their own reasons), and an empty value counts as unset.
@@ -57,6 +58,15 @@ def flag_name(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
+def shown_default(field: str) -> str:
+    """A field's default as ``serve --help`` and the docs show it; ``unset`` for none."""
+    info = Settings.model_fields[field]
+    default = info.get_default(call_default_factory=True)
+    if default in (None, []) or isinstance(default, SecretStr) or field == "auth_token":
+        return "unset"
+    return str(default)
+
+
 def read_token_file(path: str) -> str:
     """The token a file holds (KUMIHO_AUTH_TOKEN_FILE); ValueError if unreadable or empty."""
     try:
@@ -97,7 +107,7 @@ class _Environment(PydanticBaseSettingsSource):
 
 
 class Settings(BaseSettings):
-    """Everything ``serve`` can be told; see the README's configuration table."""
+    """Everything ``serve`` can be told; see the docs' configuration page."""
 
     # No inf or nan: "--heartbeat inf" would be a stream that never beats.
     model_config = SettingsConfigDict(populate_by_name=True, extra="ignore", allow_inf_nan=False)
