@@ -31,6 +31,8 @@ from gateway.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
+# Applied on its own once its host is set (docs/operating.md), not by the kustomization.
+INGRESS = "ingress.yaml"
 COMPOSE = ROOT / "deploy" / "compose.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
 
@@ -130,7 +132,7 @@ def shutdown_problems(
 
 def test_kustomization_applies_every_manifest() -> None:
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
-    files = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    files = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml", INGRESS}
     assert set(kustomization["resources"]) == files
     assert len(kustomization["resources"]) == len(files)
     docs = manifests()
@@ -141,6 +143,7 @@ def test_kustomization_applies_every_manifest() -> None:
         "Service",
         "PodDisruptionBudget",
         "HorizontalPodAutoscaler",
+        "Ingress",
     }
     # The image the kustomization points elsewhere is the one the Deployment names.
     assert [image["name"] for image in kustomization["images"]] == [
@@ -343,6 +346,53 @@ def test_autoscaler_and_disruption_budget_leave_replicas_serving() -> None:
     assert pdb.get("maxUnavailable") == 1 or pdb.get("minAvailable") == 1
     # A rollout adds a replica before it drains one.
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+
+def test_ingress_streams_to_the_service_with_the_proxy_settings_sse_needs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    docs = manifests()
+    ingress = docs["Ingress"]
+    annotations = ingress["metadata"]["annotations"]
+    prefix = "nginx.ingress.kubernetes.io/"
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    assert annotations[prefix + "proxy-buffering"] == "off"
+    # Above the heartbeat the pods are given, and as long as deploy/nginx/sse.conf's.
+    sse_conf = (ROOT / "deploy" / "nginx" / "sse.conf").read_text()
+    for name in ("read", "send"):
+        timeout = float(annotations[f"{prefix}proxy-{name}-timeout"])
+        conf = re.search(rf"^proxy_{name}_timeout (\d+)s;", sse_conf, re.MULTILINE)
+        assert conf and timeout == float(conf.group(1))
+        assert timeout > 2 * configured_settings(docs, monkeypatch).heartbeat
+    # Every path goes to the Service, by a port the Service has.
+    service = docs["Service"]
+    port_names = {port["name"] for port in service["spec"]["ports"]}
+    for rule in ingress["spec"]["rules"]:
+        for path in rule["http"]["paths"]:
+            backend = path["backend"]["service"]
+            assert backend["name"] == service["metadata"]["name"]
+            assert backend["port"]["name"] in port_names
+
+
+def test_the_docs_state_the_shutdown_timings_the_manifests_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    docs = manifests()
+    settings = configured_settings(docs, monkeypatch)
+    prestop = prestop_seconds(gateway_container(docs))
+    termination_grace = pod_spec(docs)["terminationGracePeriodSeconds"]
+    text = (ROOT / "docs" / "operating.md").read_text()
+    stated = re.search(
+        r"terminationGracePeriodSeconds \((\d+)\) = preStop \((\d+)\) \+ "
+        r"shutdown grace \((\d+)\) \+ margin \((\d+)\)",
+        text,
+    )
+    assert stated, "docs/operating.md states the shutdown timings as one sum"
+    numbers = [float(n) for n in stated.groups()]
+    assert numbers[:3] == [termination_grace, prestop, settings.shutdown_grace]
+    assert numbers[0] == sum(numbers[1:]) and numbers[3] >= SHUTDOWN_MARGIN
+    drain = re.search(r"0 < drain delay \((\d+)\)", text)
+    assert drain and float(drain.group(1)) == settings.drain_delay
 
 
 # ------------------------------------------------------------------ compose
