@@ -17,9 +17,9 @@ from collections.abc import Callable
 from types import FrameType
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from gateway import logs
+from gateway import connection, logs
 from gateway.app import create_app
 from gateway.errors import GatewayError, raw_error_response
 from gateway.lifecycle import Lifecycle, streams_phrase
@@ -66,8 +66,55 @@ def head_too_slow(timeout: float) -> bytes:
     )
 
 
+class StreamConnection:
+    """``connection.Connection`` for one request: its chunked body written to the transport.
+
+    Bound to the request's own cycle, not the protocol's current one, which a
+    pipelined request behind the stream would replace.
+    """
+
+    __slots__ = ("_cycle", "_protocol")
+
+    def __init__(self, protocol: HeadLimitsProtocol, cycle: RequestResponseCycle) -> None:
+        self._protocol = protocol
+        self._cycle = cycle
+
+    def streaming(self) -> bool:
+        cycle = self._cycle
+        return (
+            cycle.response_started
+            and not cycle.response_complete
+            and not cycle.disconnected
+            and cycle.chunked_encoding is True
+            and cycle.scope["method"] != "HEAD"
+        )
+
+    def writable(self) -> bool:
+        cycle = self._cycle
+        return not cycle.flow.write_paused and not cycle.disconnected
+
+    def write(self, data: bytes) -> None:
+        self._cycle.transport.write(_chunk(data))
+
+    def on_lost(self, callback: Callable[[], None] | None) -> None:
+        self._protocol.lost_callback = callback
+
+
+# The frame last framed as a chunk: one event written to every stream is framed once.
+_framed: tuple[bytes, bytes] = (b"", b"")
+
+
+def _chunk(data: bytes) -> bytes:
+    """``data`` as one HTTP/1.1 chunk (as uvicorn's send frames it)."""
+    global _framed
+    if _framed[0] is not data:
+        _framed = (data, b"%x\r\n%b\r\n" % (len(data), data))
+    return _framed[1]
+
+
 class HeadLimitsProtocol(HttpToolsProtocol):
-    """uvicorn's HTTP/1.1 protocol, with a deadline and a size cap for each request's head.
+    """uvicorn's HTTP/1.1 protocol, with a deadline and a size cap for each request's head,
+    and each request's connection offered to its streaming response (``connection.py``).
 
     uvicorn bounds the idle time between requests but not a request that
     arrives a byte at a time: a few hundred such connections (slowloris)
@@ -90,6 +137,7 @@ class HeadLimitsProtocol(HttpToolsProtocol):
     _head_bytes = 0  # of the current head, fed to the parser so far
     _dropped = -1  # bytes dropped since a 431 (-1: none sent)
     _linger: asyncio.TimerHandle | None = None
+    lost_callback: Callable[[], None] | None = None  # a stream's, told when the client goes
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -125,6 +173,13 @@ class HeadLimitsProtocol(HttpToolsProtocol):
         self._stop_header_deadline()
         self._in_head, self._head_bytes = False, 0
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.scope is self.scope:  # not an upgrade
+            # The cycle's task has not run yet: the app finds it in the scope.
+            # An object where the ASGI spec has a dict of an extension's details:
+            # one allocation less per request; only the gateway's response reads it.
+            extensions = self.scope.setdefault("extensions", {})
+            extensions[connection.EXTENSION] = StreamConnection(self, cycle)  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -136,6 +191,9 @@ class HeadLimitsProtocol(HttpToolsProtocol):
             self._linger.cancel()
             self._linger = None
         super().connection_lost(exc)
+        callback, self.lost_callback = self.lost_callback, None
+        if callback is not None:
+            callback()
 
     def _start_header_deadline(self) -> None:
         if self._header_deadline is None:
