@@ -34,12 +34,9 @@ class Connection(Protocol):
         ``write`` may add to the body, and ``on_lost`` will be told when the client goes."""
         ...
 
-    def writable(self) -> bool:
-        """The client is there and the transport takes more without waiting."""
-        ...
-
-    def write(self, data: bytes) -> None:
-        """``data`` as the body's next chunk, straight to the transport."""
+    def write(self, data: bytes) -> bool:
+        """``data`` as the body's next chunk, straight to the transport; False (and
+        nothing written) when the client has gone or the transport is paused."""
         ...
 
     def on_lost(self, callback: Callable[[], None] | None) -> None:

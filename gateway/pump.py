@@ -26,7 +26,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator
 from typing import assert_never
 
 from gateway._proto import kumiho_pb2
@@ -84,7 +84,6 @@ class Pump:
         self._ticker = ticker
         self._heartbeat_after = settings.heartbeat - ticker.period  # so gaps stay <= heartbeat
         self._burst = _BURST * settings.flush_interval
-        self._now: Callable[[], float] = time.monotonic  # the loop's clock once frames() runs
         # Set by the response when the server offers the connection (connection.py):
         # a frame with nothing ahead of it is written there at once.
         self.connection: Connection | None = None
@@ -112,6 +111,8 @@ class Pump:
                 self._emit(self._format.control("gateway.error", item.error.envelope()["error"]))
             case _:
                 assert_never(item)
+        if not self._frames:
+            return True  # written at once: nothing waits
         events, size = self._settings.buffer_events, self._settings.buffer_bytes
         if len(self._frames) >= 2 * events or self._size >= 2 * size:
             # Twice the bound: a source that cannot wait (a shared stream) kept
@@ -130,9 +131,8 @@ class Pump:
         """
         conn, waiter = self.connection, self._wakeup
         if conn is not None and not self._frames and waiter is not None and not waiter.done():
-            now = self._now()
-            if now - self._last_write >= self._burst and conn.writable():
-                conn.write(frame)
+            now = time.monotonic()
+            if now - self._last_write >= self._burst and conn.write(frame):
                 self._last_write = now
                 if event:
                     self._metrics.events_delivered.inc()
@@ -236,8 +236,7 @@ class Pump:
         """
         settings, metrics = self._settings, self._metrics
         loop = asyncio.get_running_loop()
-        self._now = loop.time
-        started = loop.time()
+        started = time.monotonic()
         lifetime = (
             loop.call_later(
                 settings.max_stream_lifetime * random.uniform(0.9, 1.1), self._end, "lifetime"
@@ -256,10 +255,10 @@ class Pump:
             events = 0
             while True:
                 if chunk:
-                    self._writing_since = loop.time()
+                    self._writing_since = time.monotonic()
                     yield chunk
                     self._writing_since = 0.0
-                    self._last_write = loop.time()
+                    self._last_write = time.monotonic()
                     if events:
                         metrics.events_delivered.inc(events)
                     metrics.bytes_written.inc(len(chunk))
@@ -267,7 +266,7 @@ class Pump:
                     reader = self._reader
                     if reader.done() and not reader.cancelled() and reader.exception():
                         log.error("stream source failed", exc_info=reader.exception())
-                    self._writing_since = loop.time()
+                    self._writing_since = time.monotonic()
                     yield b""
                     return
                 if not self._frames and not self._finished:
@@ -277,7 +276,7 @@ class Pump:
                     settings.flush_interval
                     and not self._finished
                     and self._size < _MAX_CHUNK
-                    and loop.time() - self._last_write < _BURST * settings.flush_interval
+                    and time.monotonic() - self._last_write < self._burst
                 ):
                     # In a burst (the last write was moments ago): let it gather into
                     # one write. A lone event is written at once, with no timer.
@@ -298,4 +297,4 @@ class Pump:
             metrics.streams_open.dec()
             metrics.client_streams.closed(client)
             metrics.stream_closes.labels(self._cause).inc()
-            metrics.stream_duration.observe(loop.time() - started)
+            metrics.stream_duration.observe(time.monotonic() - started)

@@ -29,7 +29,7 @@ import logging
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway import connection, sse
+from gateway import connection, correlation, sse
 from gateway.pump import Pump
 
 log = logging.getLogger("gateway.response")
@@ -51,12 +51,14 @@ class EventStreamResponse(Response):
         self.background = None
         self._pump = pump
         self._connection: connection.Connection | None = None
+        self._correlation_id: str | None = None
         # The tuples are shared, the list is not.
         self.raw_headers = [(b"content-type", pump.media_type.encode()), *_RAW_HEADERS]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         self._connection = connection.of(scope)
+        self._correlation_id = correlation.current()
         handoff = scope.get(_HANDOFF)
         if handoff is None:
             await self.stream(receive, send)  # not behind StreamHandoff: stream from here
@@ -69,6 +71,7 @@ class EventStreamResponse(Response):
 
     async def stream(self, receive: Receive, send: Send) -> None:
         """Write the pump's frames until the stream ends or the client leaves."""
+        correlation.adopt(self._correlation_id)  # for its log lines and upstream calls
         pump = self._pump
         conn = self._connection
         watcher: asyncio.Future[None] | None = None
@@ -134,6 +137,7 @@ class StreamHandoff:
         # The app gets a copy of the scope: what routing and middleware leave in
         # it (exit stacks, the route, ...) goes when they return, not hours later.
         await self.app({**scope, _HANDOFF: handoff}, receive, watched)
+        del watched  # not kept for the hours a stream lasts
         if handoff and completed:
             log.error(
                 "an HTTP middleware completed the /events response before its stream began: "
@@ -142,4 +146,4 @@ class StreamHandoff:
             )
             handoff[0].abandon()
         elif handoff:
-            await handoff[0].stream(receive, send)
+            await handoff.pop().stream(receive, send)
