@@ -39,6 +39,10 @@ class Connection(Protocol):
         nothing written) when the client has gone or the transport is paused."""
         ...
 
+    def blocked(self) -> bool:
+        """The client takes no more for now: the transport holds what it could not send."""
+        ...
+
     def on_lost(self, callback: Callable[[], None] | None) -> None:
         """Call ``callback`` once when the connection is lost (None: stop)."""
         ...

@@ -89,6 +89,7 @@ class Pump:
         self.connection: Connection | None = None
         self._last_write = 0.0
         self._writing_since = 0.0  # while the consumer writes a chunk
+        self._blocked_since = 0.0  # while the connection takes nothing more (seen by tick)
         self.stalled = False  # dropped by ``tick``: a write blocked for send_timeout
 
     # -- Sink -----------------------------------------------------------------
@@ -213,6 +214,16 @@ class Pump:
     def tick(self, now: float) -> None:
         """From the shared Ticker: a heartbeat when idle, or drop a write stuck too long."""
         blocked = now - self._writing_since if self._writing_since else 0.0
+        conn = self.connection
+        if conn is not None:
+            # Frames written straight to the connection wait in its transport
+            # while the client reads nothing: that is a blocked write too.
+            if not conn.blocked():
+                self._blocked_since = 0.0
+            elif not self._blocked_since:
+                self._blocked_since = now
+            else:
+                blocked = max(blocked, now - self._blocked_since)
         if blocked >= self._settings.send_timeout:
             if not self.stalled:
                 log.warning("dropping a client whose write blocked for %.0fs", blocked)

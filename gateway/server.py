@@ -97,6 +97,9 @@ class StreamConnection:
         cycle.transport.write(_chunk(data))
         return True
 
+    def blocked(self) -> bool:
+        return self._cycle.flow.write_paused
+
     def on_lost(self, callback: Callable[[], None] | None) -> None:
         self._protocol.lost_callback = callback
 
