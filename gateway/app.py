@@ -65,9 +65,9 @@ def create_app(
 
 
 def outermost(app: ASGIApp) -> ASGIApp:
-    """Correlation ids around everything, and ``StreamHandoff`` to write streams below
-    the middleware (``response.py``): pure ASGI layers, outside FastAPI's own stack."""
-    return correlation.Correlation(StreamHandoff(app))
+    """``StreamHandoff`` to write streams below every layer (``response.py``), then
+    correlation ids: pure ASGI layers, outside FastAPI's own stack."""
+    return StreamHandoff(correlation.Correlation(app))
 
 
 def build_app(

@@ -27,6 +27,12 @@ def current() -> str | None:
     return _current.get()
 
 
+def adopt(cid: str | None) -> None:
+    """Run the rest of this task as request ``cid``'s: a stream is written after
+    ``Correlation`` has returned (``response.py``), in the request's own task."""
+    _current.set(cid)
+
+
 def new_id() -> str:
     return uuid.uuid4().hex
 
