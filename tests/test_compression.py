@@ -640,6 +640,28 @@ def test_compression_off_ignores_accept_encoding_and_claims_nothing(
         plain.close()
 
 
+def test_while_draining_the_retry_answer_is_compressed_and_the_poll_refusal_is_not(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(
+        devserver.address, *FAST, *GZIP, "--drain-delay", "2", "--shutdown-grace", "6"
+    )
+    assert gateway.proc is not None
+    gateway.proc.send_signal(signal.SIGTERM)
+    wait_until(lambda: httpx.get(gateway.url + "/readyz").status_code == 503, 5, "draining")
+    for path in STREAMS:
+        answer = httpx.get(gateway.url + path, headers={"Accept-Encoding": "gzip"}, timeout=10)
+        assert answer.status_code == 200
+        assert answer.headers["content-encoding"] == "gzip"
+        assert "accept-encoding" in vary(answer.headers)
+        assert frames(answer.content) == ["retry: N\n\n"]  # httpx decoded it: whole, and only that
+    refused = raw_request(gateway.url, POLLS[0].encode(), [(b"Accept-Encoding", b"gzip")])
+    assert refused is not None and refused.status == 503
+    assert "content-encoding" not in refused.headers and refused.envelope()["code"] == "draining"
+    assert gateway.proc.wait(10) == 0
+
+
 # -- in Chromium --------------------------------------------------------------
 
 
