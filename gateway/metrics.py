@@ -75,7 +75,9 @@ class Metrics:
             "kumiho_gateway_events_delivered", "Event frames written to clients", registry=r
         )
         self.bytes_written: Counter | Tally = Counter(
-            "kumiho_gateway_bytes_written", "Bytes of SSE written to clients", registry=r
+            "kumiho_gateway_bytes_written",
+            "Bytes of stream frames written to clients, before any compression",
+            registry=r,
         )
         self.upstream_streams_open = Gauge(
             "kumiho_gateway_upstream_streams_open",
