@@ -51,19 +51,23 @@ class Stack:
 
 
 def start_stack(
-    no_hub: bool, *gateway_args: str, launcher: Sequence[str] = ("-m", "gateway")
+    no_hub: bool,
+    *gateway_args: str,
+    launcher: Sequence[str] = ("-m", "gateway"),
+    devserver_args: Sequence[str] = (),
 ) -> Stack:
     """A devserver and a gateway (with a raised open-file limit) on free ports.
 
     ``launcher`` runs the gateway's command line: the package, or a bench module
-    that patches it first (``sse_starlette_gateway.py``).
+    that patches it first (``sse_starlette_gateway.py``); ``devserver_args`` are
+    the devserver's own flags (``--activity 2``).
     """
     tmp = Path(tempfile.mkdtemp(prefix="kumiho-bench-"))
     dev_port, gw_port = free_port(), free_port()
     dev_addr = f"127.0.0.1:{dev_port}"
     devserver = subprocess.Popen(
         [sys.executable, "-m", "gateway", "devserver", "--port", str(dev_port),
-         "--db", str(tmp / "bench.sqlite3")],
+         "--db", str(tmp / "bench.sqlite3"), *devserver_args],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     hub = ["--no-hub"] if no_hub else []

@@ -77,7 +77,11 @@ class Metrics:
             )
         )
         self.bytes_written = Tally(
-            Counter("kumiho_gateway_bytes_written", "Bytes of SSE written to clients", registry=r)
+            Counter(
+                "kumiho_gateway_bytes_written",
+                "Bytes of stream frames written to clients, before any compression",
+                registry=r,
+            )
         )
         self.upstream_streams_open = Gauge(
             "kumiho_gateway_upstream_streams_open",

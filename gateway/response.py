@@ -19,6 +19,9 @@ The limit: only pure ASGI middleware (such as Starlette's CORSMiddleware) may
 wrap the app. ``BaseHTTPMiddleware`` (and so ``@app.middleware("http")``)
 completes the response itself once the endpoint returns, which would leave
 /events an empty 200; ``StreamHandoff`` then refuses to stream and logs why.
+
+A compressed stream (``compression.py``) goes the same way, each chunk
+through its connection's compressor on the way to ``send``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import connection, correlation, sse
+from gateway.compression import IDENTITY, Encoding
 from gateway.pump import Pump
 
 log = logging.getLogger("gateway.response")
@@ -44,16 +48,18 @@ class EventStreamResponse(Response):
 
     media_type = sse.MEDIA_TYPE  # for the OpenAPI page
 
-    def __init__(self, pump: Pump) -> None:
+    def __init__(self, pump: Pump, encoding: Encoding = IDENTITY) -> None:
         # No Response.__init__: without a body no Content-Length is set, so the
         # server sends the stream chunked.
         self.status_code = 200
         self.background = None
         self._pump = pump
+        self._compressor = encoding.stream()
         self._connection: connection.Connection | None = None
         self._correlation_id: str | None = None
         # The tuples are shared, the list is not.
         self.raw_headers = [(b"content-type", pump.media_type.encode()), *_RAW_HEADERS]
+        self.raw_headers += [(k.lower().encode(), v.encode()) for k, v in encoding.headers.items()]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
@@ -72,12 +78,13 @@ class EventStreamResponse(Response):
     async def stream(self, receive: Receive, send: Send) -> None:
         """Write the pump's frames until the stream ends or the client leaves."""
         correlation.adopt(self._correlation_id)  # for its log lines and upstream calls
-        pump = self._pump
+        pump, compressor = self._pump, self._compressor
         conn = self._connection
         watcher: asyncio.Future[None] | None = None
-        if conn is not None and conn.streaming():
+        if compressor is None and conn is not None and conn.streaming():
             # Frames go straight to the connection when nothing is ahead of them,
-            # and its loss is told without a task waiting on receive().
+            # and its loss is told without a task waiting on receive(). (A
+            # compressed stream's bytes are its own: they go through send.)
             pump.connection = conn
             conn.on_lost(pump.close)
         else:
@@ -86,7 +93,8 @@ class EventStreamResponse(Response):
         frames = pump.frames()
         try:
             async for chunk in frames:  # the last chunk, b"", ends the body
-                await send({"type": "http.response.body", "body": chunk, "more_body": bool(chunk)})
+                body = chunk if compressor is None else compressor.write(chunk)
+                await send({"type": "http.response.body", "body": body, "more_body": bool(chunk)})
         except asyncio.CancelledError:
             if not pump.stalled:
                 raise

@@ -40,6 +40,7 @@ from gateway.endpoint import resolve_target
 
 AuthMode = Literal["none", "passthrough", "service"]
 HubFiltering = Literal["auto", "gateway", "upstream"]
+Compression = Literal["off", "gzip"]
 
 
 def _env(*names: str) -> AliasChoices:
@@ -282,6 +283,12 @@ class Settings(BaseSettings):
         validation_alias=_env("KUMIHO_GATEWAY_SHUTDOWN_GRACE"),
         description="seconds from SIGTERM to exit: streams get a retry: line and close, "
         "then the process stops",
+    )
+    compression: Compression = Field(
+        "off",
+        validation_alias=_env("KUMIHO_GATEWAY_COMPRESSION"),
+        description="gzip: streams and polls are gzip-compressed (flushed at every write) "
+        "for clients whose Accept-Encoding takes it; costs CPU and memory per client",
     )
     hub: bool = Field(
         True,

@@ -17,7 +17,13 @@ from gateway.errors import GatewayError
 from gateway.poll import Batch, collect
 from gateway.pump import jittered_retry_ms
 from gateway.response import HEADERS, disconnected
-from gateway.routes.dependencies import REFUSALS, QueryDep, StateDep, SubscriptionDep
+from gateway.routes.dependencies import (
+    REFUSALS,
+    EncodingDep,
+    QueryDep,
+    StateDep,
+    SubscriptionDep,
+)
 from gateway.subscription import POLL_PARAMS, openapi_parameters, parse_poll
 
 router = APIRouter()
@@ -49,7 +55,11 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     responses=_RESPONSES,
 )
 async def poll(
-    request: Request, subscription: SubscriptionDep, params: QueryDep, state: StateDep
+    request: Request,
+    subscription: SubscriptionDep,
+    params: QueryDep,
+    state: StateDep,
+    encoding: EncodingDep,
 ) -> Response:
     max_events, timeout = parse_poll(params)
     if subscription.consumer_group:
@@ -64,8 +74,11 @@ async def poll(
     lifecycle = state.lifecycle
     if lifecycle.draining:
         raise draining(state.settings.retry_ms)
+    headers = {**HEADERS, **encoding.headers}
     if request.method == "HEAD":  # validated; no upstream call for it
-        return Response(headers=HEADERS, media_type="application/json")
+        head = Response(headers=headers, media_type="application/json")
+        del head.headers["content-length"]  # a GET's length is known only once it has polled
+        return head
     batch = Batch(max_events, subscription.cursor)
     # Drained like a stream: at SIGTERM the poll answers at once, while it
     # opens as while it waits (one that starts during the drain, at once).
@@ -80,4 +93,4 @@ async def poll(
         # An empty 200 would say "nothing new": the client would take it as
         # caught up. It polls again instead, with the same cursor, elsewhere.
         raise draining(state.settings.retry_ms)
-    return Response(batch.answer(), headers=HEADERS, media_type="application/json")
+    return Response(encoding.body(batch.answer()), headers=headers, media_type="application/json")

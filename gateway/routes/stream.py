@@ -15,12 +15,19 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from gateway.compression import Encoding
 from gateway.errors import GatewayError
 from gateway.formats import Format, format_for
 from gateway.items import Source
 from gateway.pump import Pump, jittered_retry_ms
 from gateway.response import HEADERS, EventStreamResponse
-from gateway.routes.dependencies import REFUSALS, GatewayState, StateDep, SubscriptionDep
+from gateway.routes.dependencies import (
+    REFUSALS,
+    EncodingDep,
+    GatewayState,
+    StateDep,
+    SubscriptionDep,
+)
 from gateway.subscription import Subscription, openapi_parameters
 
 log = logging.getLogger("gateway.routes.stream")
@@ -28,14 +35,17 @@ log = logging.getLogger("gateway.routes.stream")
 router = APIRouter()
 
 
-def retry_answer(state: GatewayState, fmt: Format, error: GatewayError | None = None) -> Response:
+def retry_answer(
+    state: GatewayState, fmt: Format, encoding: Encoding, error: GatewayError | None = None
+) -> Response:
     """Come back later: a retry: line (and why), never a non-200 (EventSource would stop)."""
     retry_ms = jittered_retry_ms(state.settings.retry_ms)
     body = fmt.retry(retry_ms)
     if error is not None:
         error.retry_after_ms = retry_ms
         body += fmt.control("gateway.error", error.envelope()["error"])
-    return Response(body, headers=HEADERS, media_type=fmt.media_type)
+    headers = {**HEADERS, **encoding.headers}
+    return Response(encoding.body(body), headers=headers, media_type=fmt.media_type)
 
 
 async def opened(state: GatewayState, subscription: Subscription) -> Source:
@@ -50,16 +60,21 @@ async def opened(state: GatewayState, subscription: Subscription) -> Source:
 
 
 async def stream(
-    request: Request, subscription: Subscription, state: GatewayState, *, hosted: bool
+    request: Request,
+    subscription: Subscription,
+    state: GatewayState,
+    encoding: Encoding,
+    *,
+    hosted: bool,
 ) -> Response:
     """Every streaming surface: open the subscription's source and pump it to the client."""
     fmt = format_for(subscription.format, subscription.named, hosted)
     lifecycle = state.lifecycle
     if lifecycle.draining:
-        return retry_answer(state, fmt)
+        return retry_answer(state, fmt, encoding)
     if request.method == "HEAD":
         # What a GET would answer, without opening an upstream stream for it.
-        head = Response(headers=HEADERS, media_type=fmt.media_type)
+        head = Response(headers={**HEADERS, **encoding.headers}, media_type=fmt.media_type)
         del head.headers["content-length"]
         return head
     try:
@@ -67,11 +82,11 @@ async def stream(
     except GatewayError as exc:
         if exc.retryable:  # at a cap: a retry: line and why, then the client comes back
             log.info("stream refused for now: %s", exc.message)
-            return retry_answer(state, fmt, exc)
+            return retry_answer(state, fmt, encoding, exc)
         raise
     if lifecycle.draining:  # the drain began while the upstream answered
         source.close()
-        return retry_answer(state, fmt)
+        return retry_answer(state, fmt, encoding)
     pump = Pump(
         source,
         fmt=fmt,
@@ -81,7 +96,7 @@ async def stream(
         ticker=state.ticker,
         client=request.client.host if request.client else "",
     )
-    return EventStreamResponse(pump)
+    return EventStreamResponse(pump, encoding)
 
 
 _RESPONSES: dict[int | str, dict[str, Any]] = {200: {"description": "the event stream"}, **REFUSALS}
@@ -95,8 +110,10 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {200: {"description": "the event s
     openapi_extra={"parameters": openapi_parameters()},
     responses=_RESPONSES,
 )
-async def events(request: Request, subscription: SubscriptionDep, state: StateDep) -> Response:
-    return await stream(request, subscription, state, hosted=False)
+async def events(
+    request: Request, subscription: SubscriptionDep, state: StateDep, encoding: EncodingDep
+) -> Response:
+    return await stream(request, subscription, state, encoding, hosted=False)
 
 
 @router.get(
@@ -109,6 +126,6 @@ async def events(request: Request, subscription: SubscriptionDep, state: StateDe
     responses=_RESPONSES,
 )
 async def hosted_stream(
-    request: Request, subscription: SubscriptionDep, state: StateDep
+    request: Request, subscription: SubscriptionDep, state: StateDep, encoding: EncodingDep
 ) -> Response:
-    return await stream(request, subscription, state, hosted=True)
+    return await stream(request, subscription, state, encoding, hosted=True)
