@@ -115,6 +115,15 @@ def metric_value(text: str, name: str, labels: str = "") -> float | None:
     return float(found.group(1)) if found else None
 
 
+# Every test client comes from 127.0.0.1, and some open hundreds of streams or
+# polls a second: the per-client limits are off unless a test sets them (a
+# flag, or its env=, wins over these). tests/test_client_limits.py tests them.
+UNLIMITED = {
+    "KUMIHO_GATEWAY_MAX_STREAMS_PER_CLIENT": "0",
+    "KUMIHO_GATEWAY_MAX_OPENS_PER_CLIENT_PER_SECOND": "0",
+}
+
+
 @dataclass
 class Gateway:
     """A ``kumiho-sse-gateway serve`` process, its log captured to a file."""
@@ -136,6 +145,7 @@ class Gateway:
 
     def start(self) -> Gateway:
         env = {k: v for k, v in os.environ.items() if not k.startswith("KUMIHO_")}
+        env.update(UNLIMITED)
         env.update(self.env)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
