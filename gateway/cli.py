@@ -60,6 +60,8 @@ def _add_settings_flags(parser: argparse.ArgumentParser, only: Sequence[str] = (
         default = field.get_default(call_default_factory=True)
         if default in (None, []) or isinstance(default, SecretStr) or name == "auth_token":
             default = "unset"
+        elif isinstance(default, list):
+            default = ",".join(default)  # as the flag takes it
         help_text = f"{field.description} (env: {envs}; default: {default})".replace("%", "%%")
         kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text}
         annotation = field.annotation

@@ -174,6 +174,10 @@ def test_each_address_behind_nginx_has_its_own_stream_limit(
         error = refused_poll(poll(a, url), "too_many_streams")
         assert 2000 <= error["retry_after_ms"] <= 3000  # --retry-ms, jittered
         assert gateway.metric(REFUSALS, '{limit="streams"}') == 4
+        # One warning for the lot, naming the address and what to check.
+        warnings = [ln for ln in gateway.log().splitlines() if "refusing " in ln]
+        assert len(warnings) == 1 and f"refusing {A}: past --max-streams-per-client" in warnings[0]
+        assert "--forwarded-allow-ips" in warnings[0]
 
         # The admitted streams keep flowing, A's and B's alike.
         devserver.publish("revision.created", kref)
@@ -223,6 +227,10 @@ def test_opens_per_second_are_limited_per_address_and_the_answer_says_when_to_co
     # A short --retry-ms: the retry: line of a refused stream must come from the bucket.
     _, gateway, url = behind_nginx("--max-opens-per-client-per-second", "0.5", "--retry-ms", "100")
     with contextlib.ExitStack() as stack, client_from(A) as a, client_from(B) as b:
+        # What opens nothing takes nothing: HEAD, and requests refused for their parameters.
+        assert a.head(url + "/events").status_code == 200
+        assert a.head(url + "/events/poll").status_code == 200
+        assert poll(a, url, max_events="0").status_code == 400
         taken = time.monotonic()
         assert poll(a, url).status_code == 200
         error = refused_poll(poll(a, url), "rate_limited")
