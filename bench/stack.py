@@ -50,6 +50,11 @@ class Stack:
     tmp: Path  # the devserver's database, removed by stop_stack
 
 
+# Every benchmark client comes from 127.0.0.1: thousands of streams from one
+# address, opened as fast as they can be. The per-client limits would refuse them.
+UNLIMITED = ("--max-streams-per-client", "0", "--max-opens-per-client-per-second", "0")
+
+
 def start_stack(
     no_hub: bool,
     *gateway_args: str,
@@ -73,7 +78,7 @@ def start_stack(
     hub = ["--no-hub"] if no_hub else []
     gateway = subprocess.Popen(
         [sys.executable, *launcher, "serve", "--upstream", dev_addr,
-         "--port", str(gw_port), "--log-level", "warning", *hub, *gateway_args],
+         "--port", str(gw_port), "--log-level", "warning", *UNLIMITED, *hub, *gateway_args],
         preexec_fn=raise_fd_limit,
     )  # fmt: skip
     assert devserver.stdout is not None

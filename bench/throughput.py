@@ -36,7 +36,7 @@ from pathlib import Path
 
 import httpx
 import psutil
-from stack import free_port, wait_healthy
+from stack import UNLIMITED, free_port, wait_healthy
 
 from gateway.devserver.control import DevServerClient
 
@@ -159,6 +159,7 @@ def main() -> None:
             str(gw_port),
             "--log-level",
             "warning",
+            *UNLIMITED,
         ],
         preexec_fn=pin(reader_cpus),
     )

@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp
 
 from gateway import __version__, correlation
+from gateway.admission import ClientLimits
 from gateway.cors import Cors
 from gateway.errors import GatewayError, error_response
 from gateway.hub import Hub
@@ -88,6 +89,12 @@ def build_app(
         # Four visits per heartbeat (or per send timeout, if shorter) keep both on time.
         ticker=Ticker(min(settings.heartbeat, settings.send_timeout) / 4),
         hub=Hub(upstream, settings, metrics) if settings.hub else None,
+        limits=ClientLimits(
+            settings.max_streams_per_client,
+            settings.max_opens_per_client_per_second,
+            metrics,
+            settings.retry_ms,
+        ),
     )
 
     @contextlib.asynccontextmanager

@@ -106,6 +106,19 @@ class Metrics:
             ["scope"],
             registry=r,
         )
+        self.client_limit_refusals = Counter(
+            "kumiho_gateway_client_limit_refusals",
+            "Streams and polls told to retry later by a per-client limit, by limit "
+            "(streams: places held at once; opens: opens per second)",
+            ["limit"],
+            registry=r,
+        )
+        self.client_limit_tracked = Gauge(
+            "kumiho_gateway_client_limit_tracked",
+            "Entries the per-client limits keep: addresses holding places, plus buckets refilling",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.resets = Counter(
             "kumiho_gateway_resets", "gateway.reset events sent, by reason", ["reason"], registry=r
         )

@@ -27,7 +27,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncGenerator
-from typing import assert_never
+from typing import TYPE_CHECKING, assert_never
 
 from gateway._proto import kumiho_pb2
 from gateway.connection import Connection
@@ -37,6 +37,9 @@ from gateway.lifecycle import Lifecycle
 from gateway.metrics import Metrics
 from gateway.settings import Settings
 from gateway.ticker import Ticker
+
+if TYPE_CHECKING:  # admission.py imports this module's jittered_retry_ms
+    from gateway.admission import Place
 
 log = logging.getLogger("gateway.pump")
 
@@ -62,9 +65,11 @@ class Pump:
         lifecycle: Lifecycle,
         ticker: Ticker,
         client: str = "",
+        place: Place | None = None,
     ) -> None:
         self._source = source
-        self._client = client  # the peer's address, for the per-client stream count
+        self._client = client  # the client's address, for the per-client stream gauge
+        self._place = place  # its place under --max-streams-per-client, given back at the end
         self._format = fmt
         self.media_type = fmt.media_type
         self._settings = settings
@@ -190,6 +195,8 @@ class Pump:
             return
         self._cause = cause
         self._finished = True
+        if self._place is not None:
+            self._place.release()  # also when the body never starts (an abandoned response)
         if self._reader is not None and self._reader is not asyncio.current_task():
             self._reader.cancel()
         self._source.close()
@@ -303,6 +310,8 @@ class Pump:
                 lifetime.cancel()
             self._reader.cancel()
             self._source.close()
+            if self._place is not None:
+                self._place.release()
             self._lifecycle.discard(self)
             self._ticker.discard(self)
             metrics.streams_open.dec()

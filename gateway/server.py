@@ -353,6 +353,9 @@ async def serve(
         loop="none",
         timeout_graceful_shutdown=max(1, round(settings.shutdown_grace * (1 - _DRAIN_SHARE))),
         server_header=False,
+        # X-Forwarded-For names the client only from these peers (gateway/admission.py).
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
         http=protocol_for(settings),
         log_config=logs.uvicorn_config(),
     )

@@ -14,6 +14,8 @@ refusal into one line per setting, naming its flag and variables.
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import os
 import typing
 import unicodedata
@@ -65,6 +67,8 @@ def shown_default(field: str) -> str:
     default = info.get_default(call_default_factory=True)
     if default in (None, []) or isinstance(default, SecretStr) or field == "auth_token":
         return "unset"
+    if isinstance(default, list):
+        return ",".join(default)  # as the flag takes it
     return str(default)
 
 
@@ -331,6 +335,27 @@ class Settings(BaseSettings):
         description="the same cap for each client token in --auth passthrough, so one "
         "tenant cannot take every place; 0 = no limit",
     )
+    forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.1", "::1"],
+        validation_alias=_env("KUMIHO_GATEWAY_FORWARDED_ALLOW_IPS", "FORWARDED_ALLOW_IPS"),
+        description="comma-separated proxies (addresses or networks like 10.0.0.0/8; '*' = any "
+        "peer) whose X-Forwarded-For names the client; from any other peer the header is ignored",
+    )
+    max_streams_per_client: int = Field(
+        256,
+        ge=0,
+        validation_alias=_env("KUMIHO_GATEWAY_MAX_STREAMS_PER_CLIENT"),
+        description="streams and waiting polls one client address may hold open at once in a "
+        "process (IPv6: per /64); one more is told to retry later; 0 = no limit",
+    )
+    max_opens_per_client_per_second: float = Field(
+        20.0,
+        ge=0,
+        le=1_000_000,
+        validation_alias=_env("KUMIHO_GATEWAY_MAX_OPENS_PER_CLIENT_PER_SECOND"),
+        description="streams and polls one client address may open per second in a process, "
+        "with bursts of two seconds' worth; more are told to retry later; 0 = no limit",
+    )
     header_timeout: float = Field(
         10.0,
         gt=0,
@@ -375,7 +400,7 @@ class Settings(BaseSettings):
                         )
         return value
 
-    @field_validator("api_keys", "cors_origins", mode="before")
+    @field_validator("api_keys", "cors_origins", "forwarded_allow_ips", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
@@ -411,6 +436,27 @@ class Settings(BaseSettings):
             ):
                 raise ValueError(f"{origin!r} is not an origin like https://app.example[:port]")
         return origins
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _check_proxies(cls, proxies: list[str]) -> list[str]:
+        # uvicorn takes what is not an address or a network as a literal name,
+        # which never matches a peer: a typo would silently trust no proxy.
+        if "*" in proxies and len(proxies) > 1:
+            raise ValueError("'*' (any peer) stands alone, without addresses beside it")
+        for proxy in proxies:
+            if proxy == "*":
+                continue
+            try:
+                ipaddress.ip_network(proxy)
+            except ValueError:
+                hint = ""
+                with contextlib.suppress(ValueError):
+                    hint = f" (did you mean {ipaddress.ip_network(proxy, strict=False)}?)"
+                raise ValueError(
+                    f"{proxy!r} is not an IP address, a network like 10.0.0.0/8, or '*'{hint}"
+                ) from None
+        return proxies
 
     @model_validator(mode="after")
     def _check_one_token_source(self) -> Settings:

@@ -200,6 +200,7 @@ _BAD_MEANING = {
     "ca_file": ["/nonexistent/ca.pem"],
     "auth_token_file": ["/nonexistent/token"],
     "cors_origins": ["ftp://app.example"],
+    "forwarded_allow_ips": ["proxy.example", "10.0.0.1/8", "*,10.0.0.1"],
 }
 
 

@@ -471,6 +471,18 @@ def test_compose_stop_grace_covers_the_gateway_shutdown() -> None:
         assert stop >= grace + SHUTDOWN_MARGIN
 
 
+def test_compose_gateways_trust_only_what_can_reach_them() -> None:
+    # Trusting any peer's X-Forwarded-For is safe only while nothing but nginx,
+    # which replaces the header with the client's address, reaches the gateways.
+    services = compose()["services"]
+    for name in ("gateway-1", "gateway-2"):
+        service = services[name]
+        assert service["environment"]["KUMIHO_GATEWAY_FORWARDED_ALLOW_IPS"] == "*"
+        assert "ports" not in service and "network_mode" not in service, name
+    sse_conf = (ROOT / "deploy" / "nginx" / "sse.conf").read_text()
+    assert "proxy_set_header X-Forwarded-For $remote_addr;" in sse_conf.splitlines()
+
+
 # --------------------------------------------------------------- Dockerfile
 
 

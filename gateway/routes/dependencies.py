@@ -15,6 +15,7 @@ from typing import Annotated, cast
 
 from fastapi import Depends, Request
 
+from gateway.admission import ClientLimits
 from gateway.auth import Credential, authenticate
 from gateway.compression import Encoding, negotiate
 from gateway.hub import Hub
@@ -38,6 +39,7 @@ class GatewayState:
     lifecycle: Lifecycle
     ticker: Ticker
     hub: Hub | None  # None with --no-hub
+    limits: ClientLimits
 
     def source(self, subscription: Subscription) -> Source:
         """The subscription's source, shared (the hub) or its own, not opened yet."""

@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from gateway.admission import client_address
 from gateway.errors import GatewayError
 from gateway.poll import Batch, collect
 from gateway.pump import jittered_retry_ms
@@ -44,6 +45,7 @@ def draining(retry_ms: int) -> GatewayError:
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "{events, cursor, more, reset}: see the README"},
     **REFUSALS,
+    429: {"description": "this client's address is past a per-client limit (retryable)"},
     503: {"description": "at a cap on upstream streams, or shutting down (retryable)"},
 }
 
@@ -79,6 +81,9 @@ async def poll(
         head = Response(headers=headers, media_type="application/json")
         del head.headers["content-length"]  # a GET's length is known only once it has polled
         return head
+    # A waiting poll holds a place like a stream; refused, it is a 429 with
+    # Retry-After (only /events itself must never answer non-200: CONTRACT.md).
+    place = state.limits.admit(client_address(request))
     batch = Batch(max_events, subscription.cursor)
     # Drained like a stream: at SIGTERM the poll answers at once, while it
     # opens as while it waits (one that starts during the drain, at once).
@@ -87,6 +92,7 @@ async def poll(
         await collect(state.source(subscription), batch, timeout, disconnected(request.receive))
     finally:
         lifecycle.discard(batch)
+        place.release()
     if batch.failure is not None and not batch.events:
         raise batch.failure  # with events, the next poll meets it
     if batch.drained and not batch.events:

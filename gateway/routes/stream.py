@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from gateway.admission import client_address
 from gateway.compression import Encoding
 from gateway.errors import GatewayError
 from gateway.formats import Format, format_for
@@ -38,8 +39,14 @@ router = APIRouter()
 def retry_answer(
     state: GatewayState, fmt: Format, encoding: Encoding, error: GatewayError | None = None
 ) -> Response:
-    """Come back later: a retry: line (and why), never a non-200 (EventSource would stop)."""
+    """Come back later: a retry: line (and why), never a non-200 (EventSource would stop).
+
+    The delay is the usual jittered ``retry:``, or the error's own
+    ``retry_after_ms`` when that is longer (a rate limit knows when to come back).
+    """
     retry_ms = jittered_retry_ms(state.settings.retry_ms)
+    if error is not None and error.retry_after_ms is not None:
+        retry_ms = max(retry_ms, error.retry_after_ms)
     body = fmt.retry(retry_ms)
     if error is not None:
         error.retry_after_ms = retry_ms
@@ -77,15 +84,25 @@ async def stream(
         head = Response(headers={**HEADERS, **encoding.headers}, media_type=fmt.media_type)
         del head.headers["content-length"]
         return head
+    client = client_address(request)
+    try:
+        place = state.limits.admit(client)
+    except GatewayError as exc:  # this client's limits (logged and counted there)
+        return retry_answer(state, fmt, encoding, exc)
     try:
         source = await opened(state, subscription)
     except GatewayError as exc:
+        place.release()
         if exc.retryable:  # at a cap: a retry: line and why, then the client comes back
             log.info("stream refused for now: %s", exc.message)
             return retry_answer(state, fmt, encoding, exc)
         raise
+    except BaseException:
+        place.release()
+        raise
     if lifecycle.draining:  # the drain began while the upstream answered
         source.close()
+        place.release()
         return retry_answer(state, fmt, encoding)
     pump = Pump(
         source,
@@ -94,7 +111,8 @@ async def stream(
         metrics=state.metrics,
         lifecycle=lifecycle,
         ticker=state.ticker,
-        client=request.client.host if request.client else "",
+        client=client,
+        place=place,
     )
     return EventStreamResponse(pump, encoding)
 
