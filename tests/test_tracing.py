@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -37,7 +37,7 @@ from httpx_sse import ServerSentEvent, connect_sse
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -100,7 +100,9 @@ class InProcess:
 
 
 @pytest.fixture
-def in_process() -> Iterator[Callable[..., InProcess]]:
+def in_process(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., InProcess]]:
+    for name in ("OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES"):
+        monkeypatch.delenv(name, raising=False)  # the resource's defaults, whatever the shell's
     started: list[InProcess] = []
 
     def make(upstream: str, **fields: Any) -> InProcess:
@@ -159,6 +161,7 @@ def test_a_stream_open_is_a_server_span_and_its_trace_continues_upstream(
         assert server.attributes is not None
         assert server.attributes[CORRELATION_ID] == cid
         assert server.attributes["http.status_code"] == 200
+        assert server.resource.attributes["service.name"] == "kumiho-sse-gateway"
         caps = gateway.wait_span(in_trace(trace_id, CAPABILITIES), "GetEventCapabilities")
         assert caps.kind == SpanKind.CLIENT and caps.parent is not None
         assert caps.parent.span_id == server.context.span_id
@@ -480,6 +483,28 @@ def test_exporter_names_follow_the_sdk_s_own_rule(
         assert trace_exporters(environ) == _get_exporter_names("traces")
 
 
+class Unanswered(SpanExporter):
+    """A collector that never answers: each export waits until the test lets it go."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.release.wait(60)
+        return SpanExportResult.SUCCESS
+
+
+def test_a_collector_that_does_not_answer_holds_the_exit_at_most_a_second() -> None:
+    exporter = Unanswered()
+    traces = tracing.Tracing.exporting([exporter])
+    traces.provider.get_tracer("test").start_span("last").end()
+    began = time.monotonic()
+    traces.shutdown()
+    took = time.monotonic() - began
+    exporter.release.set()
+    assert tracing.SHUTDOWN_TIMEOUT <= took < tracing.SHUTDOWN_TIMEOUT + 2
+
+
 def test_correlation_ids_of_calls_inside_a_request_are_the_request_s() -> None:
     token = correlation._current.set("the-request")
     try:
@@ -524,6 +549,7 @@ def test_console_traces_of_a_real_gateway_reach_the_upstream(
         "OTEL_TRACES_EXPORTER": "console",
         "OTEL_BSP_SCHEDULE_DELAY": "50",
         "OTEL_SERVICE_NAME": "gateway-under-test",
+        "OTEL_PYTHON_FASTAPI_EXCLUDED_URLS": "healthz,readyz,metrics",
     }
     gateway = make_gateway(devserver.address, "--hub-linger", "0.2", *workers, env=env)
     trace_id, parent, header = new_traceparent()
@@ -555,6 +581,8 @@ def test_console_traces_of_a_real_gateway_reach_the_upstream(
     # The poll's span (it may have read the shared stream, with no call of its own).
     polled = [s for s in spans if s["context"]["trace_id"] == f"0x{poll_trace:032x}"]
     assert "GET /events/poll" in {s["name"] for s in polled}
+    # The probes the start waited on (/healthz) were left out, as asked.
+    assert not [s for s in spans if s["name"] == "GET /healthz"]
 
 
 def missing_extra(tmp_path: Path) -> str:
