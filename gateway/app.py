@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -32,6 +33,9 @@ from gateway.routes.dependencies import GatewayState
 from gateway.settings import Settings
 from gateway.ticker import Ticker
 from gateway.upstream import Upstream
+
+if TYPE_CHECKING:
+    from gateway.tracing import Tracing
 
 # Starlette's own refusals (no route, wrong method) in the gateway's envelope.
 _HTTP_ERRORS = {
@@ -59,10 +63,13 @@ _ROUTERS: tuple[tuple[APIRouter, str], ...] = (
 
 
 def create_app(
-    settings: Settings, lifecycle: Lifecycle | None = None, metrics: Metrics | None = None
+    settings: Settings,
+    lifecycle: Lifecycle | None = None,
+    metrics: Metrics | None = None,
+    tracing: Tracing | None = None,
 ) -> ASGIApp:
     """The gateway as the server runs it: ``build_app`` inside its two outermost layers."""
-    return outermost(build_app(settings, lifecycle, metrics))
+    return outermost(build_app(settings, lifecycle, metrics, tracing))
 
 
 def outermost(app: ASGIApp) -> ASGIApp:
@@ -72,14 +79,18 @@ def outermost(app: ASGIApp) -> ASGIApp:
 
 
 def build_app(
-    settings: Settings, lifecycle: Lifecycle | None = None, metrics: Metrics | None = None
+    settings: Settings,
+    lifecycle: Lifecycle | None = None,
+    metrics: Metrics | None = None,
+    tracing: Tracing | None = None,
 ) -> FastAPI:
     """The FastAPI app; the upstream channel opens in its lifespan.
 
     ``lifecycle`` is shared with the server that drains it on SIGTERM;
-    ``metrics`` is a worker's (see ``metrics.py``), a process's own by default.
+    ``metrics`` is a worker's (see ``metrics.py``), a process's own by default;
+    ``tracing`` instruments the app and its upstream calls (None: no tracing at all).
     """
-    upstream = Upstream(settings)
+    upstream = Upstream(settings, tracing.interceptors() if tracing else ())
     metrics = metrics if metrics is not None else Metrics()
     state = GatewayState(
         settings=settings,
@@ -133,6 +144,8 @@ def build_app(
     _answer_head(app.router)  # the docs' pages
     # Last: the dashboard's files under every path no route took.
     app.mount("/", ops.Dashboard(_api_paths(app)), name="dashboard")
+    if tracing is not None:
+        tracing.instrument(app)  # inside FastAPI's stack: StreamHandoff stays outside it
     return app
 
 

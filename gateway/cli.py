@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from gateway import __version__, server, supervisor, tail
+from gateway import __version__, logs, server, supervisor, tail, tracing
 from gateway.devserver.control import DevServerClient
 from gateway.devserver.server import AddressInUse, DevServerConfig, running_devserver
 from gateway.devserver.servicer import TIERS
@@ -84,6 +84,17 @@ def _settings(namespace: argparse.Namespace, **overrides: Any) -> Settings:
         raise SystemExit(2) from None
 
 
+def _check_tracing(namespace: argparse.Namespace, settings: Settings) -> None:
+    """Once, before anything starts: tracing as the OTEL_* variables ask, or one line why not."""
+    logs.install(settings.log_level)
+    try:
+        tracing.check()
+    except tracing.TracingError as exc:
+        prog = f"kumiho-sse-gateway {getattr(namespace, 'command', None) or 'serve'}"
+        print(f"{prog}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def _run(main: Coroutine[Any, Any, None]) -> None:
     """Run on uvloop when it is installed (uvicorn[standard] brings it)."""
     factory: Any = None
@@ -99,6 +110,7 @@ def _run(main: Coroutine[Any, Any, None]) -> None:
 
 def _cmd_serve(ns: argparse.Namespace) -> None:
     settings = _settings(ns)
+    _check_tracing(ns, settings)
     if settings.workers > 1:
         status = supervisor.serve_workers(settings, _worker)
         if status:
@@ -177,6 +189,7 @@ async def _started(devserver: AbstractAsyncContextManager[T]) -> AsyncIterator[T
 def _cmd_demo(ns: argparse.Namespace) -> None:
     # Checked before anything starts; the upstream is the embedded one, known once it listens.
     settings = _settings(ns, upstream="127.0.0.1:8080")
+    _check_tracing(ns, settings)
     # A store of its own: never the devserver's default, and by default fresh
     # each run, so from=beginning shows this demo's activity and nothing else.
     with contextlib.ExitStack() as cleanup:

@@ -20,7 +20,7 @@ from types import FrameType
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from gateway import connection, logs
+from gateway import connection, logs, tracing
 from gateway.app import create_app
 from gateway.errors import GatewayError, raw_error_response
 from gateway.lifecycle import Lifecycle, streams_phrase
@@ -345,8 +345,9 @@ async def serve(
     """
     lifecycle = lifecycle or Lifecycle()
     sockets = sockets or [listening_socket(settings)]
+    traces = tracing.from_environment()
     config = uvicorn.Config(
-        create_app(settings, lifecycle, metrics),
+        create_app(settings, lifecycle, metrics, traces),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
@@ -371,7 +372,11 @@ async def serve(
     gc.set_threshold(*GC_THRESHOLDS)
     if announce:
         print(announce, flush=True)
-    await GatewayServer(config, lifecycle, settings, started).serve(sockets)  # type: ignore[arg-type]
+    try:
+        await GatewayServer(config, lifecycle, settings, started).serve(sockets)  # type: ignore[arg-type]
+    finally:
+        if traces is not None:
+            traces.shutdown()  # the last spans (the streams' upstream calls end at shutdown)
 
 
 def listening_socket(settings: Settings) -> socket.socket:

@@ -10,6 +10,11 @@ Only the names listed there are read (never ``PORT`` or ``HOST``, which
 platforms set for their own reasons), and an empty value counts as unset.
 Every value is checked here, before anything starts; ``problems`` turns a
 refusal into one line per setting, naming its flag and variables.
+
+Tracing is the exception: OpenTelemetry's standard ``OTEL_*`` variables
+configure it, as for any service, and the SDK reads them itself.
+``trace_exporters`` is the gateway's only reading of them: whether they ask
+for traces at all, and which exporters.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import ipaddress
 import os
 import typing
 import unicodedata
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -474,6 +480,47 @@ class Settings(BaseSettings):
                 "key no client could connect"
             )
         return self
+
+
+# Any of these, set, asks for traces (README "Tracing"); the SDK reads them and
+# every other OTEL_* variable (sampler, resource, batching, headers) itself.
+TRACING_VARIABLES = (
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_SERVICE_NAME",
+)
+# "otlp" is one of these as OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL says, gRPC when
+# unset: the Python SDK's own rule (a test holds this to it).
+_OTLP_BY_PROTOCOL = {"grpc": "otlp_proto_grpc", "http/protobuf": "otlp_proto_http"}
+
+
+def trace_exporters(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The trace exporters (entry-point names) the ``OTEL_*`` variables ask for; [] = off.
+
+    Off when none of ``TRACING_VARIABLES`` is set, when ``OTEL_SDK_DISABLED`` is
+    ``true`` or ``OTEL_TRACES_EXPORTER`` is ``none``; an empty value is unset.
+    ValueError for an OTLP protocol the SDK does not know.
+    """
+    env = os.environ if environ is None else environ
+
+    def get(name: str) -> str:
+        return env.get(name, "").strip()
+
+    if get("OTEL_SDK_DISABLED").lower() == "true" or not any(map(get, TRACING_VARIABLES)):
+        return []
+    names = get("OTEL_TRACES_EXPORTER") or "otlp"
+    if names.lower() == "none":
+        return []
+    protocol = get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or get("OTEL_EXPORTER_OTLP_PROTOCOL")
+    chosen = [name.strip() for name in names.split(",")]
+    if "otlp" in chosen and protocol and protocol not in _OTLP_BY_PROTOCOL:
+        raise ValueError(
+            f"OTEL_EXPORTER_OTLP_PROTOCOL: {protocol!r} is not an OTLP protocol "
+            f"({' or '.join(_OTLP_BY_PROTOCOL)})"
+        )
+    otlp = _OTLP_BY_PROTOCOL.get(protocol or "grpc", "")
+    return [otlp if name == "otlp" else name for name in chosen]
 
 
 def problems(error: ValidationError) -> list[str]:

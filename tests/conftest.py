@@ -145,7 +145,8 @@ class Gateway:
         return "--no-hub" not in self.args
 
     def start(self) -> Gateway:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KUMIHO_")}
+        # Only what the test says: no KUMIHO_* (or tracing's OTEL_*) of the shell's.
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("KUMIHO_", "OTEL_"))}
         env.update(UNLIMITED)
         env.update(self.env)
         with open(self.log_path, "ab") as log:

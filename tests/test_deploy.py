@@ -20,6 +20,7 @@ import sys
 import tomllib
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
@@ -27,7 +28,7 @@ import yaml
 from kubernetes_validate.utils import all_versions, major_minor
 
 from gateway.cli import env_names
-from gateway.settings import Settings
+from gateway.settings import Settings, trace_exporters
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
@@ -483,6 +484,25 @@ def test_compose_gateways_trust_only_what_can_reach_them() -> None:
     assert "proxy_set_header X-Forwarded-For $remote_addr;" in sse_conf.splitlines()
 
 
+def test_compose_sends_the_gateways_traces_to_its_collector() -> None:
+    services = compose()["services"]
+    collector = services["otel-collector"]
+    [(target, (source, mode))] = mounts(collector).items()
+    assert mode == "ro" and f"--config={target}" in collector["command"]
+    config = yaml.safe_load((COMPOSE.parent / source).read_text())
+    pipeline = config["service"]["pipelines"]["traces"]
+    assert "otlp" in pipeline["receivers"] and pipeline["exporters"]
+    listening = config["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"]
+    for name in ("gateway-1", "gateway-2"):
+        service = services[name]
+        env = {key: str(value) for key, value in service["environment"].items()}
+        # Tracing on, over OTLP/gRPC, to the collector's gRPC port.
+        assert trace_exporters(env) == ["otlp_proto_grpc"]
+        endpoint = urlsplit(env["OTEL_EXPORTER_OTLP_ENDPOINT"])
+        assert endpoint.hostname == "otel-collector" in service["depends_on"]
+        assert listening.endswith(f":{endpoint.port}")
+
+
 # --------------------------------------------------------------- Dockerfile
 
 
@@ -538,5 +558,11 @@ def test_dockerfile_dependency_list_is_pyproject_s() -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.split("\n")
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    expected = pyproject["build-system"]["requires"] + pyproject["project"]["dependencies"]
+    project = pyproject["project"]
+    # The otel extra too: the image traces when OTEL_* variables ask (compose.yaml does).
+    expected = (
+        pyproject["build-system"]["requires"]
+        + project["dependencies"]
+        + project["optional-dependencies"]["otel"]
+    )
     assert [line for line in listed if line] == expected
