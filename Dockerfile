@@ -14,8 +14,9 @@ WORKDIR /app
 
 # The dependencies (and the build backend) in a layer of their own, read from
 # pyproject.toml alone: a change to the code or the README reuses this layer.
+# The otel extra too: tracing is off until OTEL_* variables ask for it.
 COPY pyproject.toml ./
-RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb')); print('\n'.join(p['build-system']['requires'] + p['project']['dependencies']))" > /tmp/requirements.txt \
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb')); print('\n'.join(p['build-system']['requires'] + p['project']['dependencies'] + p['project']['optional-dependencies']['otel']))" > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 

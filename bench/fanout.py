@@ -40,9 +40,11 @@ import statistics
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 import psutil
 from stack import raise_fd_limit, start_stack, stop_stack
@@ -67,13 +69,20 @@ KEY = "bench-key"  # the gateway key of --filters runs (--auth service)
 
 
 class Client:
-    """A lean SSE reader on a raw socket: counts events and their latency."""
+    """A lean SSE reader on a raw socket: counts events and their latency.
 
-    def __init__(self, query: str = "", key: str | None = None) -> None:
+    With ``gzip`` it asks for a compressed stream (``--compression gzip``) and
+    reads it as a browser would: the chunks taken apart, then decompressed.
+    """
+
+    def __init__(self, query: str = "", key: str | None = None, gzip: bool = False) -> None:
         auth = f"Authorization: Bearer {key}\r\n" if key else ""
+        encoding = "Accept-Encoding: gzip\r\n" if gzip else ""
         self.request = (
-            f"GET /events{query} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n{auth}\r\n"
+            f"GET /events{query} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n"
+            f"{auth}{encoding}\r\n"
         ).encode()
+        self.gzip = gzip
         self.received = 0
         self.latencies: list[float] = []
         self.connected = asyncio.Event()
@@ -82,8 +91,11 @@ class Client:
         reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
         writer.write(self.request)
         await writer.drain()
-        await reader.readuntil(b"\r\n\r\n")
+        head = await reader.readuntil(b"\r\n\r\n")
+        if self.gzip and b"content-encoding: gzip" not in head.lower():
+            raise SystemExit("asked for gzip, got a stream without it: is --compression on?")
         self.connected.set()
+        chunks = Dechunk(zlib.decompressobj(31)) if self.gzip else None
         buf = b""
         try:
             while not stop.is_set():
@@ -91,7 +103,7 @@ class Client:
                 if not chunk:
                     return
                 now = time.time()
-                buf += chunk
+                buf += chunk if chunks is None else chunks.feed(chunk)
                 while (i := buf.find(SENT)) >= 0:
                     end = buf.find(b'"', i + len(SENT))
                     if end < 0:
@@ -104,12 +116,41 @@ class Client:
             writer.close()
 
 
+class Dechunk:
+    """A chunked body taken apart as it arrives, each chunk decompressed."""
+
+    def __init__(self, inflate: Any) -> None:
+        self.inflate = inflate
+        self.raw = b""
+        self.ended = False  # the last chunk came
+
+    def feed(self, data: bytes) -> bytes:
+        """What the bytes received so far decode to, past what was returned before."""
+        self.raw += data
+        out = []
+        while True:
+            size_line, found, rest = self.raw.partition(b"\r\n")
+            if not found:
+                break
+            size = int(size_line.split(b";")[0], 16)
+            if len(rest) < size + 2:
+                break
+            out.append(self.inflate.decompress(rest[:size]))
+            self.raw = rest[size + 2 :]
+            if size == 0:
+                self.ended = True
+                break
+        return b"".join(out)
+
+
 CONNECT_BATCH = 500  # connections a client process opens at a time
 
 
-async def read_clients(queries: list[tuple[str, str | None]], port: int, conn: Connection) -> None:
+async def read_clients(
+    queries: list[tuple[str, str | None]], port: int, conn: Connection, gzip: bool = False
+) -> None:
     """One client process: open every stream, then answer the parent's "count" and "stop"."""
-    clients = [Client(query, key) for query, key in queries]
+    clients = [Client(query, key, gzip) for query, key in queries]
     stop = asyncio.Event()
     tasks = []
     for i in range(0, len(clients), CONNECT_BATCH):
@@ -141,10 +182,12 @@ async def read_clients(queries: list[tuple[str, str | None]], port: int, conn: C
     conn.send((sum(c.received for c in clients), [x for c in clients for x in c.latencies]))
 
 
-def client_process(queries: list[tuple[str, str | None]], port: int, conn: Connection) -> None:
+def client_process(
+    queries: list[tuple[str, str | None]], port: int, conn: Connection, gzip: bool = False
+) -> None:
     raise_fd_limit()
     with asyncio.Runner(loop_factory=client_loop()) as runner:
-        runner.run(read_clients(queries, port, conn))
+        runner.run(read_clients(queries, port, conn, gzip))
 
 
 def publish(address: str, rate: float, seconds: float, stop: threading.Event) -> int:
@@ -208,7 +251,8 @@ def round_(
     readers = []
     for k in range(procs):
         parent, child = fork.Pipe()
-        proc = fork.Process(target=client_process, args=(mine[k::procs], gw_port, child))
+        gzip = getattr(args, "gzip", False)  # compressed streams (bench/compression.py)
+        proc = fork.Process(target=client_process, args=(mine[k::procs], gw_port, child, gzip))
         proc.start()
         readers.append((proc, parent))
     try:

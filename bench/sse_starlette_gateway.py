@@ -21,6 +21,7 @@ Single process only: ``--workers`` spawns fresh interpreters without the patch.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from sse_starlette import EventSourceResponse
 from starlette.types import ASGIApp
@@ -29,19 +30,22 @@ import gateway.routes.stream
 import gateway.server
 from gateway.app import create_app as _create_app
 from gateway.cli import main
-from gateway.lifecycle import Lifecycle
-from gateway.metrics import Metrics
+from gateway.compression import IDENTITY, Encoding
 from gateway.pump import Pump
 from gateway.response import HEADERS
 from gateway.settings import Settings
 
 
-def create_app(
-    settings: Settings, lifecycle: Lifecycle | None = None, metrics: Metrics | None = None
-) -> ASGIApp:
-    """``gateway.app.create_app`` whose /events answers an EventSourceResponse."""
+def create_app(settings: Settings, *args: Any, **kwargs: Any) -> ASGIApp:
+    """``gateway.app.create_app`` whose /events answers an EventSourceResponse.
 
-    def event_source_response(pump: Pump) -> EventSourceResponse:
+    The rest of what ``server.serve`` passes goes through as it is, so a new
+    argument of the product's factory cannot break this variant's start again.
+    """
+
+    def event_source_response(pump: Pump, encoding: Encoding = IDENTITY) -> EventSourceResponse:
+        if encoding.gzip:  # EventSourceResponse has no compressor to flush after each frame
+            raise RuntimeError("the sse-starlette variant runs without --compression")
         return EventSourceResponse(
             pump.frames(),
             headers=HEADERS,
@@ -53,7 +57,7 @@ def create_app(
 
     # The route looks EventStreamResponse up in its module when it answers.
     gateway.routes.stream.EventStreamResponse = event_source_response  # type: ignore[attr-defined,assignment]
-    return _create_app(settings, lifecycle, metrics)
+    return _create_app(settings, *args, **kwargs)
 
 
 if __name__ == "__main__":

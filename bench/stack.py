@@ -22,8 +22,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -92,6 +92,12 @@ class Stack:
     gw_port: int
     gw: psutil.Process
     tmp: Path  # the devserver's database, removed by stop_stack
+    others: list[subprocess.Popen[bytes]] = field(default_factory=list)  # add_gateway's
+
+
+# Every benchmark client comes from 127.0.0.1: thousands of streams from one
+# address, opened as fast as they can be. The per-client limits would refuse them.
+UNLIMITED = ("--max-streams-per-client", "0", "--max-opens-per-client-per-second", "0")
 
 
 def start_stack(
@@ -101,12 +107,15 @@ def start_stack(
     devserver_args: Sequence[str] = (),
     devserver_cpus: set[int] | None = None,
     gateway_cpus: set[int] | None = None,
+    gateway_env: Mapping[str, str] | None = None,
 ) -> Stack:
     """A devserver and a gateway (with a raised open-file limit) on free ports.
 
     ``launcher`` runs the gateway's command line: the package, or a bench module
-    that patches it first (``sse_starlette_gateway.py``). ``*_cpus`` pin a
-    process to those CPUs. Stop it with ``stop_stack`` in a ``finally``.
+    that patches it first (``sse_starlette_gateway.py``); ``devserver_args`` are
+    the devserver's own flags (``--activity 2``); ``*_cpus`` pin a process to
+    those CPUs; ``gateway_env`` replaces the gateway's environment. Stop it with
+    ``stop_stack`` in a ``finally``.
     """
     _exit_on_sigterm()
     tmp = Path(tempfile.mkdtemp(prefix="kumiho-bench-"))
@@ -126,12 +135,9 @@ def start_stack(
         line = devserver.stdout.readline() if ready else b""
         if b"listening" not in line:
             raise SystemExit(f"the devserver did not start: {line.decode(errors='replace')!r}")
-        hub = ["--no-hub"] if no_hub else []
-        gateway = subprocess.Popen(
-            [sys.executable, *launcher, "serve", "--upstream", dev_addr,
-             "--port", str(gw_port), "--log-level", "warning", *hub, *gateway_args],
-            preexec_fn=_child(True, gateway_cpus),
-        )  # fmt: skip
+        hub = ("--no-hub",) if no_hub else ()
+        gateway = _gateway(dev_addr, gw_port, (*hub, *gateway_args), launcher, gateway_cpus,
+                           gateway_env, None)  # fmt: skip
         started.append(gateway)
         wait_healthy(f"http://127.0.0.1:{gw_port}", gateway)
         return Stack(devserver, gateway, dev_addr, gw_port, psutil.Process(gateway.pid), tmp)
@@ -140,9 +146,40 @@ def start_stack(
         raise
 
 
+def _gateway(
+    dev_addr: str,
+    port: int,
+    args: Sequence[str],
+    launcher: Sequence[str],
+    cpus: set[int] | None,
+    env: Mapping[str, str] | None,
+    stdout: int | None,
+) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, *launcher, "serve", "--upstream", dev_addr,
+         "--port", str(port), "--log-level", "warning", *UNLIMITED, *args],
+        preexec_fn=_child(True, cpus), env=env, stdout=stdout,
+    )  # fmt: skip
+
+
+def add_gateway(
+    stack: Stack,
+    *gateway_args: str,
+    cpus: set[int] | None = None,
+    env: Mapping[str, str] | None = None,
+    stdout: int | None = None,
+) -> tuple[int, psutil.Process]:
+    """Another gateway in front of the stack's devserver, stopped with it: its port and process."""
+    port = free_port()
+    proc = _gateway(stack.dev_addr, port, gateway_args, ("-m", "gateway"), cpus, env, stdout)
+    stack.others.append(proc)
+    wait_healthy(f"http://127.0.0.1:{port}", proc)
+    return port, psutil.Process(proc.pid)
+
+
 def stop_stack(stack: Stack) -> None:
-    """Stop the gateway (it drains), then the devserver; remove the devserver's directory."""
-    _stop([stack.gateway, stack.devserver], stack.tmp)
+    """Stop the gateways (they drain), then the devserver; remove the devserver's directory."""
+    _stop([*stack.others, stack.gateway, stack.devserver], stack.tmp)
 
 
 def _stop(processes: list[subprocess.Popen[bytes]], tmp: Path) -> None:

@@ -16,7 +16,11 @@ same CPU, while the devserver and the SSE client share another: the two
 readers then compete with nothing but themselves, which keeps rounds
 comparable on a small, noisy machine.
 
-    python bench/throughput.py [--events 20000] [--rounds 5]
+    python bench/throughput.py [--events 20000] [--rounds 5] [--otel]
+
+``--otel`` adds a second gateway with tracing on (OTEL_TRACES_EXPORTER=console,
+its spans written to /dev/null), read in each round after the plain one and
+measured the same way: what tracing costs per event (README "Tracing").
 
 Everything runs on 127.0.0.1; every loop is bounded by a count and a deadline.
 """
@@ -32,7 +36,7 @@ import time
 
 import httpx
 import psutil
-from stack import start_stack, stop_stack
+from stack import add_gateway, start_stack, stop_stack
 
 from gateway.devserver.control import DevServerClient
 
@@ -112,6 +116,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--otel", action="store_true", help="also a gateway with tracing on")
     args = parser.parse_args()
     n = args.events
 
@@ -120,11 +125,14 @@ def main() -> None:
     producer_cpus, reader_cpus = ({0}, {1}) if pinned else (None, None)
     if producer_cpus:
         os.sched_setaffinity(0, producer_cpus)
+    # Tracing off unless asked, whatever this shell's OTEL_* say.
+    plain_env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     stack = start_stack(
         False,
         devserver_args=("--tier", "enterprise"),
         devserver_cpus=producer_cpus,
         gateway_cpus=reader_cpus,
+        gateway_env=plain_env,
     )
     raw: RawReader | None = None
     url = f"http://127.0.0.1:{stack.gw_port}"
@@ -140,9 +148,21 @@ def main() -> None:
                     count=min(5000, n - start),
                 )
         gw = stack.gw
+        traced: psutil.Process | None = None
+        traced_url = ""
+        if args.otel:
+            traced_port, traced = add_gateway(
+                stack,
+                cpus=reader_cpus,
+                env={**plain_env, "OTEL_TRACES_EXPORTER": "console"},
+                stdout=subprocess.DEVNULL,  # the console exporter's spans
+            )
+            traced_url = f"http://127.0.0.1:{traced_port}"
+            read_sse(traced_url, min(n, 1000))
         raw = RawReader(stack.dev_addr, reader_cpus)
         read_sse(url, min(n, 1000))  # warm up both paths once
         raw.read(min(n, 1000))
+        traced_rows: list[tuple[float, float, float, float]] = []
 
         rows: list[tuple[float, float, float, float]] = []
         for _ in range(args.rounds):
@@ -154,6 +174,11 @@ def main() -> None:
             read_sse(url, n)
             gw_wall, gw_cpu = time.perf_counter() - t0, cpu_seconds(gw) - g0
             rows.append((n / raw_wall, n / gw_wall, raw_cpu / n * 1e6, gw_cpu / n * 1e6))
+            if traced is not None:
+                t0_cpu, t0 = cpu_seconds(traced), time.perf_counter()
+                read_sse(traced_url, n)
+                tr_wall, tr_cpu = time.perf_counter() - t0, cpu_seconds(traced) - t0_cpu
+                traced_rows.append((n / gw_wall, n / tr_wall, gw_cpu / n * 1e6, tr_cpu / n * 1e6))
 
         print(
             f"throughput: {n} events from the beginning, {args.rounds} alternating rounds, "
@@ -177,11 +202,36 @@ def main() -> None:
             f"{med[3]:>17.1f} | {statistics.median(r[3] / r[2] for r in rows):>9.2f}"
         )
         print("targets: rate ratio >= 0.80, CPU ratio <= 1.30")
+        if traced_rows:
+            print_traced(traced_rows)
     finally:
         if raw is not None:
             raw.proc.kill()
             raw.proc.wait()
         stop_stack(stack)
+
+
+def print_traced(rows: list[tuple[float, float, float, float]]) -> None:
+    """The traced gateway against the plain one, read in the same rounds."""
+    print()
+    print("tracing on (OTEL_TRACES_EXPORTER=console) against off, the same rounds")
+    print(
+        f"{'round':>5} | {'off ev/s':>9} | {'on ev/s':>9} | {'rate ratio':>10} | "
+        f"{'off CPU us/ev':>13} | {'on CPU us/ev':>12} | {'CPU ratio':>9}"
+    )
+    print("-" * 84)
+    for i, (off_rate, on_rate, off_us, on_us) in enumerate(rows, 1):
+        print(
+            f"{i:>5} | {off_rate:>9.0f} | {on_rate:>9.0f} | {on_rate / off_rate:>10.2f} | "
+            f"{off_us:>13.1f} | {on_us:>12.1f} | {on_us / off_us:>9.2f}"
+        )
+    med = [statistics.median(col) for col in zip(*rows, strict=True)]
+    print("-" * 84)
+    print(
+        f"{'med':>5} | {med[0]:>9.0f} | {med[1]:>9.0f} | "
+        f"{statistics.median(r[1] / r[0] for r in rows):>10.2f} | {med[2]:>13.1f} | "
+        f"{med[3]:>12.1f} | {statistics.median(r[3] / r[2] for r in rows):>9.2f}"
+    )
 
 
 if __name__ == "__main__":

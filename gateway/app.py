@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -19,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp
 
 from gateway import __version__, correlation
+from gateway.admission import ClientLimits
 from gateway.cors import Cors
 from gateway.errors import GatewayError, error_response
 from gateway.hub import Hub
@@ -31,6 +33,9 @@ from gateway.routes.dependencies import GatewayState
 from gateway.settings import Settings
 from gateway.ticker import Ticker
 from gateway.upstream import Upstream
+
+if TYPE_CHECKING:
+    from gateway.tracing import Tracing
 
 # Starlette's own refusals (no route, wrong method) in the gateway's envelope.
 _HTTP_ERRORS = {
@@ -59,27 +64,34 @@ _ROUTERS: tuple[tuple[APIRouter, str], ...] = (
 
 
 def create_app(
-    settings: Settings, lifecycle: Lifecycle | None = None, metrics: Metrics | None = None
+    settings: Settings,
+    lifecycle: Lifecycle | None = None,
+    metrics: Metrics | None = None,
+    tracing: Tracing | None = None,
 ) -> ASGIApp:
     """The gateway as the server runs it: ``build_app`` inside its two outermost layers."""
-    return outermost(build_app(settings, lifecycle, metrics))
+    return outermost(build_app(settings, lifecycle, metrics, tracing))
 
 
 def outermost(app: ASGIApp) -> ASGIApp:
-    """Correlation ids around everything, and ``StreamHandoff`` to write streams below
-    the middleware (``response.py``): pure ASGI layers, outside FastAPI's own stack."""
-    return correlation.Correlation(StreamHandoff(app))
+    """``StreamHandoff`` to write streams below every layer (``response.py``), then
+    correlation ids: pure ASGI layers, outside FastAPI's own stack."""
+    return StreamHandoff(correlation.Correlation(app))
 
 
 def build_app(
-    settings: Settings, lifecycle: Lifecycle | None = None, metrics: Metrics | None = None
+    settings: Settings,
+    lifecycle: Lifecycle | None = None,
+    metrics: Metrics | None = None,
+    tracing: Tracing | None = None,
 ) -> FastAPI:
     """The FastAPI app; the upstream channel opens in its lifespan.
 
     ``lifecycle`` is shared with the server that drains it on SIGTERM;
-    ``metrics`` is a worker's (see ``metrics.py``), a process's own by default.
+    ``metrics`` is a worker's (see ``metrics.py``), a process's own by default;
+    ``tracing`` instruments the app and its upstream calls (None: no tracing at all).
     """
-    upstream = Upstream(settings)
+    upstream = Upstream(settings, tracing.interceptors() if tracing else ())
     metrics = metrics if metrics is not None else Metrics()
     state = GatewayState(
         settings=settings,
@@ -89,6 +101,12 @@ def build_app(
         # Four visits per heartbeat (or per send timeout, if shorter) keep both on time.
         ticker=Ticker(min(settings.heartbeat, settings.send_timeout) / 4),
         hub=Hub(upstream, settings, metrics) if settings.hub else None,
+        limits=ClientLimits(
+            settings.max_streams_per_client,
+            settings.max_opens_per_client_per_second,
+            metrics,
+            settings.retry_ms,
+        ),
     )
 
     @contextlib.asynccontextmanager
@@ -128,6 +146,8 @@ def build_app(
     _answer_head(app.router)  # the docs' pages
     # Last: the dashboard's files under every path no route took.
     app.mount("/", ops.Dashboard(_api_paths(app)), name="dashboard")
+    if tracing is not None:
+        tracing.instrument(app)  # inside FastAPI's stack: StreamHandoff stays outside it
     return app
 
 

@@ -16,15 +16,15 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import SecretStr, ValidationError
+from pydantic import ValidationError
 
-from gateway import __version__, server, supervisor, tail
+from gateway import __version__, logs, server, supervisor, tail, tracing
 from gateway.devserver.control import DevServerClient
 from gateway.devserver.server import AddressInUse, DevServerConfig, running_devserver
 from gateway.devserver.servicer import TIERS
 from gateway.lifecycle import Lifecycle
 from gateway.metrics import Metrics
-from gateway.settings import Settings, env_names, flag_name, problems
+from gateway.settings import Settings, env_names, flag_name, problems, shown_default
 
 T = TypeVar("T")
 
@@ -57,9 +57,7 @@ def _add_settings_flags(parser: argparse.ArgumentParser, only: Sequence[str] = (
         if only and name not in only:
             continue
         envs = ", ".join(env_names(name))
-        default = field.get_default(call_default_factory=True)
-        if default in (None, []) or isinstance(default, SecretStr) or name == "auth_token":
-            default = "unset"
+        default = shown_default(name)
         help_text = f"{field.description} (env: {envs}; default: {default})".replace("%", "%%")
         kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text}
         annotation = field.annotation
@@ -86,6 +84,17 @@ def _settings(namespace: argparse.Namespace, **overrides: Any) -> Settings:
         raise SystemExit(2) from None
 
 
+def _check_tracing(namespace: argparse.Namespace, settings: Settings) -> None:
+    """Once, before anything starts: tracing as the OTEL_* variables ask, or one line why not."""
+    logs.install(settings.log_level)
+    try:
+        tracing.check()
+    except tracing.TracingError as exc:
+        prog = f"kumiho-sse-gateway {getattr(namespace, 'command', None) or 'serve'}"
+        print(f"{prog}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def _run(main: Coroutine[Any, Any, None]) -> None:
     """Run on uvloop when it is installed (uvicorn[standard] brings it)."""
     factory: Any = None
@@ -101,6 +110,7 @@ def _run(main: Coroutine[Any, Any, None]) -> None:
 
 def _cmd_serve(ns: argparse.Namespace) -> None:
     settings = _settings(ns)
+    _check_tracing(ns, settings)
     if settings.workers > 1:
         status = supervisor.serve_workers(settings, _worker)
         if status:
@@ -179,6 +189,7 @@ async def _started(devserver: AbstractAsyncContextManager[T]) -> AsyncIterator[T
 def _cmd_demo(ns: argparse.Namespace) -> None:
     # Checked before anything starts; the upstream is the embedded one, known once it listens.
     settings = _settings(ns, upstream="127.0.0.1:8080")
+    _check_tracing(ns, settings)
     # A store of its own: never the devserver's default, and by default fresh
     # each run, so from=beginning shows this demo's activity and nothing else.
     with contextlib.ExitStack() as cleanup:

@@ -10,8 +10,10 @@ stream) runs in a fresh context, so it never carries one client's id.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import uuid
+from collections.abc import Iterator
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -27,8 +29,33 @@ def current() -> str | None:
     return _current.get()
 
 
+def adopt(cid: str | None) -> None:
+    """Run the rest of this task as request ``cid``'s: a stream is written after
+    ``Correlation`` has returned (``response.py``), in the request's own task."""
+    _current.set(cid)
+
+
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+@contextlib.contextmanager
+def for_call() -> Iterator[str]:
+    """The id an upstream call carries: the request's, or a fresh one outside any request.
+
+    A fresh one (a hub stream's resubscribe) is current while the call starts,
+    so what the call starts with it (its trace span) names the same id.
+    """
+    cid = _current.get()
+    if cid is not None:
+        yield cid
+        return
+    cid = new_id()
+    token = _current.set(cid)
+    try:
+        yield cid
+    finally:
+        _current.reset(token)
 
 
 def problem(value: str) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -53,6 +54,9 @@ def error_response(error: GatewayError, headers: Mapping[str, str] | None = None
     """The HTTP answer of a refusal: its status, the envelope, never cached."""
     response = JSONResponse(error.envelope(), status_code=error.status, headers=headers)
     response.headers["Cache-Control"] = "no-store"
+    if error.retryable and error.retry_after_ms is not None:
+        # RFC 9110's header, in whole seconds, for clients that read no envelope.
+        response.headers["Retry-After"] = str(math.ceil(error.retry_after_ms / 1000))
     if error.status == 401:
         response.headers["WWW-Authenticate"] = "Bearer"  # RFC 9110: a 401 names its scheme
     return response

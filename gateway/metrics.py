@@ -71,11 +71,17 @@ class Metrics:
             multiprocess_mode="livesum",
         )
         self.client_streams = ClientStreams(r, multiprocess=directory is not None)
-        self.events_delivered: Counter | Tally = Counter(
-            "kumiho_gateway_events_delivered", "Event frames written to clients", registry=r
+        self.events_delivered = Tally(
+            Counter(
+                "kumiho_gateway_events_delivered", "Event frames written to clients", registry=r
+            )
         )
-        self.bytes_written: Counter | Tally = Counter(
-            "kumiho_gateway_bytes_written", "Bytes of SSE written to clients", registry=r
+        self.bytes_written = Tally(
+            Counter(
+                "kumiho_gateway_bytes_written",
+                "Bytes of stream frames written to clients, before any compression",
+                registry=r,
+            )
         )
         self.upstream_streams_open = Gauge(
             "kumiho_gateway_upstream_streams_open",
@@ -99,6 +105,19 @@ class Metrics:
             "Requests told to retry later because an upstream stream cap was reached, by cap",
             ["scope"],
             registry=r,
+        )
+        self.client_limit_refusals = Counter(
+            "kumiho_gateway_client_limit_refusals",
+            "Streams and polls told to retry later by a per-client limit, by limit "
+            "(streams: places held at once; opens: opens per second)",
+            ["limit"],
+            registry=r,
+        )
+        self.client_limit_tracked = Gauge(
+            "kumiho_gateway_client_limit_tracked",
+            "Entries the per-client limits keep: addresses holding places, plus buckets refilling",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.resets = Counter(
             "kumiho_gateway_resets", "gateway.reset events sent, by reason", ["reason"], registry=r
@@ -155,13 +174,29 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
-        self.frames_encoded: Counter | Tally = Counter(
-            "kumiho_gateway_hub_frames_encoded", "Events encoded by the hub (once each)", registry=r
+        self.frames_encoded = Tally(
+            Counter(
+                "kumiho_gateway_hub_frames_encoded",
+                "Events encoded by the hub (once each)",
+                registry=r,
+            )
         )
-        self.frames_delivered: Counter | Tally = Counter(
-            "kumiho_gateway_hub_frames_delivered",
-            "Shared frames handed to subscribers",
-            registry=r,
+        self.frames_delivered = Tally(
+            Counter(
+                "kumiho_gateway_hub_frames_delivered",
+                "Shared frames handed to subscribers",
+                registry=r,
+            )
+        )
+        # The counters bumped once per frame gather in the process (a Tally is a
+        # float add; a prometheus-client increment takes a lock, and in a worker
+        # writes a file) and reach the counter at each scrape, and in a worker
+        # every second: a scrape always sees every frame written before it.
+        self._tallies = (
+            self.events_delivered,
+            self.bytes_written,
+            self.frames_encoded,
+            self.frames_delivered,
         )
         if directory is None:
             tasks = Gauge(
@@ -170,14 +205,6 @@ class Metrics:
             tasks.set_function(_task_count)
             self._exported = r
             return
-        # A worker of a pool: the counters bumped once per frame gather in the
-        # process and reach the file at each sample(), a write to it costing
-        # about four times an in-memory increment.
-        self.events_delivered = events = Tally(self.events_delivered)
-        self.bytes_written = written = Tally(self.bytes_written)
-        self.frames_encoded = encoded = Tally(self.frames_encoded)
-        self.frames_delivered = delivered = Tally(self.frames_delivered)
-        self._tallies = (events, written, encoded, delivered)
         # What a worker adds, and the registry that reads every worker's files.
         self._process = ProcessCollector(registry=None)
         self._per_process: dict[str, Gauge] = {}
@@ -205,17 +232,22 @@ class Metrics:
         self.sample()
 
     def render(self) -> bytes:
-        if self.directory is not None:
+        if self.directory is None:
+            self._flush()
+        else:
             self.sample()  # this worker's numbers as of now; the others' at most a period old
         return generate_latest(self._exported)
+
+    def _flush(self) -> None:
+        for tally in self._tallies:
+            tally.flush()
 
     def sample(self) -> None:
         """In a worker: write what the counters gathered, and this process's own numbers
         (memory, fds, CPU, tasks), to its files."""
         if self.directory is None:
             return
-        for tally in self._tallies:
-            tally.flush()
+        self._flush()
         for family in self._process.collect():
             for sample in family.samples:
                 gauge = self._per_process.get(sample.name)

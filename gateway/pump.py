@@ -25,16 +25,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import AsyncGenerator
-from typing import assert_never
+from typing import TYPE_CHECKING, assert_never
 
 from gateway._proto import kumiho_pb2
+from gateway.connection import Connection
 from gateway.formats import Format
 from gateway.items import Advance, Failure, Item, Reset, SharedEvent, Source, Status, wake
 from gateway.lifecycle import Lifecycle
 from gateway.metrics import Metrics
 from gateway.settings import Settings
 from gateway.ticker import Ticker
+
+if TYPE_CHECKING:  # admission.py imports this module's jittered_retry_ms
+    from gateway.admission import Place
 
 log = logging.getLogger("gateway.pump")
 
@@ -60,9 +65,11 @@ class Pump:
         lifecycle: Lifecycle,
         ticker: Ticker,
         client: str = "",
+        place: Place | None = None,
     ) -> None:
         self._source = source
-        self._client = client  # the peer's address, for the per-client stream count
+        self._client = client  # the client's address, for the per-client stream gauge
+        self._place = place  # its place under --max-streams-per-client, given back at the end
         self._format = fmt
         self.media_type = fmt.media_type
         self._settings = settings
@@ -81,8 +88,13 @@ class Pump:
         self._writer: asyncio.Task[object] | None = None
         self._ticker = ticker
         self._heartbeat_after = settings.heartbeat - ticker.period  # so gaps stay <= heartbeat
+        self._burst = _BURST * settings.flush_interval
+        # Set by the response when the server offers the connection (connection.py):
+        # a frame with nothing ahead of it is written there at once.
+        self.connection: Connection | None = None
         self._last_write = 0.0
         self._writing_since = 0.0  # while the consumer writes a chunk
+        self._blocked_since = 0.0  # while the connection takes nothing more (seen by tick)
         self.stalled = False  # dropped by ``tick``: a write blocked for send_timeout
 
     # -- Sink -----------------------------------------------------------------
@@ -90,11 +102,23 @@ class Pump:
     def put(self, item: Item) -> bool:
         if self._finished:
             return False
-        frame = self._encode(item)
-        if frame is not None:
-            self._frames.append(frame)
-            self._size += len(frame)
-            wake(self._wakeup)
+        match item:
+            case SharedEvent() | kumiho_pb2.Event():
+                self._emit(self._format.event(item), event=True)
+            case Advance():
+                self._emit(self._format.advance(item.cursor))
+            case Reset():
+                self._metrics.resets.labels(item.reason).inc()
+                self._emit(self._format.control("gateway.reset", item.data()))
+            case Status():
+                self._emit(self._format.control("gateway.status", item.data()))
+            case Failure():
+                self._cause = "upstream_error"
+                self._emit(self._format.control("gateway.error", item.error.envelope()["error"]))
+            case _:
+                assert_never(item)
+        if not self._frames:
+            return True  # written at once: nothing waits
         events, size = self._settings.buffer_events, self._settings.buffer_bytes
         if len(self._frames) >= 2 * events or self._size >= 2 * size:
             # Twice the bound: a source that cannot wait (a shared stream) kept
@@ -102,6 +126,29 @@ class Pump:
             self.slow_consumer()
             return False
         return self._has_room()
+
+    def _emit(self, frame: bytes, event: bool = False) -> None:
+        """Write ``frame`` to the connection now if nothing is ahead of it; else queue it.
+
+        Straight to the connection only while the writer waits with nothing
+        queued, the transport is not paused, and no burst is gathering (a
+        write moments ago): otherwise the writer sends it, in order, through
+        ASGI, waiting for the client as the slow-consumer rules require.
+        """
+        conn, waiter = self.connection, self._wakeup
+        if conn is not None and not self._frames and waiter is not None and not waiter.done():
+            now = time.monotonic()
+            if now - self._last_write >= self._burst and conn.write(frame):
+                self._last_write = now
+                if event:
+                    self._metrics.events_delivered.inc()
+                self._metrics.bytes_written.inc(len(frame))
+                return
+        self._frames.append(frame)
+        self._size += len(frame)
+        if event:
+            self._events += 1
+        wake(waiter)
 
     def _has_room(self) -> bool:
         settings = self._settings
@@ -132,24 +179,6 @@ class Pump:
         self._size = self._events = 0
         self._end("slow_consumer")
 
-    def _encode(self, item: Item) -> bytes | None:
-        match item:
-            case SharedEvent() | kumiho_pb2.Event():
-                self._events += 1
-                return self._format.event(item)
-            case Advance():
-                return self._format.advance(item.cursor)
-            case Reset():
-                self._metrics.resets.labels(item.reason).inc()
-                return self._format.control("gateway.reset", item.data())
-            case Status():
-                return self._format.control("gateway.status", item.data())
-            case Failure():
-                self._cause = "upstream_error"
-                return self._format.control("gateway.error", item.error.envelope()["error"])
-            case _:
-                assert_never(item)
-
     # -- ending ---------------------------------------------------------------
 
     def close(self) -> None:
@@ -166,6 +195,8 @@ class Pump:
             return
         self._cause = cause
         self._finished = True
+        if self._place is not None:
+            self._place.release()  # also when the body never starts (an abandoned response)
         if self._reader is not None and self._reader is not asyncio.current_task():
             self._reader.cancel()
         self._source.close()
@@ -190,6 +221,16 @@ class Pump:
     def tick(self, now: float) -> None:
         """From the shared Ticker: a heartbeat when idle, or drop a write stuck too long."""
         blocked = now - self._writing_since if self._writing_since else 0.0
+        conn = self.connection
+        if conn is not None:
+            # Frames written straight to the connection wait in its transport
+            # while the client reads nothing: that is a blocked write too.
+            if not conn.blocked():
+                self._blocked_since = 0.0
+            elif not self._blocked_since:
+                self._blocked_since = now
+            else:
+                blocked = max(blocked, now - self._blocked_since)
         if blocked >= self._settings.send_timeout:
             if not self.stalled:
                 log.warning("dropping a client whose write blocked for %.0fs", blocked)
@@ -202,8 +243,7 @@ class Pump:
             and not self._finished
             and now - self._last_write >= self._heartbeat_after
         ):
-            self._frames.append(self._format.heartbeat)
-            wake(self._wakeup)
+            self._emit(self._format.heartbeat)
 
     async def frames(self) -> AsyncGenerator[bytes, None]:
         """The response body: a ``retry:`` line, then frames in batches, until the stream ends.
@@ -214,7 +254,7 @@ class Pump:
         """
         settings, metrics = self._settings, self._metrics
         loop = asyncio.get_running_loop()
-        started = loop.time()
+        started = time.monotonic()
         lifetime = (
             loop.call_later(
                 settings.max_stream_lifetime * random.uniform(0.9, 1.1), self._end, "lifetime"
@@ -233,10 +273,10 @@ class Pump:
             events = 0
             while True:
                 if chunk:
-                    self._writing_since = loop.time()
+                    self._writing_since = time.monotonic()
                     yield chunk
                     self._writing_since = 0.0
-                    self._last_write = loop.time()
+                    self._last_write = time.monotonic()
                     if events:
                         metrics.events_delivered.inc(events)
                     metrics.bytes_written.inc(len(chunk))
@@ -244,7 +284,7 @@ class Pump:
                     reader = self._reader
                     if reader.done() and not reader.cancelled() and reader.exception():
                         log.error("stream source failed", exc_info=reader.exception())
-                    self._writing_since = loop.time()
+                    self._writing_since = time.monotonic()
                     yield b""
                     return
                 if not self._frames and not self._finished:
@@ -254,7 +294,7 @@ class Pump:
                     settings.flush_interval
                     and not self._finished
                     and self._size < _MAX_CHUNK
-                    and loop.time() - self._last_write < _BURST * settings.flush_interval
+                    and time.monotonic() - self._last_write < self._burst
                 ):
                     # In a burst (the last write was moments ago): let it gather into
                     # one write. A lone event is written at once, with no timer.
@@ -270,9 +310,11 @@ class Pump:
                 lifetime.cancel()
             self._reader.cancel()
             self._source.close()
+            if self._place is not None:
+                self._place.release()
             self._lifecycle.discard(self)
             self._ticker.discard(self)
             metrics.streams_open.dec()
             metrics.client_streams.closed(client)
             metrics.stream_closes.labels(self._cause).inc()
-            metrics.stream_duration.observe(loop.time() - started)
+            metrics.stream_duration.observe(time.monotonic() - started)

@@ -10,14 +10,18 @@ Why: a stream lives for hours and every event is one write. Written from
 inside the middleware stack, each write passes through every layer's ``send``
 wrapper and each stream keeps every layer's frame alive; at a thousand
 clients that was half the CPU per delivery and more than half the memory
-per stream (BENCHMARKS.md). A stream here costs the server's task, the pump's
-reader and one task waiting for the client to leave; heartbeats and stalled
-writes are watched by one shared timer (``ticker.py``).
+per stream (BENCHMARKS.md). A stream here costs the server's task and the
+pump's reader; heartbeats and stalled writes are watched by one shared timer
+(``ticker.py``). On the gateway's own server most frames skip even the
+server's ``send``: the pump writes them to the connection (``connection.py``).
 
 The limit: only pure ASGI middleware (such as Starlette's CORSMiddleware) may
 wrap the app. ``BaseHTTPMiddleware`` (and so ``@app.middleware("http")``)
 completes the response itself once the endpoint returns, which would leave
 /events an empty 200; ``StreamHandoff`` then refuses to stream and logs why.
+
+A compressed stream (``compression.py``) goes the same way, each chunk
+through its connection's compressor on the way to ``send``.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ import logging
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway import sse
+from gateway import connection, correlation, sse
+from gateway.compression import IDENTITY, Encoding
 from gateway.pump import Pump
 
 log = logging.getLogger("gateway.response")
@@ -43,17 +48,23 @@ class EventStreamResponse(Response):
 
     media_type = sse.MEDIA_TYPE  # for the OpenAPI page
 
-    def __init__(self, pump: Pump) -> None:
+    def __init__(self, pump: Pump, encoding: Encoding = IDENTITY) -> None:
         # No Response.__init__: without a body no Content-Length is set, so the
         # server sends the stream chunked.
         self.status_code = 200
         self.background = None
         self._pump = pump
+        self._compressor = encoding.stream()
+        self._connection: connection.Connection | None = None
+        self._correlation_id: str | None = None
         # The tuples are shared, the list is not.
         self.raw_headers = [(b"content-type", pump.media_type.encode()), *_RAW_HEADERS]
+        self.raw_headers += [(k.lower().encode(), v.encode()) for k, v in encoding.headers.items()]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        self._connection = connection.of(scope)
+        self._correlation_id = correlation.current()
         handoff = scope.get(_HANDOFF)
         if handoff is None:
             await self.stream(receive, send)  # not behind StreamHandoff: stream from here
@@ -66,12 +77,24 @@ class EventStreamResponse(Response):
 
     async def stream(self, receive: Receive, send: Send) -> None:
         """Write the pump's frames until the stream ends or the client leaves."""
-        pump = self._pump
-        watcher = asyncio.ensure_future(_until_disconnect(receive, pump))
+        correlation.adopt(self._correlation_id)  # for its log lines and upstream calls
+        pump, compressor = self._pump, self._compressor
+        conn = self._connection
+        watcher: asyncio.Future[None] | None = None
+        if compressor is None and conn is not None and conn.streaming():
+            # Frames go straight to the connection when nothing is ahead of them,
+            # and its loss is told without a task waiting on receive(). (A
+            # compressed stream's bytes are its own: they go through send.)
+            pump.connection = conn
+            conn.on_lost(pump.close)
+        else:
+            conn = None
+            watcher = asyncio.ensure_future(_until_disconnect(receive, pump))
         frames = pump.frames()
         try:
             async for chunk in frames:  # the last chunk, b"", ends the body
-                await send({"type": "http.response.body", "body": chunk, "more_body": bool(chunk)})
+                body = chunk if compressor is None else compressor.write(chunk)
+                await send({"type": "http.response.body", "body": body, "more_body": bool(chunk)})
         except asyncio.CancelledError:
             if not pump.stalled:
                 raise
@@ -82,7 +105,10 @@ class EventStreamResponse(Response):
             if task is not None:
                 task.uncancel()
         finally:
-            watcher.cancel()
+            if watcher is not None:
+                watcher.cancel()
+            if conn is not None:
+                conn.on_lost(None)
             await frames.aclose()
 
 
@@ -119,6 +145,7 @@ class StreamHandoff:
         # The app gets a copy of the scope: what routing and middleware leave in
         # it (exit stacks, the route, ...) goes when they return, not hours later.
         await self.app({**scope, _HANDOFF: handoff}, receive, watched)
+        del watched  # not kept for the hours a stream lasts
         if handoff and completed:
             log.error(
                 "an HTTP middleware completed the /events response before its stream began: "
@@ -127,4 +154,4 @@ class StreamHandoff:
             )
             handoff[0].abandon()
         elif handoff:
-            await handoff[0].stream(receive, send)
+            await handoff.pop().stream(receive, send)

@@ -10,6 +10,7 @@ A second signal exits at once.
 from __future__ import annotations
 
 import asyncio
+import collections
 import gc
 import logging
 import socket
@@ -17,9 +18,9 @@ from collections.abc import Callable
 from types import FrameType
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from gateway import logs
+from gateway import connection, logs, tracing
 from gateway.app import create_app
 from gateway.errors import GatewayError, raw_error_response
 from gateway.lifecycle import Lifecycle, streams_phrase
@@ -66,8 +67,80 @@ def head_too_slow(timeout: float) -> bytes:
     )
 
 
+class StreamConnection:
+    """``connection.Connection`` for one request: its chunked body written to the transport.
+
+    Bound to the request's own cycle, not the protocol's current one, which a
+    pipelined request behind the stream would replace.
+    """
+
+    __slots__ = ("_cycle", "_protocol")
+
+    def __init__(self, protocol: HeadLimitsProtocol, cycle: RequestResponseCycle) -> None:
+        self._protocol = protocol
+        self._cycle = cycle
+
+    def streaming(self) -> bool:
+        cycle = self._cycle
+        return (
+            cycle.response_started
+            and not cycle.response_complete
+            and not cycle.disconnected
+            and cycle.chunked_encoding is True
+            and cycle.scope["method"] != "HEAD"
+        )
+
+    def write(self, data: bytes) -> bool:
+        cycle = self._cycle
+        if cycle.flow.write_paused or cycle.disconnected:
+            return False
+        cycle.transport.write(_chunk(data))
+        return True
+
+    def blocked(self) -> bool:
+        return self._cycle.flow.write_paused
+
+    def on_lost(self, callback: Callable[[], None] | None) -> None:
+        self._protocol.lost_callback = callback
+
+
+class _Pipeline(list[tuple[RequestResponseCycle, object]]):
+    """uvicorn's queue of pipelined requests, as a list: an empty deque holds a
+    block of 64 slots (760 bytes), an empty list 56, and nearly every
+    connection queues nothing. uvicorn calls only ``appendleft`` and ``pop``."""
+
+    def appendleft(self, item: tuple[RequestResponseCycle, object]) -> None:
+        self.insert(0, item)
+
+
+def lean(event: asyncio.Event) -> asyncio.Event:
+    """``event`` with its waiters in a list rather than a deque (760 bytes empty).
+
+    uvicorn makes two Events per connection (its flow control's, and each
+    request's); a stream's connection keeps both for hours, rarely with a
+    waiter. asyncio only appends to, removes from and iterates the waiters.
+    """
+    waiters = getattr(event, "_waiters", None)
+    if isinstance(waiters, collections.deque) and not waiters:
+        event._waiters = []  # type: ignore[assignment]
+    return event
+
+
+# The frame last framed as a chunk: one event written to every stream is framed once.
+_framed: tuple[bytes, bytes] = (b"", b"")
+
+
+def _chunk(data: bytes) -> bytes:
+    """``data`` as one HTTP/1.1 chunk (as uvicorn's send frames it)."""
+    global _framed
+    if _framed[0] is not data:
+        _framed = (data, b"%x\r\n%b\r\n" % (len(data), data))
+    return _framed[1]
+
+
 class HeadLimitsProtocol(HttpToolsProtocol):
-    """uvicorn's HTTP/1.1 protocol, with a deadline and a size cap for each request's head.
+    """uvicorn's HTTP/1.1 protocol, with a deadline and a size cap for each request's head,
+    and each request's connection offered to its streaming response (``connection.py``).
 
     uvicorn bounds the idle time between requests but not a request that
     arrives a byte at a time: a few hundred such connections (slowloris)
@@ -90,9 +163,12 @@ class HeadLimitsProtocol(HttpToolsProtocol):
     _head_bytes = 0  # of the current head, fed to the parser so far
     _dropped = -1  # bytes dropped since a 431 (-1: none sent)
     _linger: asyncio.TimerHandle | None = None
+    lost_callback: Callable[[], None] | None = None  # a stream's, told when the client goes
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.pipeline = _Pipeline()  # type: ignore[assignment]
+        lean(self.flow._is_writable_event)
         self._start_header_deadline()
 
     def data_received(self, data: bytes) -> None:
@@ -125,6 +201,14 @@ class HeadLimitsProtocol(HttpToolsProtocol):
         self._stop_header_deadline()
         self._in_head, self._head_bytes = False, 0
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.scope is self.scope:  # not an upgrade
+            lean(cycle.message_event)
+            # The cycle's task has not run yet: the app finds it in the scope.
+            # An object where the ASGI spec has a dict of an extension's details:
+            # one allocation less per request; only the gateway's response reads it.
+            extensions = self.scope.setdefault("extensions", {})
+            extensions[connection.EXTENSION] = StreamConnection(self, cycle)  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -136,6 +220,9 @@ class HeadLimitsProtocol(HttpToolsProtocol):
             self._linger.cancel()
             self._linger = None
         super().connection_lost(exc)
+        callback, self.lost_callback = self.lost_callback, None
+        if callback is not None:
+            callback()
 
     def _start_header_deadline(self) -> None:
         if self._header_deadline is None:
@@ -258,14 +345,18 @@ async def serve(
     """
     lifecycle = lifecycle or Lifecycle()
     sockets = sockets or [listening_socket(settings)]
+    traces = tracing.from_environment()
     config = uvicorn.Config(
-        create_app(settings, lifecycle, metrics),
+        create_app(settings, lifecycle, metrics, traces),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         loop="none",
         timeout_graceful_shutdown=max(1, round(settings.shutdown_grace * (1 - _DRAIN_SHARE))),
         server_header=False,
+        # X-Forwarded-For names the client only from these peers (gateway/admission.py).
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
         http=protocol_for(settings),
         log_config=logs.uvicorn_config(),
     )
@@ -281,7 +372,11 @@ async def serve(
     gc.set_threshold(*GC_THRESHOLDS)
     if announce:
         print(announce, flush=True)
-    await GatewayServer(config, lifecycle, settings, started).serve(sockets)  # type: ignore[arg-type]
+    try:
+        await GatewayServer(config, lifecycle, settings, started).serve(sockets)  # type: ignore[arg-type]
+    finally:
+        if traces is not None:
+            traces.shutdown()  # the last spans (the streams' upstream calls end at shutdown)
 
 
 def listening_socket(settings: Settings) -> socket.socket:

@@ -3,19 +3,28 @@
 Where the Kumiho SDK already reads an environment variable for the same
 thing, the gateway reads that name too, so it runs with the environment of
 any other Kumiho client. Every field is also a ``serve`` flag (``cli.py``
-builds the flags from this class) and a row of the README's table.
+builds the flags from this class) and a row of the docs' configuration table
+(``docs/hooks/settings_table.py`` builds it from this class).
 
 Only the names listed there are read (never ``PORT`` or ``HOST``, which
 platforms set for their own reasons), and an empty value counts as unset.
 Every value is checked here, before anything starts; ``problems`` turns a
 refusal into one line per setting, naming its flag and variables.
+
+Tracing is the exception: OpenTelemetry's standard ``OTEL_*`` variables
+configure it, as for any service, and the SDK reads them itself.
+``trace_exporters`` is the gateway's only reading of them: whether they ask
+for traces at all, and which exporters.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import os
 import typing
 import unicodedata
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -39,6 +48,7 @@ from gateway.endpoint import resolve_target
 
 AuthMode = Literal["none", "passthrough", "service"]
 HubFiltering = Literal["auto", "gateway", "upstream"]
+Compression = Literal["off", "gzip"]
 
 
 def _env(*names: str) -> AliasChoices:
@@ -55,6 +65,17 @@ def env_names(field: str) -> list[str]:
 def flag_name(field: str) -> str:
     """The ``serve`` flag of a Settings field: ``--hub-ring-size``."""
     return "--" + field.replace("_", "-")
+
+
+def shown_default(field: str) -> str:
+    """A field's default as ``serve --help`` and the docs show it; ``unset`` for none."""
+    info = Settings.model_fields[field]
+    default = info.get_default(call_default_factory=True)
+    if default in (None, []) or isinstance(default, SecretStr) or field == "auth_token":
+        return "unset"
+    if isinstance(default, list):
+        return ",".join(default)  # as the flag takes it
+    return str(default)
 
 
 def read_token_file(path: str) -> str:
@@ -97,7 +118,7 @@ class _Environment(PydanticBaseSettingsSource):
 
 
 class Settings(BaseSettings):
-    """Everything ``serve`` can be told; see the README's configuration table."""
+    """Everything ``serve`` can be told; see the docs' configuration page."""
 
     # No inf or nan: "--heartbeat inf" would be a stream that never beats.
     model_config = SettingsConfigDict(populate_by_name=True, extra="ignore", allow_inf_nan=False)
@@ -273,6 +294,12 @@ class Settings(BaseSettings):
         description="seconds from SIGTERM to exit: streams get a retry: line and close, "
         "then the process stops",
     )
+    compression: Compression = Field(
+        "off",
+        validation_alias=_env("KUMIHO_GATEWAY_COMPRESSION"),
+        description="gzip: streams and polls are gzip-compressed (flushed at every write) "
+        "for clients whose Accept-Encoding takes it; costs CPU and memory per client",
+    )
     hub: bool = Field(
         True,
         validation_alias=_env("KUMIHO_GATEWAY_HUB"),
@@ -313,6 +340,27 @@ class Settings(BaseSettings):
         ),
         description="the same cap for each client token in --auth passthrough, so one "
         "tenant cannot take every place; 0 = no limit",
+    )
+    forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.1", "::1"],
+        validation_alias=_env("KUMIHO_GATEWAY_FORWARDED_ALLOW_IPS", "FORWARDED_ALLOW_IPS"),
+        description="comma-separated proxies (addresses or networks like 10.0.0.0/8; '*' = any "
+        "peer) whose X-Forwarded-For names the client; from any other peer the header is ignored",
+    )
+    max_streams_per_client: int = Field(
+        256,
+        ge=0,
+        validation_alias=_env("KUMIHO_GATEWAY_MAX_STREAMS_PER_CLIENT"),
+        description="streams and waiting polls one client address may hold open at once in a "
+        "process (IPv6: per /64); one more is told to retry later; 0 = no limit",
+    )
+    max_opens_per_client_per_second: float = Field(
+        20.0,
+        ge=0,
+        le=1_000_000,
+        validation_alias=_env("KUMIHO_GATEWAY_MAX_OPENS_PER_CLIENT_PER_SECOND"),
+        description="streams and polls one client address may open per second in a process, "
+        "with bursts of two seconds' worth; more are told to retry later; 0 = no limit",
     )
     header_timeout: float = Field(
         10.0,
@@ -358,7 +406,7 @@ class Settings(BaseSettings):
                         )
         return value
 
-    @field_validator("api_keys", "cors_origins", mode="before")
+    @field_validator("api_keys", "cors_origins", "forwarded_allow_ips", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
@@ -395,6 +443,27 @@ class Settings(BaseSettings):
                 raise ValueError(f"{origin!r} is not an origin like https://app.example[:port]")
         return origins
 
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _check_proxies(cls, proxies: list[str]) -> list[str]:
+        # uvicorn takes what is not an address or a network as a literal name,
+        # which never matches a peer: a typo would silently trust no proxy.
+        if "*" in proxies and len(proxies) > 1:
+            raise ValueError("'*' (any peer) stands alone, without addresses beside it")
+        for proxy in proxies:
+            if proxy == "*":
+                continue
+            try:
+                ipaddress.ip_network(proxy)
+            except ValueError:
+                hint = ""
+                with contextlib.suppress(ValueError):
+                    hint = f" (did you mean {ipaddress.ip_network(proxy, strict=False)}?)"
+                raise ValueError(
+                    f"{proxy!r} is not an IP address, a network like 10.0.0.0/8, or '*'{hint}"
+                ) from None
+        return proxies
+
     @model_validator(mode="after")
     def _check_one_token_source(self) -> Settings:
         if self.auth_token and self.auth_token_file:
@@ -411,6 +480,47 @@ class Settings(BaseSettings):
                 "key no client could connect"
             )
         return self
+
+
+# Any of these, set, asks for traces (README "Tracing"); the SDK reads them and
+# every other OTEL_* variable (sampler, resource, batching, headers) itself.
+TRACING_VARIABLES = (
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_SERVICE_NAME",
+)
+# "otlp" is one of these as OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL says, gRPC when
+# unset: the Python SDK's own rule (a test holds this to it).
+_OTLP_BY_PROTOCOL = {"grpc": "otlp_proto_grpc", "http/protobuf": "otlp_proto_http"}
+
+
+def trace_exporters(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The trace exporters (entry-point names) the ``OTEL_*`` variables ask for; [] = off.
+
+    Off when none of ``TRACING_VARIABLES`` is set, when ``OTEL_SDK_DISABLED`` is
+    ``true`` or ``OTEL_TRACES_EXPORTER`` is ``none``; an empty value is unset.
+    ValueError for an OTLP protocol the SDK does not know.
+    """
+    env = os.environ if environ is None else environ
+
+    def get(name: str) -> str:
+        return env.get(name, "").strip()
+
+    if get("OTEL_SDK_DISABLED").lower() == "true" or not any(map(get, TRACING_VARIABLES)):
+        return []
+    names = get("OTEL_TRACES_EXPORTER") or "otlp"
+    if names.lower() == "none":
+        return []
+    protocol = get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or get("OTEL_EXPORTER_OTLP_PROTOCOL")
+    chosen = [name.strip() for name in names.split(",")]
+    if "otlp" in chosen and protocol and protocol not in _OTLP_BY_PROTOCOL:
+        raise ValueError(
+            f"OTEL_EXPORTER_OTLP_PROTOCOL: {protocol!r} is not an OTLP protocol "
+            f"({' or '.join(_OTLP_BY_PROTOCOL)})"
+        )
+    otlp = _OTLP_BY_PROTOCOL.get(protocol or "grpc", "")
+    return [otlp if name == "otlp" else name for name in chosen]
 
 
 def problems(error: ValidationError) -> list[str]:

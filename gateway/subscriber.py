@@ -49,7 +49,8 @@ class HubSource:
         self._joined = False  # attached to the shared feed: live
         self._seen = ""  # the feed's newest event when this joined it
         self._sink: Sink | None = None
-        self._backlog: collections.deque[Item] = collections.deque()
+        # Made when something waits (None while live: thousands of idle deques add up).
+        self._backlog: collections.deque[Item] | None = None
         self._limit = hub.settings.hub_ring_size + hub.settings.buffer_events
         self._live = False  # items may go straight to the sink (caught up, buffer not full)
         self._ended = False
@@ -85,8 +86,9 @@ class HubSource:
 
     def _join(self, channel: Channel, first: Sequence[Item]) -> None:
         """Subscribe to the feed: the upstream's state, then ``first``, then live items."""
-        self._backlog.append(channel.status)
-        self._backlog.extend(first)
+        backlog = self._queue()
+        backlog.append(channel.status)
+        backlog.extend(first)
         channel.attach(self)
         self._joined, self._seen = True, channel.newest
 
@@ -147,6 +149,7 @@ class HubSource:
             if self._ended:
                 return
             # Caught up: deliver() writes straight into the buffer until it fills.
+            self._backlog = None
             self._live = True
             self._wakeup = asyncio.get_running_loop().create_future()
             await self._wakeup
@@ -161,9 +164,10 @@ class HubSource:
         replay = channel.after(cursor, self.rest)
         if replay is None or channel.closed:
             return False
+        backlog = self._queue()
         if channel.status.upstream != "live":  # the catch-up stream had it live
-            self._backlog.append(channel.status)
-        self._backlog.extend(replay)
+            backlog.append(channel.status)
+        backlog.extend(replay)
         channel.attach(self)
         self._joined, self._seen = True, channel.newest
         return True
@@ -183,13 +187,19 @@ class HubSource:
             if isinstance(item, Failure):
                 self.end()
             return
-        self._backlog.append(item)
-        if len(self._backlog) > self._limit:
+        backlog = self._queue()
+        backlog.append(item)
+        if len(backlog) > self._limit:
             # Further behind than the ring plus a buffer: cut it (it resumes by id).
-            self._backlog.clear()
+            backlog.clear()
             if self._sink is not None:
                 self._sink.slow_consumer()
             self.close()
+
+    def _queue(self) -> collections.deque[Item]:
+        if self._backlog is None:
+            self._backlog = collections.deque()
+        return self._backlog
 
     def end(self) -> None:
         """No more items come: the stream ends once what is queued is written."""

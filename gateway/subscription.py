@@ -17,6 +17,7 @@ from typing import Any, Literal
 from gateway.auth import Credential
 from gateway.errors import invalid_parameter
 from gateway.matching import MAX_ENTRIES, EventFilter, kref_matcher, routing_key_matcher
+from gateway.negotiation import weights
 from gateway.sse import ENCODED_PREFIX, decode_field
 
 StartKind = Literal["latest", "beginning", "timestamp"]
@@ -269,20 +270,7 @@ def _named(value: str | None) -> bool:
 
 def _quality(accept: str, *media_types: str) -> float:
     """The highest q the Accept header gives any of ``media_types`` (0 when none)."""
-    best = 0.0
-    for part in accept.lower().split(","):
-        media, *params = (p.strip() for p in part.split(";"))
-        if media not in media_types:
-            continue
-        q = 1.0
-        for param in params:
-            name, _, number = param.partition("=")
-            if name.strip() == "q":
-                # A weight that is no plain decimal is read as "not acceptable".
-                number = number.strip()
-                q = min(float(number), 1.0) if _DECIMAL.fullmatch(number) else 0.0
-        best = max(best, q)
-    return best
+    return max((q for media, q in weights(accept) if media in media_types), default=0.0)
 
 
 def _format(value: str | None, accept: str | None) -> StreamFormat:

@@ -11,12 +11,13 @@ write for too long.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Protocol
 
 
 class Ticking(Protocol):
     def tick(self, now: float) -> None:
-        """Called every ``Ticker.period`` seconds with the loop's time."""
+        """Called every ``Ticker.period`` seconds with ``time.monotonic()``."""
 
 
 class Ticker:
@@ -41,7 +42,7 @@ class Ticker:
     def _tick(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            now = loop.time()
+            now = time.monotonic()  # the streams' clock (not uvloop's, cached per iteration)
             for stream in list(self._streams):
                 stream.tick(now)
         finally:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
@@ -102,9 +103,15 @@ def _one_line(text: str) -> str:
 
 
 class Upstream:
-    """The gateway's connection to Kumiho; start() it inside the running loop."""
+    """The gateway's connection to Kumiho; start() it inside the running loop.
 
-    def __init__(self, settings: Settings) -> None:
+    ``interceptors`` go on the channel: tracing's (``tracing.py``), none when it is off.
+    """
+
+    def __init__(
+        self, settings: Settings, interceptors: Sequence[grpc.aio.ClientInterceptor] = ()
+    ) -> None:
+        self._interceptors = list(interceptors) or None
         self.target = resolve_target(
             settings.upstream, use_tls=settings.use_tls, authority=settings.authority
         )
@@ -137,10 +144,15 @@ class Upstream:
             options.append(("grpc.default_authority", self.target.authority))
             options.append(("grpc.ssl_target_name_override", self.target.authority))
             self._channel = grpc.aio.secure_channel(
-                self.target.address, grpc.ssl_channel_credentials(root), options=options
+                self.target.address,
+                grpc.ssl_channel_credentials(root),
+                options=options,
+                interceptors=self._interceptors,
             )
         else:
-            self._channel = grpc.aio.insecure_channel(self.target.address, options=options)
+            self._channel = grpc.aio.insecure_channel(
+                self.target.address, options=options, interceptors=self._interceptors
+            )
         self._stub = kumiho_pb2_grpc.KumihoServiceStub(self._channel)
 
     async def close(self) -> None:
@@ -148,11 +160,9 @@ class Upstream:
             await self._channel.close(grace=None)
             self._channel = None
 
-    def metadata(self, credential: Credential) -> tuple[tuple[str, str], ...]:
-        """Call metadata: the request's correlation id (or a fresh one), the token, the tenant."""
-        md: list[tuple[str, str]] = [
-            (correlation.HEADER, correlation.current() or correlation.new_id())
-        ]
+    def metadata(self, credential: Credential, cid: str) -> tuple[tuple[str, str], ...]:
+        """Call metadata: the correlation id ``cid``, the token, the tenant."""
+        md: list[tuple[str, str]] = [(correlation.HEADER, cid)]
         if credential.upstream_token:
             md.append(("authorization", f"Bearer {credential.upstream_token}"))
         tenant = credential.tenant or self._tenant_id
@@ -178,7 +188,8 @@ class Upstream:
     ) -> EventCall:
         """Start an EventStream call (no deadline, like the SDKs)."""
         assert self._stub is not None, "Upstream.start() was not awaited"
-        return self._stub.EventStream(request, metadata=self.metadata(credential))
+        with correlation.for_call() as cid:
+            return self._stub.EventStream(request, metadata=self.metadata(credential, cid))
 
     async def capabilities(self, credential: Credential) -> kumiho_pb2.EventCapabilities:
         """GetEventCapabilities for this credential, reused for ``capabilities_ttl`` seconds."""
@@ -188,11 +199,13 @@ class Upstream:
         now = time.monotonic()
         if cached and now - cached[0] < self._capabilities_ttl:
             return cached[1]
-        caps: kumiho_pb2.EventCapabilities = await self._stub.GetEventCapabilities(
-            kumiho_pb2.GetEventCapabilitiesRequest(),
-            metadata=self.metadata(credential),
-            timeout=_CAPABILITIES_DEADLINE,
-        )
+        with correlation.for_call() as cid:
+            call = self._stub.GetEventCapabilities(
+                kumiho_pb2.GetEventCapabilitiesRequest(),
+                metadata=self.metadata(credential, cid),
+                timeout=_CAPABILITIES_DEADLINE,
+            )
+        caps: kumiho_pb2.EventCapabilities = await call
         if len(self._capabilities) > 10_000:  # bound memory under many distinct tokens
             self._capabilities.clear()
         self._capabilities[key] = (now, caps)

@@ -7,6 +7,7 @@ import http.server
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -115,6 +116,15 @@ def metric_value(text: str, name: str, labels: str = "") -> float | None:
     return float(found.group(1)) if found else None
 
 
+# Every test client comes from 127.0.0.1, and some open hundreds of streams or
+# polls a second: the per-client limits are off unless a test sets them (a
+# flag, or its env=, wins over these). tests/test_client_limits.py tests them.
+UNLIMITED = {
+    "KUMIHO_GATEWAY_MAX_STREAMS_PER_CLIENT": "0",
+    "KUMIHO_GATEWAY_MAX_OPENS_PER_CLIENT_PER_SECOND": "0",
+}
+
+
 @dataclass
 class Gateway:
     """A ``kumiho-sse-gateway serve`` process, its log captured to a file."""
@@ -135,7 +145,9 @@ class Gateway:
         return "--no-hub" not in self.args
 
     def start(self) -> Gateway:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KUMIHO_")}
+        # Only what the test says: no KUMIHO_* (or tracing's OTEL_*) of the shell's.
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("KUMIHO_", "OTEL_"))}
+        env.update(UNLIMITED)
         env.update(self.env)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
@@ -248,6 +260,67 @@ def stack(
     yield devserver, gateway
     gateway.stop(signal.SIGKILL)
     devserver.stop(signal.SIGKILL)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+SSE_CONF = ROOT / "deploy" / "nginx" / "sse.conf"
+
+# Debian's nginx, in the foreground, everything it writes under its own directory.
+NGINX_MAIN = """
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log {tmp}/access.log;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+{http}
+}}
+"""
+
+
+@pytest.fixture
+def make_nginx(tmp_path: Path) -> Iterator[Callable[[Callable[[int], str]], int]]:
+    """Starts nginx with an http block made for the port it is to listen on; returns the port."""
+    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(binary).exists():
+        pytest.fail("nginx is required (apt-get install nginx; .ci/run installs it)")
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(http: Callable[[int], str]) -> int:
+        port = free_port()
+        tmp = tmp_path / f"nginx-{len(procs)}"
+        tmp.mkdir(mode=0o777)
+        conf = tmp / "nginx.conf"
+        conf.write_text(NGINX_MAIN.format(tmp=tmp, http=http(port)))
+        procs.append(
+            subprocess.Popen(
+                [binary, "-c", str(conf), "-p", str(tmp), "-e", str(tmp / "error.log")]
+            )
+        )
+        wait_until(lambda: listening(port), 10, "nginx to listen")
+        return port
+
+    yield start
+    for proc in procs:
+        # SIGTERM: the master stops its workers before it exits. SIGKILL would
+        # leave them running, orphaned, after the test.
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def unique_project() -> str:

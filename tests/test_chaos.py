@@ -19,23 +19,19 @@ import http.client
 import json
 import os
 import random
-import shutil
 import signal
 import socket
-import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import grpc
 import httpx
 import pytest
 
-from tests.conftest import DevServer, Gateway, free_port, wait_until
+from tests.conftest import SSE_CONF, DevServer, Gateway, wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
 EVENTS = int(os.environ.get("KUMIHO_CHAOS_EVENTS", "5000"))
 SEED = int(os.environ.get("KUMIHO_CHAOS_SEED", "20261127"))
 RATE = 250.0  # events per second
@@ -45,19 +41,8 @@ GATEWAY_ARGS = (
     "--backoff-max", "0.5", "--shutdown-grace", "3", "--log-level", "warning",
 )  # fmt: skip
 
-NGINX_CONF = """
-worker_processes 1;
-daemon off;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log {tmp}/access.log;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
+# The http block of the chaos test's nginx: two replicas, /events as shipped.
+NGINX_HTTP = """
     upstream kumiho_gateway {{
         server 127.0.0.1:{a} max_fails=0;  # as deploy/nginx/nginx.conf
         server 127.0.0.1:{b} max_fails=0;
@@ -69,36 +54,15 @@ http {{
             proxy_pass http://kumiho_gateway;
         }}
     }}
-}}
 """
 
 
 @pytest.fixture
-def nginx(tmp_path: Path) -> Iterator[Callable[[int, int], int]]:
-    binary = shutil.which("nginx") or "/usr/sbin/nginx"
-    if not Path(binary).exists():
-        pytest.fail("nginx is required (apt-get install nginx; .ci/run installs it)")
-    procs: list[subprocess.Popen[bytes]] = []
-
+def nginx(make_nginx: Callable[[Callable[[int], str]], int]) -> Callable[[int, int], int]:
     def start(a: int, b: int) -> int:
-        port = free_port()
-        tmp = tmp_path / "nginx"
-        tmp.mkdir(mode=0o777)
-        conf = tmp / "nginx.conf"
-        sse_conf = ROOT / "deploy" / "nginx" / "sse.conf"
-        conf.write_text(NGINX_CONF.format(tmp=tmp, a=a, b=b, port=port, sse_conf=sse_conf))
-        procs.append(
-            subprocess.Popen(
-                [binary, "-c", str(conf), "-p", str(tmp), "-e", str(tmp / "error.log")]
-            )
-        )
-        wait_until(lambda: _listening(port), 10, "nginx to listen")
-        return port
+        return make_nginx(lambda port: NGINX_HTTP.format(a=a, b=b, port=port, sse_conf=SSE_CONF))
 
-    yield start
-    for proc in procs:
-        proc.kill()
-        proc.wait()
+    return start
 
 
 def _streams_open(gateway: Gateway) -> float:
@@ -106,11 +70,6 @@ def _streams_open(gateway: Gateway) -> float:
         return gateway.metric("kumiho_gateway_streams_open")
     except httpx.HTTPError:
         return 0.0  # restarting
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 class Browser(threading.Thread):

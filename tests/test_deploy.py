@@ -20,6 +20,7 @@ import sys
 import tomllib
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
@@ -27,10 +28,12 @@ import yaml
 from kubernetes_validate.utils import all_versions, major_minor
 
 from gateway.cli import env_names
-from gateway.settings import Settings
+from gateway.settings import Settings, trace_exporters
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
+# Applied on its own once its host is set (docs/operating.md), not by the kustomization.
+INGRESS = "ingress.yaml"
 COMPOSE = ROOT / "deploy" / "compose.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
 
@@ -130,7 +133,7 @@ def shutdown_problems(
 
 def test_kustomization_applies_every_manifest() -> None:
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
-    files = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    files = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml", INGRESS}
     assert set(kustomization["resources"]) == files
     assert len(kustomization["resources"]) == len(files)
     docs = manifests()
@@ -141,6 +144,7 @@ def test_kustomization_applies_every_manifest() -> None:
         "Service",
         "PodDisruptionBudget",
         "HorizontalPodAutoscaler",
+        "Ingress",
     }
     # The image the kustomization points elsewhere is the one the Deployment names.
     assert [image["name"] for image in kustomization["images"]] == [
@@ -345,6 +349,53 @@ def test_autoscaler_and_disruption_budget_leave_replicas_serving() -> None:
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
 
 
+def test_ingress_streams_to_the_service_with_the_proxy_settings_sse_needs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    docs = manifests()
+    ingress = docs["Ingress"]
+    annotations = ingress["metadata"]["annotations"]
+    prefix = "nginx.ingress.kubernetes.io/"
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    assert annotations[prefix + "proxy-buffering"] == "off"
+    # Above the heartbeat the pods are given, and as long as deploy/nginx/sse.conf's.
+    sse_conf = (ROOT / "deploy" / "nginx" / "sse.conf").read_text()
+    for name in ("read", "send"):
+        timeout = float(annotations[f"{prefix}proxy-{name}-timeout"])
+        conf = re.search(rf"^proxy_{name}_timeout (\d+)s;", sse_conf, re.MULTILINE)
+        assert conf and timeout == float(conf.group(1))
+        assert timeout > 2 * configured_settings(docs, monkeypatch).heartbeat
+    # Every path goes to the Service, by a port the Service has.
+    service = docs["Service"]
+    port_names = {port["name"] for port in service["spec"]["ports"]}
+    for rule in ingress["spec"]["rules"]:
+        for path in rule["http"]["paths"]:
+            backend = path["backend"]["service"]
+            assert backend["name"] == service["metadata"]["name"]
+            assert backend["port"]["name"] in port_names
+
+
+def test_the_docs_state_the_shutdown_timings_the_manifests_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    docs = manifests()
+    settings = configured_settings(docs, monkeypatch)
+    prestop = prestop_seconds(gateway_container(docs))
+    termination_grace = pod_spec(docs)["terminationGracePeriodSeconds"]
+    text = (ROOT / "docs" / "operating.md").read_text()
+    stated = re.search(
+        r"terminationGracePeriodSeconds \((\d+)\) = preStop \((\d+)\) \+ "
+        r"shutdown grace \((\d+)\) \+ margin \((\d+)\)",
+        text,
+    )
+    assert stated, "docs/operating.md states the shutdown timings as one sum"
+    numbers = [float(n) for n in stated.groups()]
+    assert numbers[:3] == [termination_grace, prestop, settings.shutdown_grace]
+    assert numbers[0] == sum(numbers[1:]) and numbers[3] >= SHUTDOWN_MARGIN
+    drain = re.search(r"0 < drain delay \((\d+)\)", text)
+    assert drain and float(drain.group(1)) == settings.drain_delay
+
+
 # ------------------------------------------------------------------ compose
 
 
@@ -421,6 +472,37 @@ def test_compose_stop_grace_covers_the_gateway_shutdown() -> None:
         assert stop >= grace + SHUTDOWN_MARGIN
 
 
+def test_compose_gateways_trust_only_what_can_reach_them() -> None:
+    # Trusting any peer's X-Forwarded-For is safe only while nothing but nginx,
+    # which replaces the header with the client's address, reaches the gateways.
+    services = compose()["services"]
+    for name in ("gateway-1", "gateway-2"):
+        service = services[name]
+        assert service["environment"]["KUMIHO_GATEWAY_FORWARDED_ALLOW_IPS"] == "*"
+        assert "ports" not in service and "network_mode" not in service, name
+    sse_conf = (ROOT / "deploy" / "nginx" / "sse.conf").read_text()
+    assert "proxy_set_header X-Forwarded-For $remote_addr;" in sse_conf.splitlines()
+
+
+def test_compose_sends_the_gateways_traces_to_its_collector() -> None:
+    services = compose()["services"]
+    collector = services["otel-collector"]
+    [(target, (source, mode))] = mounts(collector).items()
+    assert mode == "ro" and f"--config={target}" in collector["command"]
+    config = yaml.safe_load((COMPOSE.parent / source).read_text())
+    pipeline = config["service"]["pipelines"]["traces"]
+    assert "otlp" in pipeline["receivers"] and pipeline["exporters"]
+    listening = config["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"]
+    for name in ("gateway-1", "gateway-2"):
+        service = services[name]
+        env = {key: str(value) for key, value in service["environment"].items()}
+        # Tracing on, over OTLP/gRPC, to the collector's gRPC port.
+        assert trace_exporters(env) == ["otlp_proto_grpc"]
+        endpoint = urlsplit(env["OTEL_EXPORTER_OTLP_ENDPOINT"])
+        assert endpoint.hostname == "otel-collector" in service["depends_on"]
+        assert listening.endswith(f":{endpoint.port}")
+
+
 # --------------------------------------------------------------- Dockerfile
 
 
@@ -476,5 +558,11 @@ def test_dockerfile_dependency_list_is_pyproject_s() -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.split("\n")
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    expected = pyproject["build-system"]["requires"] + pyproject["project"]["dependencies"]
+    project = pyproject["project"]
+    # The otel extra too: the image traces when OTEL_* variables ask (compose.yaml does).
+    expected = (
+        pyproject["build-system"]["requires"]
+        + project["dependencies"]
+        + project["optional-dependencies"]["otel"]
+    )
     assert [line for line in listed if line] == expected

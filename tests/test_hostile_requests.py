@@ -33,10 +33,10 @@ from tests.conftest import (
 # Per set-up; KUMIHO_HOSTILE_EXAMPLES=1000 for a longer hunt.
 EXAMPLES = int(os.environ.get("KUMIHO_HOSTILE_EXAMPLES", "120"))
 TOKEN = b"tok-a"
-# (devserver flags, gateway flags): an open upstream; one that checks tokens,
-# behind a gateway that also answers cross-origin preflights.
+# (devserver flags, gateway flags): an open upstream, with compressed answers;
+# one that checks tokens, behind a gateway that also answers cross-origin preflights.
 SETUPS = {
-    "none-hub": ((), ("--auth", "none")),
+    "none-hub": ((), ("--auth", "none", "--compression", "gzip")),
     "passthrough-no-hub": (
         ("--token", "tok-a=studio-a"),
         ("--auth", "passthrough", "--no-hub", "--cors-origins", "http://app.example"),
@@ -177,6 +177,16 @@ _HEADERS = st.one_of(
             _FIELD,
             st.sampled_from([b"application/x-ndjson", b"text/event-stream", b"*/*"]).flatmap(
                 lambda media: _FIELD.map(lambda q: media + b";q=" + q)
+            ),
+        ),
+    ),
+    st.tuples(
+        st.sampled_from([b"Accept-Encoding"]),
+        st.one_of(
+            _FIELD,
+            st.sampled_from([b"gzip", b"x-gzip;q=0", b"*", b"identity;q=0", b"br", b"a" * 300]),
+            st.sampled_from([b"gzip", b"*", b"identity"]).flatmap(
+                lambda coding: _FIELD.map(lambda q: coding + b";q=" + q)
             ),
         ),
     ),

@@ -206,3 +206,28 @@ def test_hostile_field_values_are_encoded_reversibly_and_ordinary_ones_are_not()
 def test_an_encoded_value_that_is_no_utf8_text_is_refused(value: str) -> None:
     with pytest.raises(ValueError, match="not a valid b64~ value"):
         sse.decode_field(value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    routing_key=_text,
+    cursor=_text,
+    minted=st.one_of(st.none(), _text),
+    details=st.dictionaries(_text, _text, max_size=3),
+    named=st.booleans(),
+)
+def test_an_event_frame_is_byte_for_byte_what_sse_starlette_writes(
+    routing_key: str, cursor: str, minted: str | None, details: dict[str, str], named: bool
+) -> None:
+    """event_frame is written by hand for speed; ServerSentEvent stays the reference."""
+    from sse_starlette import ServerSentEvent
+
+    event = kumiho_pb2.Event(routing_key=routing_key, cursor=cursor, details=details)
+    line_id = cursor if minted is None else minted
+    reference = ServerSentEvent(
+        sse.event_json(event),
+        id=sse.field_value(line_id) if line_id else None,
+        event=sse.field_value(routing_key) if named and routing_key else None,
+        sep="\n",
+    ).encode()
+    assert sse.event_frame(event, named=named, event_id=minted) == reference

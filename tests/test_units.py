@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
+from gateway import correlation
 from gateway.auth import ANONYMOUS, ServiceToken, authenticate
 from gateway.endpoint import Target, resolve_target
 from gateway.errors import GatewayError
@@ -199,8 +200,12 @@ def test_upstream_metadata_has_a_fresh_correlation_id_and_the_bearer_token() -> 
     from gateway.upstream import Upstream
 
     upstream = Upstream(Settings(upstream="127.0.0.1:1", tenant_id="studio-9"))
-    first = dict(upstream.metadata(Credential("jwt.a.b", "sha256:x")))
-    second = dict(upstream.metadata(ANONYMOUS))
+    # Outside a request (a hub stream's resubscribe), each call has an id of its own.
+    with correlation.for_call() as cid:
+        first = dict(upstream.metadata(Credential("jwt.a.b", "sha256:x"), cid))
+    with correlation.for_call() as cid:
+        second = dict(upstream.metadata(ANONYMOUS, cid))
+    assert correlation.current() is None  # made current only while the call starts
     assert first["authorization"] == "Bearer jwt.a.b"
     assert first["x-tenant-id"] == "studio-9"
     assert "authorization" not in second

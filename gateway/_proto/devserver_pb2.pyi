@@ -206,6 +206,7 @@ class Stats(_message.Message):
     RECENT_TENANTS_FIELD_NUMBER: _builtins.int
     EVENTS_STORED_FIELD_NUMBER: _builtins.int
     RECENT_CORRELATION_IDS_FIELD_NUMBER: _builtins.int
+    RECENT_TRACEPARENTS_FIELD_NUMBER: _builtins.int
     open_streams: _builtins.int
     streams_started: _builtins.int
     events_stored: _builtins.int
@@ -221,6 +222,10 @@ class Stats(_message.Message):
     def recent_correlation_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """the x-correlation-id of each recent request"""
 
+    @_builtins.property
+    def recent_traceparents(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the W3C traceparent of each ("" when none came)"""
+
     def __init__(
         self,
         *,
@@ -230,10 +235,11 @@ class Stats(_message.Message):
         recent_tenants: _abc.Iterable[_builtins.str] | None = ...,
         events_stored: _builtins.int = ...,
         recent_correlation_ids: _abc.Iterable[_builtins.str] | None = ...,
+        recent_traceparents: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["events_stored", b"events_stored", "open_streams", b"open_streams", "recent_correlation_ids", b"recent_correlation_ids", "recent_requests", b"recent_requests", "recent_tenants", b"recent_tenants", "streams_started", b"streams_started"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events_stored", b"events_stored", "open_streams", b"open_streams", "recent_correlation_ids", b"recent_correlation_ids", "recent_requests", b"recent_requests", "recent_tenants", b"recent_tenants", "recent_traceparents", b"recent_traceparents", "streams_started", b"streams_started"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

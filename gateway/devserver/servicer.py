@@ -153,8 +153,10 @@ class KumihoEvents(kumiho_pb2_grpc.KumihoServiceServicer):
         self.faults = Faults()
         self.open_streams = 0
         self.streams_started = 0
-        # (request, tenant, x-correlation-id) of the latest calls, for tests to check.
-        self.recent: collections.deque[tuple[bytes, str, str]] = collections.deque(maxlen=_RECENT)
+        # (request, tenant, x-correlation-id, traceparent) of the latest calls, for tests.
+        self.recent: collections.deque[tuple[bytes, str, str, str]] = collections.deque(
+            maxlen=_RECENT
+        )
 
     async def GetEventCapabilities(
         self, request: kumiho_pb2.GetEventCapabilitiesRequest, context: Context
@@ -198,8 +200,11 @@ class KumihoEvents(kumiho_pb2_grpc.KumihoServiceServicer):
         self, request: kumiho_pb2.EventStreamRequest, context: Context
     ) -> AsyncIterator[kumiho_pb2.Event]:
         tenant, token = await self._authorize(context)
-        correlation_id = dict(context.invocation_metadata() or ()).get("x-correlation-id", "")
-        self.recent.append((request.SerializeToString(), tenant, str(correlation_id)))
+        metadata = dict(context.invocation_metadata() or ())
+        correlation_id, traceparent = (
+            str(metadata.get(key, "")) for key in ("x-correlation-id", "traceparent")
+        )
+        self.recent.append((request.SerializeToString(), tenant, correlation_id, traceparent))
         if self.faults.refuse:
             code = grpc.StatusCode[self.faults.refuse_code]
             await context.abort(code, "refusing streams (fault injected)")
@@ -365,8 +370,9 @@ class DevControl(devserver_pb2_grpc.DevServerServicer):
         return devserver_pb2.Stats(
             open_streams=ev.open_streams,
             streams_started=ev.streams_started,
-            recent_requests=[r for r, _, _ in ev.recent],
-            recent_tenants=[t for _, t, _ in ev.recent],
-            recent_correlation_ids=[c for _, _, c in ev.recent],
+            recent_requests=[r for r, _, _, _ in ev.recent],
+            recent_tenants=[t for _, t, _, _ in ev.recent],
+            recent_correlation_ids=[c for _, _, c, _ in ev.recent],
+            recent_traceparents=[p for _, _, _, p in ev.recent],
             events_stored=ev.log.store.count(),
         )

@@ -2,9 +2,10 @@
 
 A request resolves them one way: its query, then its credential, then its
 Subscription (so a missing credential is a 401 before any other parameter is
-judged). FastAPI resolves each at most once per request, and each is an
-``async def`` so it runs on the event loop: FastAPI runs a plain ``def``
-dependency in its thread pool, a thread hop per request for no work.
+judged), then the encoding of its answer. FastAPI resolves each at most once
+per request, and each is an ``async def`` so it runs on the event loop:
+FastAPI runs a plain ``def`` dependency in its thread pool, a thread hop per
+request for no work.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from typing import Annotated, cast
 
 from fastapi import Depends, Request
 
+from gateway.admission import ClientLimits
 from gateway.auth import Credential, authenticate
+from gateway.compression import Encoding, negotiate
 from gateway.hub import Hub
 from gateway.items import Source
 from gateway.lifecycle import Lifecycle
@@ -36,6 +39,7 @@ class GatewayState:
     lifecycle: Lifecycle
     ticker: Ticker
     hub: Hub | None  # None with --no-hub
+    limits: ClientLimits
 
     def source(self, subscription: Subscription) -> Source:
         """The subscription's source, shared (the hub) or its own, not opened yet."""
@@ -81,6 +85,16 @@ async def subscription(request: Request, params: QueryDep, who: CredentialDep) -
 
 
 SubscriptionDep = Annotated[Subscription, Depends(subscription)]
+
+
+async def encoding(request: Request, state: StateDep) -> Encoding:
+    """How the answer's body goes out, by ``--compression`` and ``Accept-Encoding``."""
+    # Several Accept-Encoding lines are one list (RFC 9110, 5.3).
+    lines = request.headers.getlist("accept-encoding")
+    return negotiate(state.settings.compression, ", ".join(lines) if lines else None)
+
+
+EncodingDep = Annotated[Encoding, Depends(encoding)]
 
 # The refusals a request can meet before its answer starts, for the OpenAPI
 # page of every route that takes a Subscription.

@@ -13,11 +13,18 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from gateway.admission import client_address
 from gateway.errors import GatewayError
 from gateway.poll import Batch, collect
 from gateway.pump import jittered_retry_ms
 from gateway.response import HEADERS, disconnected
-from gateway.routes.dependencies import REFUSALS, QueryDep, StateDep, SubscriptionDep
+from gateway.routes.dependencies import (
+    REFUSALS,
+    EncodingDep,
+    QueryDep,
+    StateDep,
+    SubscriptionDep,
+)
 from gateway.subscription import POLL_PARAMS, openapi_parameters, parse_poll
 
 router = APIRouter()
@@ -38,6 +45,7 @@ def draining(retry_ms: int) -> GatewayError:
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "{events, cursor, more, reset}: see the README"},
     **REFUSALS,
+    429: {"description": "this client's address is past a per-client limit (retryable)"},
     503: {"description": "at a cap on upstream streams, or shutting down (retryable)"},
 }
 
@@ -49,7 +57,11 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     responses=_RESPONSES,
 )
 async def poll(
-    request: Request, subscription: SubscriptionDep, params: QueryDep, state: StateDep
+    request: Request,
+    subscription: SubscriptionDep,
+    params: QueryDep,
+    state: StateDep,
+    encoding: EncodingDep,
 ) -> Response:
     max_events, timeout = parse_poll(params)
     if subscription.consumer_group:
@@ -64,8 +76,14 @@ async def poll(
     lifecycle = state.lifecycle
     if lifecycle.draining:
         raise draining(state.settings.retry_ms)
+    headers = {**HEADERS, **encoding.headers}
     if request.method == "HEAD":  # validated; no upstream call for it
-        return Response(headers=HEADERS, media_type="application/json")
+        head = Response(headers=headers, media_type="application/json")
+        del head.headers["content-length"]  # a GET's length is known only once it has polled
+        return head
+    # A waiting poll holds a place like a stream; refused, it is a 429 with
+    # Retry-After (only /events itself must never answer non-200: CONTRACT.md).
+    place = state.limits.admit(client_address(request))
     batch = Batch(max_events, subscription.cursor)
     # Drained like a stream: at SIGTERM the poll answers at once, while it
     # opens as while it waits (one that starts during the drain, at once).
@@ -74,10 +92,11 @@ async def poll(
         await collect(state.source(subscription), batch, timeout, disconnected(request.receive))
     finally:
         lifecycle.discard(batch)
+        place.release()
     if batch.failure is not None and not batch.events:
         raise batch.failure  # with events, the next poll meets it
     if batch.drained and not batch.events:
         # An empty 200 would say "nothing new": the client would take it as
         # caught up. It polls again instead, with the same cursor, elsewhere.
         raise draining(state.settings.retry_ms)
-    return Response(batch.answer(), headers=HEADERS, media_type="application/json")
+    return Response(encoding.body(batch.answer()), headers=headers, media_type="application/json")

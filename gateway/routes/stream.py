@@ -15,12 +15,20 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from gateway.admission import client_address
+from gateway.compression import Encoding
 from gateway.errors import GatewayError
 from gateway.formats import Format, format_for
 from gateway.items import Source
 from gateway.pump import Pump, jittered_retry_ms
 from gateway.response import HEADERS, EventStreamResponse
-from gateway.routes.dependencies import REFUSALS, GatewayState, StateDep, SubscriptionDep
+from gateway.routes.dependencies import (
+    REFUSALS,
+    EncodingDep,
+    GatewayState,
+    StateDep,
+    SubscriptionDep,
+)
 from gateway.subscription import Subscription, openapi_parameters
 
 log = logging.getLogger("gateway.routes.stream")
@@ -28,14 +36,23 @@ log = logging.getLogger("gateway.routes.stream")
 router = APIRouter()
 
 
-def retry_answer(state: GatewayState, fmt: Format, error: GatewayError | None = None) -> Response:
-    """Come back later: a retry: line (and why), never a non-200 (EventSource would stop)."""
+def retry_answer(
+    state: GatewayState, fmt: Format, encoding: Encoding, error: GatewayError | None = None
+) -> Response:
+    """Come back later: a retry: line (and why), never a non-200 (EventSource would stop).
+
+    The delay is the usual jittered ``retry:``, or the error's own
+    ``retry_after_ms`` when that is longer (a rate limit knows when to come back).
+    """
     retry_ms = jittered_retry_ms(state.settings.retry_ms)
+    if error is not None and error.retry_after_ms is not None:
+        retry_ms = max(retry_ms, error.retry_after_ms)
     body = fmt.retry(retry_ms)
     if error is not None:
         error.retry_after_ms = retry_ms
         body += fmt.control("gateway.error", error.envelope()["error"])
-    return Response(body, headers=HEADERS, media_type=fmt.media_type)
+    headers = {**HEADERS, **encoding.headers}
+    return Response(encoding.body(body), headers=headers, media_type=fmt.media_type)
 
 
 async def opened(state: GatewayState, subscription: Subscription) -> Source:
@@ -50,28 +67,43 @@ async def opened(state: GatewayState, subscription: Subscription) -> Source:
 
 
 async def stream(
-    request: Request, subscription: Subscription, state: GatewayState, *, hosted: bool
+    request: Request,
+    subscription: Subscription,
+    state: GatewayState,
+    encoding: Encoding,
+    *,
+    hosted: bool,
 ) -> Response:
     """Every streaming surface: open the subscription's source and pump it to the client."""
     fmt = format_for(subscription.format, subscription.named, hosted)
     lifecycle = state.lifecycle
     if lifecycle.draining:
-        return retry_answer(state, fmt)
+        return retry_answer(state, fmt, encoding)
     if request.method == "HEAD":
         # What a GET would answer, without opening an upstream stream for it.
-        head = Response(headers=HEADERS, media_type=fmt.media_type)
+        head = Response(headers={**HEADERS, **encoding.headers}, media_type=fmt.media_type)
         del head.headers["content-length"]
         return head
+    client = client_address(request)
+    try:
+        place = state.limits.admit(client)
+    except GatewayError as exc:  # this client's limits (logged and counted there)
+        return retry_answer(state, fmt, encoding, exc)
     try:
         source = await opened(state, subscription)
     except GatewayError as exc:
+        place.release()
         if exc.retryable:  # at a cap: a retry: line and why, then the client comes back
             log.info("stream refused for now: %s", exc.message)
-            return retry_answer(state, fmt, exc)
+            return retry_answer(state, fmt, encoding, exc)
+        raise
+    except BaseException:
+        place.release()
         raise
     if lifecycle.draining:  # the drain began while the upstream answered
         source.close()
-        return retry_answer(state, fmt)
+        place.release()
+        return retry_answer(state, fmt, encoding)
     pump = Pump(
         source,
         fmt=fmt,
@@ -79,9 +111,10 @@ async def stream(
         metrics=state.metrics,
         lifecycle=lifecycle,
         ticker=state.ticker,
-        client=request.client.host if request.client else "",
+        client=client,
+        place=place,
     )
-    return EventStreamResponse(pump)
+    return EventStreamResponse(pump, encoding)
 
 
 _RESPONSES: dict[int | str, dict[str, Any]] = {200: {"description": "the event stream"}, **REFUSALS}
@@ -95,8 +128,10 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {200: {"description": "the event s
     openapi_extra={"parameters": openapi_parameters()},
     responses=_RESPONSES,
 )
-async def events(request: Request, subscription: SubscriptionDep, state: StateDep) -> Response:
-    return await stream(request, subscription, state, hosted=False)
+async def events(
+    request: Request, subscription: SubscriptionDep, state: StateDep, encoding: EncodingDep
+) -> Response:
+    return await stream(request, subscription, state, encoding, hosted=False)
 
 
 @router.get(
@@ -109,6 +144,6 @@ async def events(request: Request, subscription: SubscriptionDep, state: StateDe
     responses=_RESPONSES,
 )
 async def hosted_stream(
-    request: Request, subscription: SubscriptionDep, state: StateDep
+    request: Request, subscription: SubscriptionDep, state: StateDep, encoding: EncodingDep
 ) -> Response:
-    return await stream(request, subscription, state, hosted=True)
+    return await stream(request, subscription, state, encoding, hosted=True)
