@@ -192,6 +192,7 @@ WAYS: list[tuple[str, Callable[[str], dict[str, Any]]]] = [
     ("/api/v1/events/stream", lambda t: {"headers": {"X-Kumiho-Token": t}}),
     ("/events/poll", lambda t: {"headers": {"Authorization": f"Bearer {t}"}}),
     ("/api/v1/events/poll", lambda t: {"headers": {"X-Kumiho-Token": t}}),
+    ("/capabilities", lambda t: {"headers": {"Authorization": f"Bearer {t}"}}),
 ]
 
 
