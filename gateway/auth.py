@@ -5,13 +5,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 
 from pydantic import SecretStr
 
+from gateway import tokens
 from gateway.errors import GatewayError
-from gateway.settings import AuthMode, read_token_file
+from gateway.settings import AuthMode
 
 log = logging.getLogger("gateway.auth")
 
@@ -20,6 +23,8 @@ MAX_TENANT_LENGTH = 128
 COOKIE_NAME = "kumiho_token"
 # Kumiho's hosted API takes its token in this header (KUMIHO.md).
 TOKEN_HEADER = "x-kumiho-token"
+# The error code of a token past its JWT exp, before a stream and at its end.
+TOKEN_EXPIRED = "token_expired"
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,9 @@ class Credential:
     upstream_token: str | None = field(repr=False)
     identity: str  # a hash of the token, never the token: safe for logs, keys and metrics
     tenant: str | None = None  # the client's x-tenant-id, sent upstream with the token
+    # When the presented token says it expires (a JWT's exp, seconds since the
+    # epoch): its stream ends then, with gateway.error token_expired.
+    expires_at: float | None = None
 
 
 ANONYMOUS = Credential(None, "anonymous")
@@ -45,7 +53,7 @@ class ServiceToken:
 
     def __init__(self, value: str | None = None, path: str | None = None) -> None:
         self._path = path
-        self._value = read_token_file(path) if path else value
+        self._value = tokens.read_token_file(path) if path else value
 
     def current(self) -> str | None:
         return self._value
@@ -55,7 +63,7 @@ class ServiceToken:
         if self._path is None:
             return False
         try:
-            token = read_token_file(self._path)
+            token = tokens.read_token_file(self._path)
         except ValueError as exc:
             log.warning("%s; keeping the token read before", exc)
             return False
@@ -161,11 +169,41 @@ def _credential(
             f"a {COOKIE_NAME} cookie or the access_token parameter",
         )
     if mode == "passthrough":
-        return Credential(token, identity_of(token))
+        return Credential(token, identity_of(token), expires_at=_unexpired(token))
     # service: compare against every key so timing does not reveal which matched.
     matched = False
     for key in api_keys:
         matched |= hmac.compare_digest(key.get_secret_value().encode(), token.encode())
     if not matched:
         raise GatewayError(401, "unauthenticated", "the gateway key is not valid")
-    return Credential(service_token, SERVICE)
+    return Credential(service_token, SERVICE, expires_at=_unexpired(token))
+
+
+def _unexpired(token: str, now: float | None = None) -> float | None:
+    """The token's expiry (see tokens.expiry), or a 401 ``token_expired`` if it has passed.
+
+    The gateway refuses what it knows has expired rather than ask the upstream:
+    a stream opened with it would end at once with token_expired and its client
+    would come back with the same token, again and again. The refusal is a 401,
+    which ends an EventSource for good, as it must: only a fresh token helps.
+    """
+    expires_at = tokens.expiry(token)
+    if expires_at is not None and expires_at <= (time.time() if now is None else now):
+        raise token_expired(expires_at, retryable=False)
+    return expires_at
+
+
+def token_expired(expires_at: float, *, retryable: bool) -> GatewayError:
+    """The refusal of a token whose ``exp`` has passed: a 401 before a stream (not
+    retryable: the same request fails again), or the end of one (retryable: the
+    client resumes with a fresh token and its last event id)."""
+    # A negative exp (before 1970) is a time too, which datetime cannot always name.
+    when = (
+        datetime.fromtimestamp(expires_at, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        if expires_at >= 0
+        else f"{expires_at:g} seconds after 1970"
+    )
+    again = "resume with a fresh token" if retryable else "connect again with a fresh token"
+    return GatewayError(
+        401, TOKEN_EXPIRED, f"the token expired at {when}: {again}", retryable=retryable
+    )

@@ -129,7 +129,8 @@ class Metrics:
         )
         self.stream_closes = Counter(
             "kumiho_gateway_stream_closes",
-            "Streams ended, by cause (client, upstream_error, slow_consumer, lifetime, drain)",
+            "Streams ended, by cause (client, upstream_error, slow_consumer, lifetime, drain, "
+            "send_timeout, source_ended, token_expired)",
             ["cause"],
             registry=r,
         )

@@ -13,7 +13,9 @@ the upstream back). A client that keeps it full for ``slow_consumer_grace``
 seconds is a slow consumer: its buffered frames are dropped (it will fetch
 them again by resuming), it gets a ``retry:`` line and the stream ends.
 Streams also end after a ``retry:`` line when the gateway drains or when
-``max_stream_lifetime`` passes; always between frames.
+``max_stream_lifetime`` passes, and at the client's token's expiry (a JWT's
+``exp``) after a retryable ``gateway.error`` ``token_expired``; always
+between frames.
 
 The shared ``Ticker`` visits every pump: a stream quiet for about
 ``heartbeat`` seconds gets a comment frame, and one whose current write has
@@ -30,6 +32,7 @@ from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, assert_never
 
 from gateway._proto import kumiho_pb2
+from gateway.auth import token_expired
 from gateway.connection import Connection
 from gateway.formats import Format
 from gateway.items import Advance, Failure, Item, Reset, SharedEvent, Source, Status, wake
@@ -66,10 +69,12 @@ class Pump:
         ticker: Ticker,
         client: str = "",
         place: Place | None = None,
+        expires_at: float | None = None,
     ) -> None:
         self._source = source
         self._client = client  # the client's address, for the per-client stream gauge
         self._place = place  # its place under --max-streams-per-client, given back at the end
+        self._expires_at = expires_at  # the client's token's exp (epoch seconds), if it has one
         self._format = fmt
         self.media_type = fmt.media_type
         self._settings = settings
@@ -189,6 +194,14 @@ class Pump:
         """The gateway is shutting down: flush, then a retry: line, then close."""
         self._end("drain")
 
+    def _expire(self, expires_at: float) -> None:
+        """The client's token expired: say so, then end as any stream ends (a retry: line)."""
+        if self._finished:
+            return
+        error = token_expired(expires_at, retryable=True).envelope()["error"]
+        self._frames.append(self._format.control("gateway.error", error))
+        self._end("token_expired")
+
     def _end(self, cause: str) -> None:
         """Stop the source; the response flushes what is buffered, a retry: line, and ends."""
         if self._finished:
@@ -262,6 +275,13 @@ class Pump:
             if settings.max_stream_lifetime
             else None
         )
+        expiry = (
+            loop.call_later(
+                max(0.0, self._expires_at - time.time()), self._expire, self._expires_at
+            )
+            if self._expires_at is not None
+            else None
+        )
         self._writer = asyncio.current_task()
         self._reader = asyncio.create_task(self._run_source())
         self._lifecycle.add(self)
@@ -308,6 +328,8 @@ class Pump:
             # Synchronous on purpose: this may run inside a cancelled task.
             if lifetime is not None:
                 lifetime.cancel()
+            if expiry is not None:
+                expiry.cancel()
             self._reader.cancel()
             self._source.close()
             if self._place is not None:

@@ -25,7 +25,6 @@ import os
 import typing
 import unicodedata
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -45,6 +44,7 @@ from pydantic_settings import (
 )
 
 from gateway.endpoint import resolve_target
+from gateway.tokens import read_token_file
 
 AuthMode = Literal["none", "passthrough", "service"]
 HubFiltering = Literal["auto", "gateway", "upstream"]
@@ -76,18 +76,6 @@ def shown_default(field: str) -> str:
     if isinstance(default, list):
         return ",".join(default)  # as the flag takes it
     return str(default)
-
-
-def read_token_file(path: str) -> str:
-    """The token a file holds (KUMIHO_AUTH_TOKEN_FILE); ValueError if unreadable or empty."""
-    try:
-        token = Path(path).read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        why = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
-        raise ValueError(f"cannot read the token file {path!r}: {why}") from None
-    if not token:
-        raise ValueError(f"the token file {path!r} is empty")
-    return token
 
 
 def _check_readable(path: str) -> None:

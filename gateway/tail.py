@@ -3,7 +3,8 @@
 A client like any other: it talks HTTP to a gateway's ``/events`` (or the
 hosted dialect's ``/api/v1/events/stream``), reads the stream with httpx-sse,
 and imports nothing from the server side (only the pure ``backoff.py``, the
-rule every retry loop of the gateway follows). Events go to stdout, one readable
+rule every retry loop of the gateway follows, and ``tokens.py``, how a token
+file is read). Events go to stdout, one readable
 line each (or the event's JSON object with ``--json``); everything else
 (upstream status, gaps, reconnects, errors) goes to stderr, so a pipe only
 ever sees events.
@@ -39,10 +40,15 @@ import httpx
 from httpx_sse import ServerSentEvent, connect_sse
 
 from gateway.backoff import Backoff
+from gateway.tokens import read_token_file
 
 PROG = "kumiho-sse-gateway tail"
 DEFAULT_URL = "http://127.0.0.1:8000/events"  # the demo's stream
 TOKEN_ENV = "KUMIHO_TAIL_TOKEN"
+# The Kumiho SDK's name for a file holding the token (read again on every connection).
+TOKEN_FILE_ENV = "KUMIHO_AUTH_TOKEN_FILE"
+# The gateway's code for a token past its exp (gateway/auth.py; tail imports no server code).
+TOKEN_EXPIRED = "token_expired"
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # this side failed (cursor file), or the answer was not an event stream
@@ -80,7 +86,8 @@ resume:
   repeat. With a cursor, --from is ignored.
 
 environment:
-  {TOKEN_ENV}   the token to send when --token is not given
+  {TOKEN_ENV}   the token to send when neither --token nor --token-file is given
+  {TOKEN_FILE_ENV}   else, a file holding it (as --token-file)
   NO_COLOR            when set (non-empty), --color auto means never
 
 exit status:
@@ -89,7 +96,8 @@ exit status:
        something that is not an event stream
   2    bad usage, or the server refused for good: a 4xx answer (its error
        message is printed), a gateway.error that is not retryable, or a
-       5xx whose error says retrying cannot help
+       5xx whose error says retrying cannot help (a token from a file that
+       has expired is waited for instead: the file may be renewed)
   130  interrupted (Ctrl-C)
 
 examples:
@@ -136,11 +144,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="print each event's JSON object on one line (NDJSON), for jq and scripts",
     )
-    parser.add_argument(
+    credential = parser.add_mutually_exclusive_group()
+    credential.add_argument(
         "--token",
         metavar="TOKEN",
         help=f"sent as Authorization: Bearer TOKEN (default: ${TOKEN_ENV}; prefer the "
         "variable: flags show in process lists)",
+    )
+    credential.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="PATH",
+        help="send the token PATH holds, read again on every (re)connection, so a renewed "
+        f"token is used without a restart (default: ${TOKEN_FILE_ENV}, when ${TOKEN_ENV} "
+        "is unset)",
     )
     parser.add_argument(
         "--color",
@@ -185,7 +202,7 @@ def run(ns: argparse.Namespace) -> int:
         tail = Tail(
             stream_url(ns.url),
             params=_params(ns),
-            token=ns.token if ns.token is not None else os.environ.get(TOKEN_ENV) or None,
+            token=token_source(ns),
             cursor_file=CursorFile(ns.cursor_file) if ns.cursor_file else None,
             count=ns.count,
             out=out,
@@ -211,6 +228,52 @@ def _params(ns: argparse.Namespace) -> dict[str, str]:
     # knows only them.
     params = {"routing_key_filter": ns.routing_key, "kref_filter": ns.kref, "from": ns.start}
     return {name: value for name, value in params.items() if value is not None}
+
+
+def token_source(ns: argparse.Namespace) -> Token:
+    """Where the token comes from: --token, --token-file, $KUMIHO_TAIL_TOKEN, then
+    $KUMIHO_AUTH_TOKEN_FILE (a flag beats the environment; a token, a file)."""
+    if ns.token is not None:
+        return Token(ns.token or None)
+    if ns.token_file is not None:
+        return Token.from_file(ns.token_file)
+    if os.environ.get(TOKEN_ENV):
+        return Token(os.environ[TOKEN_ENV])
+    path = os.environ.get(TOKEN_FILE_ENV)
+    return Token.from_file(Path(path)) if path else Token(None)
+
+
+class Token:
+    """The token sent on each connection: a fixed one, or a file's, read again each time."""
+
+    def __init__(self, value: str | None, path: Path | None = None) -> None:
+        self.value = value
+        self.path = path
+
+    @classmethod
+    def from_file(cls, path: Path) -> Token:
+        """The token in ``path``, which must be readable now (``Stop`` otherwise)."""
+        try:
+            return cls(read_token_file(path.expanduser()), path.expanduser())
+        except ValueError as exc:
+            raise Stop(EXIT_REFUSED, str(exc)) from None
+
+    @property
+    def renewable(self) -> bool:
+        """Whether another connection may send another token (it comes from a file)."""
+        return self.path is not None
+
+    def current(self, out: Output) -> str | None:
+        """The token to send now: the file read again (a rotated token is used at once).
+
+        A file caught mid-rotation (gone, empty) keeps the token read before.
+        """
+        if self.path is not None:
+            try:
+                self.value = read_token_file(self.path)
+            except ValueError as exc:
+                out.notice(f"{exc}; sending the token read before", tone="warn")
+        return self.value
 
 
 def stream_url(url: str) -> str:
@@ -250,7 +313,7 @@ class Tail:
         url: str,
         *,
         params: Mapping[str, str],
-        token: str | None,
+        token: Token,
         cursor_file: CursorFile | None,
         count: int | None,
         out: Output,
@@ -264,7 +327,7 @@ class Tail:
             "from" not in parse_qs(urlsplit(url).query)
         )
         self.opened_at: str | None = None
-        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.token = token
         self.cursor_file = cursor_file
         self.count = count
         self.out = out
@@ -281,7 +344,7 @@ class Tail:
             self.out.notice(f"resuming after {visible(self.last_id)} ({self.cursor_file.path})")
         failures = 0
         reconnect = False
-        with httpx.Client(timeout=TIMEOUT, headers=self.headers) as client:
+        with httpx.Client(timeout=TIMEOUT) as client:
             while True:
                 self.dispatched, self.connected_notice = False, ""
                 pause = self._connection(client, reconnect=reconnect)
@@ -299,6 +362,9 @@ class Tail:
         """One request: print what it delivers, then say why it ended."""
         # Bytes: an id is sent back exactly as received, UTF-8 included.
         headers = {"Last-Event-ID": self.last_id.encode()} if self.last_id else {}
+        token = self.token.current(self.out)
+        if token:
+            headers["Authorization"] = f"Bearer {token}".encode()
         params = self.params
         if not self.last_id and self.opened_at:
             params = {**params, "from": self.opened_at}
@@ -306,7 +372,7 @@ class Tail:
             with connect_sse(client, "GET", self.url, params=params, headers=headers) as source:
                 response = source.response
                 if response.status_code != 200:
-                    return refusal(response)
+                    return refusal(response, renewable=self.token.renewable)
                 _check_event_stream(response)
                 if self.follows_latest and not self.last_id and not self.opened_at:
                     self.opened_at = opened_at(response)
@@ -377,6 +443,9 @@ class Tail:
         what = f"gateway error {describe_error(data)}"
         if data.get("retryable") is True:
             self.out.notice(what, tone="error")
+            if data.get("code") == TOKEN_EXPIRED:
+                # Nothing to wait for: the next connection sends the token as it is now.
+                return Pause("the token expired", 0)
             return Pause("the stream ended after the error", _int(data.get("retry_after_ms")))
         raise Stop(EXIT_REFUSED, what)
 
@@ -419,8 +488,12 @@ def reconnect_delay_ms(
     return round(backoff.nth(failures) * 1000)
 
 
-def refusal(response: httpx.Response) -> Pause:
-    """A non-200 answer: a Pause when retrying can help, else ``Stop``."""
+def refusal(response: httpx.Response, *, renewable: bool = False) -> Pause:
+    """A non-200 answer: a Pause when retrying can help, else ``Stop``.
+
+    ``renewable``: the token comes from a file, so an expired one may be
+    replaced there: tail waits for it (backing off) rather than give up.
+    """
     status = response.status_code
     response.read()
     error = _envelope(response)
@@ -430,6 +503,8 @@ def refusal(response: httpx.Response) -> Pause:
         body = " ".join(response.text.split())[:200]
         what = f"HTTP {status} {response.reason_phrase}" + (f": {visible(body)}" if body else "")
     retryable = error.get("retryable") if error else None
+    if renewable and error is not None and error.get("code") == TOKEN_EXPIRED:
+        return Pause(f"{what} (waiting for a new token in the token file)")
     if status in (408, 429) or retryable is True:
         wait = _int(error.get("retry_after_ms")) if error else None
         if wait is None:

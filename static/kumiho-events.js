@@ -85,7 +85,11 @@
  * @property {string} [consumerGroup]           a Kumiho consumer group (Enterprise): share the events with its other members
  * @property {string} [from]                    "latest" (default), "beginning" or an ISO timestamp; used when no cursor is stored
  * @property {string} [cursor]                  resume after this cursor (wins over the stored one)
- * @property {string} [accessToken]             for --auth passthrough/service when no cookie or header can carry it
+ * @property {string|(() => string|Promise<string>)} [accessToken]  for --auth passthrough/service when no cookie or
+ *                                              header can carry it. A function is called for a fresh token on every
+ *                                              connect (and poll), and at once when the gateway ends a stream with
+ *                                              gateway.error token_expired, so a short-lived token is refreshed without
+ *                                              a reload and without losing an event
  * @property {boolean} [withCredentials=false]  send cookies cross-origin (kumiho_token)
  * @property {boolean} [shared=true]            share one connection with the other subscriptions of this browser
  * @property {string|null} [storageKey]         localStorage key of the last cursor; null: do not persist.
@@ -471,15 +475,35 @@ const gatewayUrl = (options) => new URL(options.url || DEFAULT_URL, location.hre
 /**
  * The gateway URL with the filter, the credential and a start.
  * @param {SubscribeOptions} options @param {Filter} filter @param {Start} start
+ * @param {string} token  the access token to send ("" for none): see tokenOf
  */
-function streamUrl(options, filter, start) {
+function streamUrl(options, filter, start, token) {
   const url = gatewayUrl(options);
   for (const [name, value] of filterQuery(filter)) url.searchParams.set(name, value);
   if (options.consumerGroup) url.searchParams.set("consumer_group", options.consumerGroup);
   if (start.cursor) url.searchParams.set("cursor", start.cursor);
   else if (start.from) url.searchParams.set("from", start.from);
-  if (options.accessToken) url.searchParams.set("access_token", options.accessToken);
+  if (token) url.searchParams.set("access_token", token);
   return url;
+}
+
+// The gateway's code for a token past its exp (gateway/auth.py).
+const TOKEN_EXPIRED = "token_expired";
+
+/** Whether the access token is a function, asked again for each connection. @param {SubscribeOptions} options */
+const refreshes = (options) => typeof options.accessToken === "function";
+
+/**
+ * The access token to send now: the option itself, or what its function gives (awaited).
+ * Throws when the function fails or gives no string: the connection is then tried again later.
+ * @param {SubscribeOptions} options @returns {Promise<string>}
+ */
+async function tokenOf(options) {
+  const token = refreshes(options)
+    ? await /** @type {() => string|Promise<string>} */ (options.accessToken)()
+    : options.accessToken || "";
+  if (typeof token !== "string") throw new TypeError("accessToken() must give a string");
+  return token;
 }
 
 /**
@@ -487,36 +511,43 @@ function streamUrl(options, filter, start) {
  * @param {Feed} feed @param {Start} start
  */
 function ownConnection(feed, start) {
-  /** @type {Stream|null} */
-  let stream = null;
-  /** @param {Start} from */
-  const open = (from) => {
-    const opened = new Stream(feed.options, feed.filter, from, {
-      // Its id, not the event's cursor: on a tier without cursors the gateway's own id resumes.
-      event: (message) => feed.deliver(json(message), message.lastEventId),
-      status: (status) => feed.report(status),
-      reset: (reset) => feed.reset(reset),
-      error: (error) => feed.fail(error),
-      state: (state) => {
-        if (state !== "stopped") {
-          feed.setState(state);
-          return;
-        }
-        // Refused: report why, or open again where the feed is.
-        feed.setState("reconnecting");
-        const gone = () => feed.closed || stream !== opened;
-        whyRefused(feed.options, () => feed.filter, gone).then((error) => {
-          if (gone()) return;
-          if (error) feed.fail(error);
-          else if (feed.cursor) open({ cursor: feed.cursor, from: "" });
-          else open(opened.since ? { cursor: "", from: opened.since } : from);
-        });
-      },
-    });
-    stream = opened;
-  };
-  open(start);
-  feed.onClose = () => stream?.close();
+  const stream = new Stream(feed.options, feed.filter, start, {
+    // Its id, not the event's cursor: on a tier without cursors the gateway's own id resumes.
+    event: (message) => feed.deliver(json(message), message.lastEventId),
+    status: (status) => feed.report(status),
+    reset: (reset) => feed.reset(reset),
+    error: (error) => feed.fail(error),
+    state: async (state) => {
+      if (state !== "stopped") {
+        feed.setState(state);
+        return;
+      }
+      feed.setState("reconnecting");
+      const why = await refusal(feed.options, feed.filter, () => !feed.closed);
+      if (why?.error) feed.fail({ ...why.error, retryable: false });
+      else if (why) stream.open();
+    },
+  });
+  feed.onClose = () => stream.close();
+}
+
+/**
+ * The gateway answered a stream with an error status, which EventSource does not show: ask
+ * the same question as a poll to learn why. A refusal ({error}) stops what asked; anything
+ * else (a proxy's 502, an expired token a function renews) is asked again, backing off, until
+ * the poll is answered ({}: open the stream again). null when `current()` turns false.
+ * @param {SubscribeOptions} options @param {Filter} filter @param {() => boolean} current
+ * @returns {Promise<{error?: KumihoError}|null>}
+ */
+async function refusal(options, filter, current) {
+  for (let attempt = 0; ; attempt += 1) {
+    await pause(attempt);
+    if (!current()) return null;
+    const answer = await poll(options, filter, { cursor: "", from: "latest" }, 0);
+    if (!current()) return null;
+    if (answer.error) return { error: answer.error };
+    if (answer.body) return {};
+  }
 }
 
 /**
@@ -556,7 +587,8 @@ const openedAt = () => new Date(Date.now() + clockAhead - CLOCK_MARGIN_MS).toISO
  * One EventSource for a filter from a start, resumed as the gateway resumes its own upstream:
  * EventSource sends the last id it saw when it reconnects; before the first event, a stream that
  * began at "latest" would begin at the latest again and skip what came meanwhile, so it is
- * reopened from the moment it first opened (`since`) instead.
+ * reopened from the moment it first opened (`since`) instead. With a token function, every
+ * reconnection is a new EventSource, from the last id dispatched, with a token asked for then.
  */
 class Stream {
   /**
@@ -567,18 +599,42 @@ class Stream {
     this.options = options;
     this.filter = filter;
     this.on = on;
+    this.start = start;
     this.since = fromLatest(start) ? openedAt() : ""; // "": the start says where to resume
     this.dispatched = false; // an event came (its id, if any, is EventSource's to resend)
+    this.lastId = ""; // the id of the last event dispatched
+    this.opened = false; // an EventSource was made: the next one resumes (resumeAt)
     this.attempt = 0;
     this.closed = false;
     /** @type {EventSource|null} */
     this.source = null;
-    this.open(start);
+    this.open();
   }
 
-  /** @param {Start} start */
-  open(start) {
-    const source = new EventSource(streamUrl(this.options, this.filter, start), {
+  /** Where a new EventSource begins, as EventSource itself would resume. @returns {Start} */
+  resumeAt() {
+    if (this.lastId) return { cursor: this.lastId, from: "" };
+    if (fromLatest(this.start) && !this.dispatched && this.since) return { cursor: "", from: this.since };
+    return this.start;
+  }
+
+  /** Open an EventSource from the start, or where the last one stopped, with the token as it is now. */
+  async open() {
+    const start = this.opened ? this.resumeAt() : this.start;
+    let token = null;
+    try {
+      token = await tokenOf(this.options);
+    } catch {
+      /* the token function failed: tried again after the backoff */
+    }
+    if (this.closed) return;
+    if (token === null) {
+      this.on.state("reconnecting");
+      this.reopen();
+      return;
+    }
+    this.opened = true;
+    const source = new EventSource(streamUrl(this.options, this.filter, start, token), {
       withCredentials: Boolean(this.options.withCredentials),
     });
     this.source = source;
@@ -589,18 +645,18 @@ class Stream {
     };
     source.onerror = () => {
       if (source.readyState === EventSource.CLOSED) {
-        this.on.state("stopped"); // a non-200 answer, which retrying cannot help
+        this.on.state("stopped"); // a non-200 answer: the caller asks a poll why
         return;
       }
-      if (fromLatest(start) && !this.dispatched && this.since) {
-        source.close();
-        const since = { cursor: "", from: this.since };
-        pause(this.attempt++).then(() => this.closed || this.source !== source || this.open(since));
-      }
+      // EventSource would come back by itself with the same URL: a token function's token
+      // may have expired (this is how a stream ended by token_expired resumes, with a fresh
+      // one), and a "latest" stream would skip what came meanwhile.
+      if (refreshes(this.options) || (fromLatest(start) && !this.dispatched && this.since)) this.reopen();
       this.on.state("reconnecting");
     };
     source.onmessage = (message) => {
       this.dispatched = true;
+      this.lastId = message.lastEventId || this.lastId;
       this.on.event(message);
     };
     source.addEventListener("gateway.status", (m) => this.on.status(json(m)));
@@ -610,6 +666,13 @@ class Stream {
       if (!error.retryable) source.close(); // else the stream ends and EventSource comes back after retry:
       this.on.error(error);
     });
+  }
+
+  /** Close the EventSource; open another after the backoff's next wait. */
+  reopen() {
+    const source = this.source;
+    source?.close();
+    pause(this.attempt++).then(() => this.closed || this.source !== source || this.open());
   }
 
   close() {
@@ -632,7 +695,9 @@ const hubs = new Map();
 function scopeOf(options) {
   const parts = [gatewayUrl(options).href];
   if (options.withCredentials) parts.push("cookies");
-  if (options.accessToken) parts.push(`token:${fingerprint(options.accessToken)}`);
+  // A function's tokens change: like a cookie, it stands for this browser's credential.
+  if (refreshes(options)) parts.push("token:function");
+  else if (options.accessToken) parts.push(`token:${fingerprint(/** @type {string} */ (options.accessToken))}`);
   return parts.join(" ");
 }
 
@@ -915,17 +980,16 @@ class Hub {
   }
 
   /**
-   * The gateway answered the stream with an error status: a refusal (see whyRefused) stops
-   * every subscription with it; otherwise the stream opens again.
+   * The stream was answered with an error status: learn why (see refusal). A refusal stops
+   * every subscription with it; anything else (a tab leaving mid-request too) is tried again.
    * @param {Stream} source
    */
   async refused(source) {
     this.post({ type: "state", state: "reconnecting" });
-    const gone = () => this.closed || this.source !== source;
-    const error = await whyRefused(this.options, () => union([...this.registry.values()]), gone);
-    if (gone()) return;
-    if (error) this.post({ type: "error", error });
-    else this.open();
+    const filter = union([...this.registry.values()]);
+    const why = await refusal(this.options, filter, () => !this.closed && this.source === source);
+    if (why?.error) this.post({ type: "error", error: why.error });
+    else if (why) this.open();
   }
 }
 
@@ -1035,27 +1099,6 @@ class Shared {
 }
 
 /**
- * A stream was answered with an error status, which EventSource does not show: ask the same
- * question as a poll, with backoff, to learn why. The refusal to report (the gateway's, or an
- * answer that is not the gateway's: see poll), or null once the gateway answers (the stream may
- * open again) or `gone()` says to stop asking. A proxy's 502 or a tab leaving mid-request is
- * asked again.
- * @param {SubscribeOptions} options @param {() => Filter} filter
- * @param {() => boolean} gone
- * @returns {Promise<KumihoError|null>}
- */
-async function whyRefused(options, filter, gone) {
-  for (let attempt = 0; ; attempt += 1) {
-    await pause(attempt);
-    if (gone()) return null;
-    const answer = await poll(options, filter(), { cursor: "", from: "latest" }, 0);
-    if (gone()) return null;
-    if (answer.error) return answer.error;
-    if (answer.body) return null;
-  }
-}
-
-/**
  * One GET of /events/poll (next to the stream's URL): the answer, a refusal, or neither
  * (unreachable, or asked to retry: a 5xx or a 429). A refusal is the gateway's error envelope
  * when retrying cannot help, or "not_a_gateway": a status retrying cannot help (a 404) without
@@ -1065,21 +1108,25 @@ async function whyRefused(options, filter, gone) {
  * @returns {Promise<{body?: any, error?: KumihoError}>}
  */
 async function poll(options, filter, start, wait) {
-  const url = streamUrl(options, filter, start);
-  url.pathname = `${url.pathname.replace(/\/stream$/, "")}/poll`;
-  url.searchParams.set("timeout", String(wait));
-  url.searchParams.set("max_events", "1000");
+  /** @type {URL} */
+  let url;
   /** @type {Response} */
   let response;
   try {
+    url = streamUrl(options, filter, start, await tokenOf(options));
+    url.pathname = `${url.pathname.replace(/\/stream$/, "")}/poll`;
+    url.searchParams.set("timeout", String(wait));
+    url.searchParams.set("max_events", "1000");
     response = await fetch(url, { credentials: options.withCredentials ? "include" : "same-origin" });
   } catch {
-    return {}; // unreachable (or a cross-origin answer the browser does not show)
+    return {}; // unreachable (or a cross-origin answer the browser does not show), or the token function failed
   }
   learnClock(response);
   if (response.status >= 500 || response.status === 429) return {};
   const body = await response.json().catch(() => null);
   if (response.ok && Array.isArray(body?.events)) return { body };
+  // A function gave a token that has expired: the next attempt asks it again.
+  if (body?.error?.code === TOKEN_EXPIRED && refreshes(options)) return {};
   if (!response.ok && typeof body?.error?.code === "string") {
     return { error: { ...body.error, retryable: false } };
   }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import functools
 import http.server
 import json
@@ -321,6 +322,20 @@ def make_nginx(tmp_path: Path) -> Iterator[Callable[[Callable[[int], str]], int]
 def listening(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def jwt(payload: Any, header: Any = None, signature: str = "c2ln") -> str:
+    """A compact JWT of these claims, unsigned in effect (the gateway reads, never verifies).
+
+    ``payload`` as JSON text when it is a str, so a test can send what no encoder writes.
+    """
+
+    def segment(text: str) -> str:
+        return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+    head = json.dumps(header if header is not None else {"alg": "HS256", "typ": "JWT"})
+    body = payload if isinstance(payload, str) else json.dumps(payload)
+    return f"{segment(head)}.{segment(body)}.{signature}"
 
 
 def unique_project() -> str:

@@ -18,9 +18,13 @@ from tests.conftest import (
     DevServer,
     Gateway,
     PageServer,
+    Publisher,
     unique_project,
     wait_until,
 )
+
+EXPIRED = '{cause="token_expired"}'
+STREAMS = "kumiho_gateway_streams_open"
 
 
 @pytest.fixture
@@ -332,3 +336,86 @@ def test_the_library_reports_a_url_that_answers_404(
     assert error["retryable"] is False
     assert f"{pages.origin}/nothing/events/poll answered 404" in error["message"], error
     assert page.evaluate("window.feed.state()") == "stopped"
+
+
+# A page that subscribes with a token function: each token it makes lasts LIFETIME seconds.
+REFRESHING = """async ([project, shared, lifetime, asynchronous]) => {
+  const { subscribe } = await import("/kumiho-events.js");
+  const part = (o) =>
+    btoa(JSON.stringify(o)).replace(/=+$/, "").replace(/\\+/g, "-").replace(/\\//g, "_");
+  window.tokens = 0;
+  const mint = () => {
+    window.tokens += 1;
+    const claims = { sub: "mina", exp: Date.now() / 1000 + lifetime };
+    return `${part({ alg: "HS256", typ: "JWT" })}.${part(claims)}.c2ln`;
+  };
+  // A page's refresher may answer at once or after a round trip to its login server.
+  const later = () => new Promise((resolve) => setTimeout(() => resolve(mint()), 30));
+  const accessToken = asynchronous ? later : mint;
+  window.got = [];
+  window.errors = [];
+  window.feed = subscribe({
+    kref: `kref://${project}/**`, shared, accessToken, storageKey: null,
+    onEvent: (e) => window.got.push(e.cursor),
+    onError: (e) => window.errors.push(e.code),
+  });
+}"""
+LIFETIME = 3
+
+
+@pytest.mark.parametrize(
+    ("make_gateway", "shared", "asynchronous"),
+    [("hub", True, True), ("no-hub", False, False)],
+    indirect=["make_gateway"],
+    ids=["shared-promise", "own-sync"],
+)
+def test_a_token_function_renews_expiring_tokens_and_every_event_arrives_once(
+    page: Any,
+    make_devserver: Callable[..., DevServer],
+    make_gateway: Callable[..., Gateway],
+    shared: bool,
+    asynchronous: bool,
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, "--auth", "passthrough", *FAST)
+    project = unique_project()
+    page.goto(gateway.url + "/healthz")
+    page.evaluate(REFRESHING, [project, shared, LIFETIME, asynchronous])
+    wait_until(lambda: page.evaluate("window.feed.state()") == "live", 20, "the feed live")
+    publisher = Publisher(devserver, f"kref://{project}/hero.model", rate=10)
+    publisher.start()
+    # Three tokens' lifetimes of events: the stream ends at each expiry and resumes.
+    wait_until(
+        lambda: gateway.metric("kumiho_gateway_stream_closes_total", EXPIRED) >= 2,
+        4 * LIFETIME + 20,
+        "two expiries",
+    )
+    # Asked again for each connection: the third stream is up (its token fresh).
+    wait_until(
+        lambda: page.evaluate("window.tokens") >= 3 and gateway.metric(STREAMS) == 1,
+        20,
+        "the stream after the second expiry",
+    )
+    published = publisher.stop()
+    published += devserver.publish("revision.created", f"kref://{project}/hero.model")
+    wait_until(lambda: len(page.evaluate("window.got")) >= len(published), 20, "every event")
+    assert page.evaluate("window.got") == published  # exactly once, in order
+    errors = page.evaluate("window.errors")
+    assert len(errors) >= 2 and set(errors) == {"token_expired"}  # told, and nothing else
+    assert page.evaluate("window.feed.state()") == "live"
+    assert gateway.metric(STREAMS) == 1  # no stream left behind
+
+
+def test_a_token_function_that_gives_expired_tokens_keeps_reconnecting_quietly(
+    page: Any, make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, "--auth", "passthrough", *FAST)
+    project = unique_project()
+    page.goto(gateway.url + "/healthz")
+    # Every token has expired already: the gateway answers 401 token_expired each time.
+    page.evaluate(REFRESHING, [project, False, -10, False])
+    wait_until(lambda: page.evaluate("window.tokens") >= 4, 20, "the function asked again")
+    assert page.evaluate("window.feed.state()") == "reconnecting"  # not stopped: it may recover
+    assert page.evaluate("window.errors") == []
+    assert gateway.metric(STREAMS) == 0

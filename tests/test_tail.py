@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +30,8 @@ from tests.conftest import (
     FAST,
     DevServer,
     Gateway,
+    Publisher,
+    jwt,
     read_events,
     unique_project,
     wait_until,
@@ -41,7 +44,9 @@ CURSOR = re.compile(r"\d+-\d+")
 def tail_env(**extra: str) -> dict[str, str]:
     """The environment of a tail: UTC clock, no colour or token from the caller's shell."""
     env = {
-        k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "TERM", "KUMIHO_TAIL_TOKEN")
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("NO_COLOR", "TERM", "KUMIHO_TAIL_TOKEN", "KUMIHO_AUTH_TOKEN_FILE")
     }
     return {**env, "TZ": "UTC", "PYTHONIOENCODING": "utf-8", **extra}
 
@@ -358,6 +363,108 @@ def test_tokens_from_the_flag_or_the_environment(
         assert cursors(run.stdout.splitlines()) == [cursor]
 
 
+# Seconds a token lasts in the tests of expiry: room for a tail process to start
+# and connect on a loaded machine before its token expires.
+STARTING = 10
+
+
+def _rotate(path: Path, token: str) -> None:
+    """Put a new token in the file as operators should: a new file renamed over the old."""
+    fresh = path.with_name(path.name + ".new")
+    fresh.write_text(token + "\n")
+    os.replace(fresh, path)
+
+
+def test_on_token_expired_tail_reconnects_at_once_with_the_renewed_token_file(
+    make_devserver: Callable[..., DevServer],
+    make_gateway: Callable[..., Gateway],
+    start_tail: Callable[..., TailProcess],
+    tmp_path: Path,
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, "--auth", "passthrough", *FAST)
+    project = unique_project()
+    token_file = tmp_path / "token"
+    exp = time.time() + STARTING
+    token_file.write_text(jwt({"sub": "mina", "exp": exp}) + "\n")
+    tail = start_tail(
+        gateway.url,
+        "--json",
+        "--kref",
+        f"kref://{project}/**",
+        env=tail_env(KUMIHO_AUTH_TOKEN_FILE=str(token_file)),
+    )
+    wait_until(lambda: gateway.metric("kumiho_gateway_streams_open") == 1, STARTING, f"{tail.err}")
+    publisher = Publisher(devserver, f"kref://{project}/hero.model", rate=20)
+    publisher.start()  # events before, at and after the expiry
+    wait_until(lambda: len(tail.out) >= 3, 20, "events before the expiry")
+    # Renewed before the old token expires, as a sidecar or an SDK's login does.
+    _rotate(token_file, jwt({"sub": "mina", "exp": time.time() + 3600}))
+    expired = tail.wait_notice("gateway error token_expired: ")
+    tail.wait_notice("the token expired; reconnecting in 0 ms")
+    assert time.time() >= exp - 0.05
+    wait_until(lambda: any("connected" in line for line in tail.err[expired:]), 20, "reconnect")
+    reconnected = len(publisher.cursors)
+    wait_until(lambda: len(tail.out) >= reconnected + 10, 20, "events after it")
+    published = publisher.stop()
+    lines = tail.wait_lines(len(published))
+    # Every event exactly once, in order, across the expiry: no gap, no repeat.
+    assert cursors(lines) == published
+    assert gateway.metric("kumiho_gateway_stream_closes_total", '{cause="token_expired"}') == 1
+    assert tail.proc.poll() is None
+
+
+def test_an_expired_token_file_is_waited_for_and_a_fixed_token_ends_tail(
+    make_devserver: Callable[..., DevServer],
+    make_gateway: Callable[..., Gateway],
+    start_tail: Callable[..., TailProcess],
+    tmp_path: Path,
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, "--auth", "passthrough", "--retry-ms", "100")
+    project = unique_project()
+    exp = time.time() + STARTING
+    token_file = tmp_path / "token"
+    token_file.write_text(jwt({"exp": exp}))
+    flags = [gateway.url, "--json", "--kref", f"kref://{project}/**"]
+    # A fixed token cannot be renewed: after token_expired the same token is refused,
+    # and tail says why and exits 2.
+    fixed = start_tail(*flags, "--token", jwt({"exp": exp}))
+    # A file renewed late: tail waits (backing off) for the new token, then goes on.
+    renewed = start_tail(*flags, "--token-file", str(token_file))
+    wait_until(
+        lambda: gateway.metric("kumiho_gateway_streams_open") == 2,
+        STARTING,
+        f"both streams: {fixed.err} {renewed.err}",
+    )
+    first = devserver.publish("revision.created", f"kref://{project}/a.model")
+    assert cursors(renewed.wait_lines(1)) == cursors(fixed.wait_lines(1)) == first
+    assert fixed.proc.wait(timeout=30) == 2
+    assert any("gateway error token_expired: " in line for line in fixed.err), fixed.err
+    assert any("HTTP 401 token_expired: the token expired at " in line for line in fixed.err)
+    renewed.wait_notice("waiting for a new token in the token file")
+    during = devserver.publish("revision.created", f"kref://{project}/a.model")  # in the gap
+    _rotate(token_file, jwt({"exp": time.time() + 3600}))
+    after = devserver.publish("revision.created", f"kref://{project}/a.model")
+    assert cursors(renewed.wait_lines(3)) == first + during + after
+    assert renewed.proc.poll() is None
+
+
+def test_tail_imports_only_the_pure_helpers_of_the_gateway() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys, gateway.tail; print(*sorted(sys.modules))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert sorted(m for m in out if m.startswith("gateway")) == [
+        "gateway",
+        "gateway.backoff",
+        "gateway.tail",
+        "gateway.tokens",
+    ]
+
+
 def test_a_gateway_error_ends_tail_unless_it_is_retryable(
     make_devserver: Callable[..., DevServer],
     make_gateway: Callable[..., Gateway],
@@ -577,11 +684,12 @@ def test_help_documents_every_flag_the_exit_codes_and_the_token_variable() -> No
         "--cursor-file",
         "--json",
         "--token",
+        "--token-file",
         "--color",
         "--count",
     ):
         assert flag in out
-    assert "KUMIHO_TAIL_TOKEN" in out and "NO_COLOR" in out
+    assert "KUMIHO_TAIL_TOKEN" in out and "KUMIHO_AUTH_TOKEN_FILE" in out and "NO_COLOR" in out
     assert all(f"\n  {code} " in out for code in ("0", "1", "2", "130"))
     usage = subprocess.run([*TAIL, "--count", "0"], capture_output=True, text=True)
     assert usage.returncode == 2 and "not a positive number" in usage.stderr

@@ -113,6 +113,7 @@ async def stream(
         ticker=state.ticker,
         client=client,
         place=place,
+        expires_at=subscription.credential.expires_at,
     )
     return EventStreamResponse(pump, encoding)
 
