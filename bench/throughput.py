@@ -184,23 +184,7 @@ def main() -> None:
             f"throughput: {n} events from the beginning, {args.rounds} alternating rounds, "
             f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}"
         )
-        print(
-            f"{'round':>5} | {'raw ev/s':>9} | {'gateway ev/s':>12} | {'rate ratio':>10} | "
-            f"{'raw CPU us/ev':>13} | {'gateway CPU us/ev':>17} | {'CPU ratio':>9}"
-        )
-        print("-" * 93)
-        for i, (raw_rate, gw_rate, raw_us, gw_us) in enumerate(rows, 1):
-            print(
-                f"{i:>5} | {raw_rate:>9.0f} | {gw_rate:>12.0f} | {gw_rate / raw_rate:>10.2f} | "
-                f"{raw_us:>13.1f} | {gw_us:>17.1f} | {gw_us / raw_us:>9.2f}"
-            )
-        med = [statistics.median(col) for col in zip(*rows, strict=True)]
-        print("-" * 93)
-        print(
-            f"{'med':>5} | {med[0]:>9.0f} | {med[1]:>12.0f} | "
-            f"{statistics.median(r[1] / r[0] for r in rows):>10.2f} | {med[2]:>13.1f} | "
-            f"{med[3]:>17.1f} | {statistics.median(r[3] / r[2] for r in rows):>9.2f}"
-        )
+        print_pairs("raw", "gateway", rows)
         print("targets: rate ratio >= 0.80, CPU ratio <= 1.30")
         if traced_rows:
             print_traced(traced_rows)
@@ -215,22 +199,31 @@ def print_traced(rows: list[tuple[float, float, float, float]]) -> None:
     """The traced gateway against the plain one, read in the same rounds."""
     print()
     print("tracing on (OTEL_TRACES_EXPORTER=console) against off, the same rounds")
+    print_pairs("off", "on", rows)
+
+
+def print_pairs(first: str, second: str, rows: list[tuple[float, float, float, float]]) -> None:
+    """Rounds of (first ev/s, second ev/s, first CPU us/ev, second CPU us/ev), their ratios
+    (second over first) and the medians."""
+    a, b = max(len(first) + 5, 9), max(len(second) + 5, 9)
+    c, d = len(first) + 10, len(second) + 10
     print(
-        f"{'round':>5} | {'off ev/s':>9} | {'on ev/s':>9} | {'rate ratio':>10} | "
-        f"{'off CPU us/ev':>13} | {'on CPU us/ev':>12} | {'CPU ratio':>9}"
+        f"{'round':>5} | {first + ' ev/s':>{a}} | {second + ' ev/s':>{b}} | {'rate ratio':>10} | "
+        f"{first + ' CPU us/ev':>{c}} | {second + ' CPU us/ev':>{d}} | {'CPU ratio':>9}"
     )
-    print("-" * 84)
-    for i, (off_rate, on_rate, off_us, on_us) in enumerate(rows, 1):
+    width = 5 + a + b + 10 + c + d + 9 + 18
+    print("-" * width)
+    for i, (rate1, rate2, us1, us2) in enumerate(rows, 1):
         print(
-            f"{i:>5} | {off_rate:>9.0f} | {on_rate:>9.0f} | {on_rate / off_rate:>10.2f} | "
-            f"{off_us:>13.1f} | {on_us:>12.1f} | {on_us / off_us:>9.2f}"
+            f"{i:>5} | {rate1:>{a}.0f} | {rate2:>{b}.0f} | {rate2 / rate1:>10.2f} | "
+            f"{us1:>{c}.1f} | {us2:>{d}.1f} | {us2 / us1:>9.2f}"
         )
     med = [statistics.median(col) for col in zip(*rows, strict=True)]
-    print("-" * 84)
+    print("-" * width)
     print(
-        f"{'med':>5} | {med[0]:>9.0f} | {med[1]:>9.0f} | "
-        f"{statistics.median(r[1] / r[0] for r in rows):>10.2f} | {med[2]:>13.1f} | "
-        f"{med[3]:>12.1f} | {statistics.median(r[3] / r[2] for r in rows):>9.2f}"
+        f"{'med':>5} | {med[0]:>{a}.0f} | {med[1]:>{b}.0f} | "
+        f"{statistics.median(r[1] / r[0] for r in rows):>10.2f} | {med[2]:>{c}.1f} | "
+        f"{med[3]:>{d}.1f} | {statistics.median(r[3] / r[2] for r in rows):>9.2f}"
     )
 
 
