@@ -2,8 +2,12 @@
 
 For each M it reports deliveries/s, the gateway's CPU per delivery, p50/p99
 latency from publish to receipt, the upstream streams open (as the devserver
-counts them) and the gateway's RSS per open stream (RSS with the clients
-connected minus RSS before, over M).
+counts them) and the gateway's RSS per open stream: what the last clients
+cost, (RSS with all M connected minus RSS with the first process's share
+connected) over the streams between. A process's first stream also opens its
+upstream stream and warms its allocators, a one-time cost that is not a
+stream's; it is in the last column, "set-up MiB" (RSS with the first share
+connected minus RSS before, less that share at the per-stream rate).
 
     python bench/fanout.py [--clients 1,100,1000] [--rate 20] [--seconds 10]
                            [--no-hub | --compare]
@@ -249,19 +253,20 @@ def round_(
     mine = queries(m, args)
     fork = multiprocessing.get_context("fork")
     readers = []
-    for k in range(procs):
-        parent, child = fork.Pipe()
-        gzip = getattr(args, "gzip", False)  # compressed streams (bench/compression.py)
-        proc = fork.Process(target=client_process, args=(mine[k::procs], gw_port, child, gzip))
-        proc.start()
-        readers.append((proc, parent))
+    rss: list[tuple[int, int]] = []  # (streams open, RSS) after each process connected
     try:
-        for _, conn in readers:
-            if not conn.poll(120):
-                raise SystemExit(f"{m} clients did not connect within 120 s")
-            conn.recv()
-        time.sleep(1)  # let the gateway settle before measuring (not a synchronisation)
-        rss1 = rss_bytes(gw)
+        for k in range(procs):
+            parent, child = fork.Pipe()
+            gzip = getattr(args, "gzip", False)  # compressed streams (bench/compression.py)
+            share = mine[k::procs]
+            proc = fork.Process(target=client_process, args=(share, gw_port, child, gzip))
+            proc.start()
+            readers.append((proc, parent))
+            if not parent.poll(120):
+                raise SystemExit(f"{len(share)} clients did not connect within 120 s")
+            parent.recv()
+            time.sleep(1)  # let the gateway settle before measuring (not a synchronisation)
+            rss.append((sum(len(mine[j::procs]) for j in range(k + 1)), rss_bytes(gw)))
         with DevServerClient(dev_addr) as control:
             upstream = control.stats().open_streams
         cpu0 = cpu_seconds(gw)
@@ -295,8 +300,18 @@ def round_(
         "clients": m, "sent": sent, "delivered": delivered, "expected": sent * m,
         "deliveries/s": delivered / elapsed, "cpu_us": cpu / max(delivered, 1) * 1e6,
         "p50_ms": q[49] * 1000, "p99_ms": q[98] * 1000, "upstream": upstream,
-        "rss_kib": (rss1 - rss0) / m / 1024,
+        **rss_per_stream(rss0, rss),
     }  # fmt: skip
+
+
+def rss_per_stream(rss0: int, after: list[tuple[int, int]]) -> dict[str, float]:
+    """RSS per stream from the first share's to the last's, and the one-time set-up.
+
+    With one client process there is no slope: all the growth counts as per stream.
+    """
+    (n1, rss1), (n, rss) = after[0], after[-1]
+    per = (rss - rss1) / (n - n1) if n > n1 else (rss - rss0) / n
+    return {"rss_kib": per / 1024, "setup_mib": max(0.0, rss1 - rss0 - per * n1) / 2**20}
 
 
 def client_loop() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -325,7 +340,7 @@ def print_table(
     width = max((len(x) for x in labels), default=0)
     first = ("response".ljust(width),) if labels else ()
     header = (*first, "clients", "delivered/expected", "deliveries/s", "CPU us/delivery",
-              "p50 ms", "p99 ms", "upstream streams", "RSS KiB/stream")  # fmt: skip
+              "p50 ms", "p99 ms", "upstream streams", "RSS KiB/stream", "set-up MiB")  # fmt: skip
     print(" | ".join(header))
     print("-" * len(" | ".join(header)))
     for i, r in enumerate(rows):
@@ -333,6 +348,7 @@ def print_table(
             f"{r['clients']:.0f}", f"{r['delivered']:.0f}/{r['expected']:.0f}",
             f"{r['deliveries/s']:.0f}", f"{r['cpu_us']:.1f}", f"{r['p50_ms']:.1f}",
             f"{r['p99_ms']:.1f}", f"{r['upstream']:.0f}", f"{r['rss_kib']:.1f}",
+            f"{r['setup_mib']:.1f}",
         )  # fmt: skip
         line = [c.rjust(len(h)) for c, h in zip(cells, header[len(first) :], strict=True)]
         if labels:
