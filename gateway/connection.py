@@ -1,24 +1,25 @@
-"""A stream's connection: what the pump may write to it without going through ASGI.
+"""A stream's connection: the body of a stream's response, owned by its pump.
 
-One event fanned out to thousands of streams is thousands of writes. Through
-ASGI each one wakes the stream's task, which climbs its chain of coroutines
-to reach the server's ``send``; that was most of the gateway's cost per
-delivery (BENCHMARKS.md, "Against the floors"). The gateway's own server
-protocol (``server.py``) therefore offers each request's connection in the
-scope, under ``scope["extensions"][EXTENSION]``: while the response streams,
-the pump writes a frame straight to the transport when nothing is queued
-ahead of it and the transport is not paused, and the client's leaving is
-told by a callback, without a task waiting on ``receive()``.
+One event fanned out to thousands of streams is thousands of writes, and a
+stream lives for hours. Through ASGI each write wakes the stream's task,
+which climbs its chain of coroutines to reach the server's ``send``, and
+every stream keeps that task and chain alive; that was most of the
+gateway's cost per delivery and per stream (BENCHMARKS.md, "Against the
+floors"). The gateway's own server protocol (``server.py``) therefore offers
+each request's connection in the scope, under ``scope["extensions"][EXTENSION]``.
+Once the head is sent through ASGI (and its middleware), the response hands
+the body over (``take``) and its task returns: the pump writes frames to
+the transport itself, from the hub's delivery, its timers and the
+transport's own "writable again" signal, and the server tells it when the
+client leaves. At the end it writes the last chunk and gives the connection
+back (``finish``), which serves the next request on it as uvicorn would.
 
-Everything else keeps the ASGI path: the head (through the middleware), a
-client that is behind (its frames gather in the pump and go out through
-``send``, which waits for the transport to drain), the end of the body, and
-any server other than the gateway's own (the in-process test client).
+Compressed streams and any server other than the gateway's own (the
+in-process test client) keep the ASGI path whole.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Protocol
 
 from starlette.types import Scope
@@ -26,13 +27,26 @@ from starlette.types import Scope
 EXTENSION = "gateway.connection"
 
 
+class Owner(Protocol):
+    """What owns a connection's body: told of the client's leaving and of room to write."""
+
+    def lost(self) -> None:
+        """The client has gone: nothing more can be written."""
+
+    def writable(self) -> None:
+        """The transport took what it held: writes may go on."""
+
+
 class Connection(Protocol):
     """One request's HTTP/1.1 connection, as its streaming response sees it."""
 
     def streaming(self) -> bool:
         """The head is sent, the body is chunked and not ended, the client is there:
-        ``write`` may add to the body, and ``on_lost`` will be told when the client goes."""
+        the body may be taken."""
         ...
+
+    def take(self, owner: Owner) -> None:
+        """The body is ``owner``'s from now: the server's ASGI cycle counts as done."""
 
     def write(self, data: bytes) -> bool:
         """``data`` as the body's next chunk, straight to the transport; False (and
@@ -43,9 +57,11 @@ class Connection(Protocol):
         """The client takes no more for now: the transport holds what it could not send."""
         ...
 
-    def on_lost(self, callback: Callable[[], None] | None) -> None:
-        """Call ``callback`` once when the connection is lost (None: stop)."""
-        ...
+    def finish(self) -> None:
+        """End the body and give the connection back to the server (or close it)."""
+
+    def abort(self) -> None:
+        """Close the connection without ending the body (a client that stopped reading)."""
 
 
 def of(scope: Scope) -> Connection | None:

@@ -20,6 +20,13 @@ between frames.
 The shared ``Ticker`` visits every pump: a stream quiet for about
 ``heartbeat`` seconds gets a comment frame, and one whose current write has
 blocked for ``send_timeout`` seconds is dropped (``stalled``).
+
+The body goes out one of two ways, by the same rules. On the gateway's own
+server the pump owns the connection (``start``, see ``connection.py``): it
+writes a frame at once when nothing is ahead of it, gathers a burst on a
+timer, and holds what a paused transport cannot take until the transport
+says it is writable again; no task waits for it. Anywhere else the response
+iterates ``frames()`` and writes through ASGI.
 """
 
 from __future__ import annotations
@@ -58,6 +65,41 @@ def jittered_retry_ms(base_ms: int) -> int:
 class Pump:
     """Turns one subscription's source into SSE bytes; it is the source's Sink."""
 
+    # Slots: thousands of pumps live for hours, and a dict of this many attributes is 1.5 KB.
+    __slots__ = (
+        "_blocked_since",
+        "_burst",
+        "_cause",
+        "_client",
+        "_client_gauge",
+        "_connection",
+        "_events",
+        "_expires_at",
+        "_finished",
+        "_flush_timer",
+        "_format",
+        "_frames",
+        "_heartbeat_after",
+        "_last_write",
+        "_lifecycle",
+        "_metrics",
+        "_open",
+        "_place",
+        "_reader",
+        "_room",
+        "_settings",
+        "_size",
+        "_source",
+        "_started",
+        "_ticker",
+        "_timers",
+        "_wakeup",
+        "_writer",
+        "_writing_since",
+        "media_type",
+        "stalled",
+    )
+
     def __init__(
         self,
         source: Source,
@@ -94,9 +136,13 @@ class Pump:
         self._ticker = ticker
         self._heartbeat_after = settings.heartbeat - ticker.period  # so gaps stay <= heartbeat
         self._burst = _BURST * settings.flush_interval
-        # Set by the response when the server offers the connection (connection.py):
-        # a frame with nothing ahead of it is written there at once.
-        self.connection: Connection | None = None
+        # Set by ``start`` when the pump owns the connection (connection.py).
+        self._connection: Connection | None = None
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._timers: tuple[asyncio.TimerHandle, ...] = ()  # lifetime, token expiry
+        self._open = False  # between _opened and _closed
+        self._started = 0.0
+        self._client_gauge = ""  # its label in the per-client stream gauge
         self._last_write = 0.0
         self._writing_since = 0.0  # while the consumer writes a chunk
         self._blocked_since = 0.0  # while the connection takes nothing more (seen by tick)
@@ -135,13 +181,13 @@ class Pump:
     def _emit(self, frame: bytes, event: bool = False) -> None:
         """Write ``frame`` to the connection now if nothing is ahead of it; else queue it.
 
-        Straight to the connection only while the writer waits with nothing
-        queued, the transport is not paused, and no burst is gathering (a
-        write moments ago): otherwise the writer sends it, in order, through
-        ASGI, waiting for the client as the slow-consumer rules require.
+        At once only on an owned connection, with nothing queued, the
+        transport not paused and no burst gathering (a write moments ago).
+        Otherwise it waits its turn: in order, for the gathering timer, for
+        the transport, or for the response's ``frames()``.
         """
-        conn, waiter = self.connection, self._wakeup
-        if conn is not None and not self._frames and waiter is not None and not waiter.done():
+        conn = self._connection
+        if conn is not None and not self._frames:
             now = time.monotonic()
             if now - self._last_write >= self._burst and conn.write(frame):
                 self._last_write = now
@@ -153,7 +199,44 @@ class Pump:
         self._size += len(frame)
         if event:
             self._events += 1
-        wake(waiter)
+        self._kick()
+
+    def _kick(self) -> None:
+        """Something is queued, or the stream ends: have it written."""
+        if self._connection is None:
+            wake(self._wakeup)  # frames() writes it
+        elif self._flush_timer is None:
+            if self._gathering():
+                loop = asyncio.get_running_loop()
+                self._flush_timer = loop.call_later(self._settings.flush_interval, self._flush)
+            else:
+                self._flush()
+
+    def _gathering(self) -> bool:
+        """In a burst (the last write was moments ago): let it gather into one write.
+
+        A lone event is written at once, with no timer.
+        """
+        return (
+            self._settings.flush_interval > 0
+            and not self._finished
+            and self._size < _MAX_CHUNK
+            and time.monotonic() - self._last_write < self._burst
+        )
+
+    def _take(self) -> tuple[bytes, int]:
+        """Everything queued as one chunk, and how many events it holds."""
+        chunk, events = b"".join(self._frames), self._events
+        self._frames.clear()
+        self._size = self._events = 0
+        wake(self._room)
+        return chunk, events
+
+    def _wrote(self, chunk: bytes, events: int) -> None:
+        self._last_write = time.monotonic()
+        if events:
+            self._metrics.events_delivered.inc(events)
+        self._metrics.bytes_written.inc(len(chunk))
 
     def _has_room(self) -> bool:
         settings = self._settings
@@ -199,7 +282,9 @@ class Pump:
         if self._finished:
             return
         error = token_expired(expires_at, retryable=True).envelope()["error"]
-        self._frames.append(self._format.control("gateway.error", error))
+        frame = self._format.control("gateway.error", error)
+        self._frames.append(frame)
+        self._size += len(frame)
         self._end("token_expired")
 
     def _end(self, cause: str) -> None:
@@ -213,17 +298,22 @@ class Pump:
         if self._reader is not None and self._reader is not asyncio.current_task():
             self._reader.cancel()
         self._source.close()
-        self._frames.append(self._format.retry(jittered_retry_ms(self._settings.retry_ms)))
-        wake(self._wakeup)
+        retry = self._format.retry(jittered_retry_ms(self._settings.retry_ms))
+        self._frames.append(retry)
+        self._size += len(retry)
         wake(self._room)  # a source waiting for room stops now, not after the grace
+        if self._open:
+            self._kick()
 
     async def _run_source(self) -> None:
         try:
             await self._source.run(self)
+        except Exception:
+            log.exception("stream source failed")
         finally:
             if self._cause == "upstream_error":
                 self._finished = True  # after gateway.error: no retry: line, the client stops
-                wake(self._wakeup)
+                self._kick()
             else:
                 # The source ended (its shared feed closed, or it failed): the
                 # client gets a retry: line and resumes by id.
@@ -234,22 +324,25 @@ class Pump:
     def tick(self, now: float) -> None:
         """From the shared Ticker: a heartbeat when idle, or drop a write stuck too long."""
         blocked = now - self._writing_since if self._writing_since else 0.0
-        conn = self.connection
+        conn = self._connection
         if conn is not None:
-            # Frames written straight to the connection wait in its transport
-            # while the client reads nothing: that is a blocked write too.
+            # What the pump wrote waits in the transport while the client reads
+            # nothing: that is a blocked write.
             if not conn.blocked():
                 self._blocked_since = 0.0
             elif not self._blocked_since:
                 self._blocked_since = now
             else:
-                blocked = max(blocked, now - self._blocked_since)
+                blocked = now - self._blocked_since
         if blocked >= self._settings.send_timeout:
             if not self.stalled:
                 log.warning("dropping a client whose write blocked for %.0fs", blocked)
                 self.stalled = True
                 self._end("send_timeout")
-                if self._writer is not None:
+                if conn is not None:
+                    conn.abort()  # the kernel aborts it if it still does not read: server.py
+                    self._closed()
+                elif self._writer is not None:
                     self._writer.cancel()  # the response sees ``stalled`` and closes
         elif (
             not self._frames
@@ -258,6 +351,85 @@ class Pump:
         ):
             self._emit(self._format.heartbeat)
 
+    def _opened(self) -> None:
+        """The body begins: the source runs, timers and trackers know the stream."""
+        settings, metrics = self._settings, self._metrics
+        loop = asyncio.get_running_loop()
+        self._open = True
+        self._started = time.monotonic()
+        if settings.max_stream_lifetime:
+            lifetime = settings.max_stream_lifetime * random.uniform(0.9, 1.1)
+            self._timers += (loop.call_later(lifetime, self._end, "lifetime"),)
+        if self._expires_at is not None:
+            delay = max(0.0, self._expires_at - time.time())
+            self._timers += (loop.call_later(delay, self._expire, self._expires_at),)
+        self._reader = asyncio.create_task(self._run_source())
+        self._ticker.add(self)
+        metrics.streams_open.inc()
+        self._client_gauge = metrics.client_streams.opened(self._client)
+        self._lifecycle.add(self)  # last: a gateway draining ends the stream at once
+
+    def _closed(self) -> None:
+        """The body has ended (or the client left): let go of everything. Synchronous on
+        purpose: this may run inside a cancelled task."""
+        if not self._open:
+            return
+        self._open = False
+        metrics = self._metrics
+        for timer in self._timers:
+            timer.cancel()
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+        if self._reader is not None and self._reader is not asyncio.current_task():
+            self._reader.cancel()
+        self._source.close()
+        if self._place is not None:
+            self._place.release()
+        self._lifecycle.discard(self)
+        self._ticker.discard(self)
+        metrics.streams_open.dec()
+        metrics.client_streams.closed(self._client_gauge)
+        metrics.stream_closes.labels(self._cause).inc()
+        metrics.stream_duration.observe(time.monotonic() - self._started)
+
+    # -- owning the connection (the gateway's own server) ----------------------
+
+    def start(self, conn: Connection) -> None:
+        """Own ``conn``'s body from here to its end: the response's task may return."""
+        conn.take(self)
+        self._connection = conn
+        retry = self._format.retry(jittered_retry_ms(self._settings.retry_ms))
+        if conn.write(retry):
+            self._wrote(retry, 0)
+        self._opened()
+
+    def _flush(self) -> None:
+        """Write what is queued in one chunk, unless the transport is paused (``writable``
+        calls again); after the last frames, end the body."""
+        self._flush_timer = None
+        conn = self._connection
+        if conn is None or not self._open:
+            return
+        if self._frames:
+            if conn.blocked():
+                return
+            chunk, events = self._take()
+            if conn.write(chunk):
+                self._wrote(chunk, events)
+        if self._finished and not self._frames:
+            conn.finish()
+            self._closed()
+
+    def writable(self) -> None:
+        if self._frames and self._flush_timer is None:
+            self._flush()
+
+    def lost(self) -> None:
+        self._end("client")
+        self._closed()
+
+    # -- through ASGI (any other server, or a compressed stream) ---------------
+
     async def frames(self) -> AsyncGenerator[bytes, None]:
         """The response body: a ``retry:`` line, then frames in batches, until the stream ends.
 
@@ -265,78 +437,25 @@ class Pump:
         between a yield and the next step is the write: ``tick`` watches it.
         The last chunk is ``b""``: the end of the body, a write watched like the others.
         """
-        settings, metrics = self._settings, self._metrics
-        loop = asyncio.get_running_loop()
-        started = time.monotonic()
-        lifetime = (
-            loop.call_later(
-                settings.max_stream_lifetime * random.uniform(0.9, 1.1), self._end, "lifetime"
-            )
-            if settings.max_stream_lifetime
-            else None
-        )
-        expiry = (
-            loop.call_later(
-                max(0.0, self._expires_at - time.time()), self._expire, self._expires_at
-            )
-            if self._expires_at is not None
-            else None
-        )
         self._writer = asyncio.current_task()
-        self._reader = asyncio.create_task(self._run_source())
-        self._lifecycle.add(self)
-        self._ticker.add(self)
-        metrics.streams_open.inc()
-        client = metrics.client_streams.opened(self._client)
+        self._opened()
         try:
-            chunk = self._format.retry(jittered_retry_ms(settings.retry_ms))
-            events = 0
+            chunk, events = self._format.retry(jittered_retry_ms(self._settings.retry_ms)), 0
             while True:
                 if chunk:
                     self._writing_since = time.monotonic()
                     yield chunk
                     self._writing_since = 0.0
-                    self._last_write = time.monotonic()
-                    if events:
-                        metrics.events_delivered.inc(events)
-                    metrics.bytes_written.inc(len(chunk))
+                    self._wrote(chunk, events)
                 if self._finished and not self._frames:
-                    reader = self._reader
-                    if reader.done() and not reader.cancelled() and reader.exception():
-                        log.error("stream source failed", exc_info=reader.exception())
                     self._writing_since = time.monotonic()
                     yield b""
                     return
                 if not self._frames and not self._finished:
-                    self._wakeup = loop.create_future()
+                    self._wakeup = asyncio.get_running_loop().create_future()
                     await self._wakeup
-                if (
-                    settings.flush_interval
-                    and not self._finished
-                    and self._size < _MAX_CHUNK
-                    and time.monotonic() - self._last_write < self._burst
-                ):
-                    # In a burst (the last write was moments ago): let it gather into
-                    # one write. A lone event is written at once, with no timer.
-                    await asyncio.sleep(settings.flush_interval)
-                chunk = b"".join(self._frames)
-                events = self._events
-                self._frames.clear()
-                self._size = self._events = 0
-                wake(self._room)
+                if self._gathering():
+                    await asyncio.sleep(self._settings.flush_interval)
+                chunk, events = self._take()
         finally:
-            # Synchronous on purpose: this may run inside a cancelled task.
-            if lifetime is not None:
-                lifetime.cancel()
-            if expiry is not None:
-                expiry.cancel()
-            self._reader.cancel()
-            self._source.close()
-            if self._place is not None:
-                self._place.release()
-            self._lifecycle.discard(self)
-            self._ticker.discard(self)
-            metrics.streams_open.dec()
-            metrics.client_streams.closed(client)
-            metrics.stream_closes.labels(self._cause).inc()
-            metrics.stream_duration.observe(time.monotonic() - started)
+            self._closed()

@@ -10,10 +10,10 @@ Why: a stream lives for hours and every event is one write. Written from
 inside the middleware stack, each write passes through every layer's ``send``
 wrapper and each stream keeps every layer's frame alive; at a thousand
 clients that was half the CPU per delivery and more than half the memory
-per stream (BENCHMARKS.md). A stream here costs the server's task and the
-pump's reader; heartbeats and stalled writes are watched by one shared timer
-(``ticker.py``). On the gateway's own server most frames skip even the
-server's ``send``: the pump writes them to the connection (``connection.py``).
+per stream (BENCHMARKS.md). On the gateway's own server the body skips even
+the server's ``send``: the pump takes the connection and writes to it, and
+the request's task returns (``connection.py``); heartbeats and stalled
+writes are watched by one shared timer (``ticker.py``).
 
 The limit: only pure ASGI middleware (such as Starlette's CORSMiddleware) may
 wrap the app. ``BaseHTTPMiddleware`` (and so ``@app.middleware("http")``)
@@ -76,20 +76,18 @@ class EventStreamResponse(Response):
         self._pump.close()
 
     async def stream(self, receive: Receive, send: Send) -> None:
-        """Write the pump's frames until the stream ends or the client leaves."""
+        """Write the pump's frames until the stream ends or the client leaves.
+
+        On the gateway's own server the pump takes the connection and this
+        returns at once (``connection.py``); a compressed stream's bytes are
+        its own, so it stays on ASGI's ``send``, as does any other server.
+        """
         correlation.adopt(self._correlation_id)  # for its log lines and upstream calls
-        pump, compressor = self._pump, self._compressor
-        conn = self._connection
-        watcher: asyncio.Future[None] | None = None
+        pump, compressor, conn = self._pump, self._compressor, self._connection
         if compressor is None and conn is not None and conn.streaming():
-            # Frames go straight to the connection when nothing is ahead of them,
-            # and its loss is told without a task waiting on receive(). (A
-            # compressed stream's bytes are its own: they go through send.)
-            pump.connection = conn
-            conn.on_lost(pump.close)
-        else:
-            conn = None
-            watcher = asyncio.ensure_future(_until_disconnect(receive, pump))
+            pump.start(conn)
+            return
+        watcher = asyncio.ensure_future(_until_disconnect(receive, pump))
         frames = pump.frames()
         try:
             async for chunk in frames:  # the last chunk, b"", ends the body
@@ -105,10 +103,7 @@ class EventStreamResponse(Response):
             if task is not None:
                 task.uncancel()
         finally:
-            if watcher is not None:
-                watcher.cancel()
-            if conn is not None:
-                conn.on_lost(None)
+            watcher.cancel()
             await frames.aclose()
 
 

@@ -16,6 +16,7 @@ import logging
 import socket
 from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
@@ -74,11 +75,15 @@ class StreamConnection:
     pipelined request behind the stream would replace.
     """
 
-    __slots__ = ("_cycle", "_protocol")
+    __slots__ = ("_cycle", "_flow", "_lost", "_owner", "_protocol", "_transport")
 
     def __init__(self, protocol: HeadLimitsProtocol, cycle: RequestResponseCycle) -> None:
         self._protocol = protocol
         self._cycle = cycle
+        self._transport = cycle.transport
+        self._flow = cycle.flow
+        self._owner: connection.Owner | None = None
+        self._lost = False
 
     def streaming(self) -> bool:
         cycle = self._cycle
@@ -90,18 +95,57 @@ class StreamConnection:
             and cycle.scope["method"] != "HEAD"
         )
 
-    def write(self, data: bytes) -> bool:
+    def take(self, owner: connection.Owner) -> None:
+        # uvicorn's task may now return: to uvicorn the response is complete,
+        # and the protocol holds anything the client sends until ``finish``.
         cycle = self._cycle
-        if cycle.flow.write_paused or cycle.disconnected:
+        cycle.response_complete = True
+        self._owner = owner
+        self._protocol.taken = self
+        # What only the request needed goes now, not when the stream ends hours later.
+        cycle.scope = self._protocol.scope = _NO_SCOPE
+        self._protocol.headers = []
+
+    def write(self, data: bytes) -> bool:
+        if self._lost or self._flow.write_paused:
             return False
-        cycle.transport.write(_chunk(data))
+        if data:  # an empty chunk would end the body
+            self._transport.write(_chunk(data))
         return True
 
     def blocked(self) -> bool:
-        return self._cycle.flow.write_paused
+        return self._flow.write_paused
 
-    def on_lost(self, callback: Callable[[], None] | None) -> None:
-        self._protocol.lost_callback = callback
+    def finish(self) -> None:
+        self._owner = None
+        if self._lost:
+            return
+        self._transport.write(b"0\r\n\r\n")
+        if self._cycle.keep_alive:
+            self._protocol.given_back()
+        else:
+            self._transport.close()
+
+    def abort(self) -> None:
+        self._owner = None
+        if not self._lost:
+            self._transport.close()
+
+    def lost(self) -> None:
+        """From the protocol: the client has gone."""
+        self._lost = True
+        owner, self._owner = self._owner, None
+        if owner is not None:
+            owner.lost()
+
+    def writable(self) -> None:
+        """From the protocol: the transport resumed writing."""
+        if self._owner is not None:
+            self._owner.writable()
+
+
+# A taken stream's cycle and protocol drop their scope for this one (read by nobody).
+_NO_SCOPE: Any = {}
 
 
 class _Pipeline(list[tuple[RequestResponseCycle, object]]):
@@ -163,7 +207,8 @@ class HeadLimitsProtocol(HttpToolsProtocol):
     _head_bytes = 0  # of the current head, fed to the parser so far
     _dropped = -1  # bytes dropped since a 431 (-1: none sent)
     _linger: asyncio.TimerHandle | None = None
-    lost_callback: Callable[[], None] | None = None  # a stream's, told when the client goes
+    taken: StreamConnection | None = None  # the stream that owns the connection's body
+    _held = b""  # what the client sent while a stream owned the connection
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -172,6 +217,12 @@ class HeadLimitsProtocol(HttpToolsProtocol):
         self._start_header_deadline()
 
     def data_received(self, data: bytes) -> None:
+        if self.taken is not None:
+            # A pipelined request behind a stream: served once the stream ends.
+            self._held += data
+            if len(self._held) > self.max_header_bytes:
+                self.transport.close()
+            return
         if self._dropped >= 0:  # after a 431: read and drop, up to a bound
             self._dropped += len(data)
             if self._dropped > _LINGER_BYTES:
@@ -220,9 +271,22 @@ class HeadLimitsProtocol(HttpToolsProtocol):
             self._linger.cancel()
             self._linger = None
         super().connection_lost(exc)
-        callback, self.lost_callback = self.lost_callback, None
-        if callback is not None:
-            callback()
+        stream, self.taken = self.taken, None
+        if stream is not None:
+            stream.lost()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.taken is not None:
+            self.taken.writable()
+
+    def given_back(self) -> None:
+        """A stream ended its body: the connection serves its next request."""
+        self.taken = None
+        self.on_response_complete()
+        held, self._held = self._held, b""
+        if held:
+            self.data_received(held)
 
     def _start_header_deadline(self) -> None:
         if self._header_deadline is None:
