@@ -2,12 +2,12 @@
 
 For each M it reports deliveries/s, the gateway's CPU per delivery, p50/p99
 latency from publish to receipt, the upstream streams open (as the devserver
-counts them) and the gateway's RSS per open stream: what the last clients
-cost, (RSS with all M connected minus RSS with the first process's share
-connected) over the streams between. A process's first stream also opens its
-upstream stream and warms its allocators, a one-time cost that is not a
-stream's; it is in the last column, "set-up MiB" (RSS with the first share
-connected minus RSS before, less that share at the per-stream rate).
+counts them) and the gateway's RSS per open stream: RSS with the M clients
+connected minus RSS before, over M. "Before" is after a warm-up: a few
+streams per worker opened and closed, since a process's first streams open
+its upstream stream, import and build what the route needs once and grow
+its allocators, a one-time cost that is no stream's. That cost is the last
+column, "set-up MiB".
 
     python bench/fanout.py [--clients 1,100,1000] [--rate 20] [--seconds 10]
                            [--no-hub | --compare]
@@ -40,6 +40,7 @@ import asyncio
 import gc
 import multiprocessing
 import os
+import socket
 import statistics
 import sys
 import threading
@@ -247,26 +248,28 @@ def queries(m: int, args: argparse.Namespace) -> list[tuple[str, str | None]]:
 def round_(
     m: int, args: argparse.Namespace, gw_port: int, dev_addr: str, gw: psutil.Process
 ) -> dict[str, float]:
+    mine = queries(m, args)
+    before = rss_bytes(gw)
+    warm_up(gw, gw_port, Client(*mine[0]).request)
+    time.sleep(1)  # let the gateway settle before measuring (not a synchronisation)
     rss0 = rss_bytes(gw)
     # The clients spread over processes, so no one reader's queue is the latency measured.
     procs = min(args.client_procs, m)
-    mine = queries(m, args)
     fork = multiprocessing.get_context("fork")
     readers = []
-    rss: list[tuple[int, int]] = []  # (streams open, RSS) after each process connected
+    for k in range(procs):
+        parent, child = fork.Pipe()
+        gzip = getattr(args, "gzip", False)  # compressed streams (bench/compression.py)
+        proc = fork.Process(target=client_process, args=(mine[k::procs], gw_port, child, gzip))
+        proc.start()
+        readers.append((proc, parent))
     try:
-        for k in range(procs):
-            parent, child = fork.Pipe()
-            gzip = getattr(args, "gzip", False)  # compressed streams (bench/compression.py)
-            share = mine[k::procs]
-            proc = fork.Process(target=client_process, args=(share, gw_port, child, gzip))
-            proc.start()
-            readers.append((proc, parent))
-            if not parent.poll(120):
-                raise SystemExit(f"{len(share)} clients did not connect within 120 s")
-            parent.recv()
-            time.sleep(1)  # let the gateway settle before measuring (not a synchronisation)
-            rss.append((sum(len(mine[j::procs]) for j in range(k + 1)), rss_bytes(gw)))
+        for _, conn in readers:
+            if not conn.poll(120):
+                raise SystemExit(f"{m} clients did not connect within 120 s")
+            conn.recv()
+        time.sleep(1)  # let the gateway settle before measuring (not a synchronisation)
+        rss1 = rss_bytes(gw)
         with DevServerClient(dev_addr) as control:
             upstream = control.stats().open_streams
         cpu0 = cpu_seconds(gw)
@@ -300,18 +303,39 @@ def round_(
         "clients": m, "sent": sent, "delivered": delivered, "expected": sent * m,
         "deliveries/s": delivered / elapsed, "cpu_us": cpu / max(delivered, 1) * 1e6,
         "p50_ms": q[49] * 1000, "p99_ms": q[98] * 1000, "upstream": upstream,
-        **rss_per_stream(rss0, rss),
+        "rss_kib": (rss1 - rss0) / m / 1024, "setup_mib": (rss0 - before) / 2**20,
     }  # fmt: skip
 
 
-def rss_per_stream(rss0: int, after: list[tuple[int, int]]) -> dict[str, float]:
-    """RSS per stream from the first share's to the last's, and the one-time set-up.
+def warm_up(gw: psutil.Process, port: int, request: bytes, each: int = 10) -> None:
+    """Open streams with a client's ``request`` until every serving process has ``each``
+    (bounded), read their heads, close them."""
 
-    With one client process there is no slope: all the growth counts as per stream.
-    """
-    (n1, rss1), (n, rss) = after[0], after[-1]
-    per = (rss - rss1) / (n - n1) if n > n1 else (rss - rss0) / n
-    return {"rss_kib": per / 1024, "setup_mib": max(0.0, rss1 - rss0 - per * n1) / 2**20}
+    def fewest() -> int:
+        held = {p: [c for c in p.net_connections("tcp") if c.laddr.port == port] for p in pool(gw)}
+        listening = [p for p, conns in held.items() if any(not c.raddr for c in conns)]
+        serving = [p for p in listening if p != gw] or [gw]  # a pool's parent accepts nothing
+        return min(sum(bool(c.raddr) for c in held[p]) for p in serving)
+
+    # In batches opened at once: one at a time, every stream would go to the
+    # same process (the one awake in accept).
+    streams: list[socket.socket] = []
+    try:
+        while len(streams) < 100 * each and (not streams or fewest() < each):
+            batch = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(each)]
+            streams += batch
+            for sock in batch:
+                sock.sendall(request)
+            for sock in batch:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    data = sock.recv(4096)
+                    if not data:
+                        raise SystemExit("a warm-up stream was closed before its head")
+                    head += data
+    finally:
+        for sock in streams:
+            sock.close()
 
 
 def client_loop() -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -35,6 +35,7 @@ from gateway.source import UpstreamSource
 
 if TYPE_CHECKING:
     from gateway.hub import Hub
+    from gateway.metrics import Tally
     from gateway.subscriber import HubSource
 
 log = logging.getLogger("gateway.channel")
@@ -139,7 +140,8 @@ class Channel:
             ]
             if candidates:
                 self._turn += 1
-                _deliver({candidates[self._turn % len(candidates)]}, shared)
+                if _deliver({candidates[self._turn % len(candidates)]}, shared):
+                    self._hub.metrics.frames_delivered.inc()
             return
         # A copy: a member cut while this event is delivered may take its group away.
         for group in list(self._groups.values()):
@@ -186,7 +188,9 @@ class Channel:
         self._subscribers.add(subscriber)
         group = self._groups.get(subscriber.rest)
         if group is None:
-            group = self._groups[subscriber.rest] = _Group(subscriber.rest, self._advance_every)
+            group = self._groups[subscriber.rest] = _Group(
+                subscriber.rest, self._advance_every, self._hub.metrics.frames_delivered
+            )
         group.members.add(subscriber)
         self._hub.metrics.hub_subscribers.inc()
 
@@ -236,14 +240,17 @@ class Channel:
             source.end()  # each stream ends with a retry: line; clients resume elsewhere
 
 
-def _deliver(subscribers: set[HubSource], item: Item) -> None:
+def _deliver(subscribers: set[HubSource], item: Item) -> int:
+    """``item`` to every subscriber; how many took it into their buffers at once."""
+    taken = 0
     for subscriber in list(subscribers):
         try:
-            subscriber.deliver(item)
+            taken += subscriber.deliver(item)
         except Exception:
             # One subscriber's failure ends its own stream, never the others'.
             log.exception("delivering to a subscriber failed; ending its stream")
             subscriber.close()
+    return taken
 
 
 class _Group:
@@ -254,15 +261,18 @@ class _Group:
     filtering sink: it hands what passes to every member.
     """
 
-    __slots__ = ("filtering", "members")
+    __slots__ = ("delivered", "filtering", "members")
 
-    def __init__(self, rest: EventFilter, every: int) -> None:
+    def __init__(self, rest: EventFilter, every: int, delivered: Tally) -> None:
         self.members: set[HubSource] = set()
+        self.delivered = delivered  # the hub's count of shared frames handed over
         # No repeat filter: the channel's feed has dropped its repeats already.
         self.filtering = FilteringSink(self, rest, every=every)
 
     def put(self, item: Item) -> bool:
-        _deliver(self.members, item)
+        taken = _deliver(self.members, item)
+        if taken and type(item) is SharedEvent:
+            self.delivered.inc(taken)
         return True  # members are never waited for: a slow one is cut instead
 
     async def room(self) -> bool:

@@ -6,6 +6,7 @@ the request (``format=ndjson`` or ``Accept: application/x-ndjson``).
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Protocol
 
 from gateway import ndjson, sse
@@ -82,6 +83,10 @@ class NewlineDelimitedJson:
         return b""  # a script reconnects when the stream ends
 
 
+@functools.cache
 def format_for(kind: str, named: bool, hosted: bool = False) -> Format:
-    """The Format a validated subscription asked for (``hosted``: on the hosted API's route)."""
+    """The Format a validated subscription asked for (``hosted``: on the hosted API's route).
+
+    Formats hold no state: every stream of a kind shares one.
+    """
     return NewlineDelimitedJson() if kind == "ndjson" else ServerSentEvents(named, hosted)

@@ -71,17 +71,15 @@ class Metrics:
             multiprocess_mode="livesum",
         )
         self.client_streams = ClientStreams(r, multiprocess=directory is not None)
-        self.events_delivered = Tally(
+        self.writes = Writes(
             Counter(
                 "kumiho_gateway_events_delivered", "Event frames written to clients", registry=r
-            )
-        )
-        self.bytes_written = Tally(
+            ),
             Counter(
                 "kumiho_gateway_bytes_written",
                 "Bytes of stream frames written to clients, before any compression",
                 registry=r,
-            )
+            ),
         )
         self.upstream_streams_open = Gauge(
             "kumiho_gateway_upstream_streams_open",
@@ -193,9 +191,8 @@ class Metrics:
         # float add; a prometheus-client increment takes a lock, and in a worker
         # writes a file) and reach the counter at each scrape, and in a worker
         # every second: a scrape always sees every frame written before it.
-        self._tallies = (
-            self.events_delivered,
-            self.bytes_written,
+        self._tallies: tuple[Tally | Writes, ...] = (
+            self.writes,
             self.frames_encoded,
             self.frames_delivered,
         )
@@ -285,6 +282,28 @@ class Tally:
         if self._pending:
             pending, self._pending = self._pending, 0.0
             self._counter.inc(pending)
+
+
+class Writes:
+    """What streams wrote: event frames and bytes, two Tallies bumped in one call a write."""
+
+    __slots__ = ("_bytes", "_events", "events", "size")
+
+    def __init__(self, events: Counter, size: Counter) -> None:
+        self._events, self._bytes = events, size
+        self.events = self.size = 0
+
+    def add(self, events: int, size: int) -> None:
+        self.events += events
+        self.size += size
+
+    def flush(self) -> None:
+        if self.events:
+            events, self.events = self.events, 0
+            self._events.inc(events)
+        if self.size:
+            size, self.size = self.size, 0
+            self._bytes.inc(size)
 
 
 class ClientStreams:

@@ -153,6 +153,22 @@ class Pump:
     def put(self, item: Item) -> bool:
         if self._finished:
             return False
+        if type(item) is SharedEvent:  # nearly every item: the hub's (a fan-out's hot path)
+            self._emit(self._format.event(item), True)
+        else:
+            self._put(item)
+        if not self._frames:
+            return True  # written at once: nothing waits
+        events, size = self._settings.buffer_events, self._settings.buffer_bytes
+        if len(self._frames) >= 2 * events or self._size >= 2 * size:
+            # Twice the bound: a source that cannot wait (a shared stream) kept
+            # pushing; cut now rather than let memory grow.
+            self.slow_consumer()
+            return False
+        return self._has_room()
+
+    def _put(self, item: Item) -> None:
+        """Any item: its frame, and what it means for the stream."""
         match item:
             case SharedEvent() | kumiho_pb2.Event():
                 self._emit(self._format.event(item), event=True)
@@ -168,15 +184,6 @@ class Pump:
                 self._emit(self._format.control("gateway.error", item.error.envelope()["error"]))
             case _:
                 assert_never(item)
-        if not self._frames:
-            return True  # written at once: nothing waits
-        events, size = self._settings.buffer_events, self._settings.buffer_bytes
-        if len(self._frames) >= 2 * events or self._size >= 2 * size:
-            # Twice the bound: a source that cannot wait (a shared stream) kept
-            # pushing; cut now rather than let memory grow.
-            self.slow_consumer()
-            return False
-        return self._has_room()
 
     def _emit(self, frame: bytes, event: bool = False) -> None:
         """Write ``frame`` to the connection now if nothing is ahead of it; else queue it.
@@ -191,9 +198,7 @@ class Pump:
             now = time.monotonic()
             if now - self._last_write >= self._burst and conn.write(frame):
                 self._last_write = now
-                if event:
-                    self._metrics.events_delivered.inc()
-                self._metrics.bytes_written.inc(len(frame))
+                self._metrics.writes.add(event, len(frame))
                 return
         self._frames.append(frame)
         self._size += len(frame)
@@ -234,9 +239,7 @@ class Pump:
 
     def _wrote(self, chunk: bytes, events: int) -> None:
         self._last_write = time.monotonic()
-        if events:
-            self._metrics.events_delivered.inc(events)
-        self._metrics.bytes_written.inc(len(chunk))
+        self._metrics.writes.add(events, len(chunk))
 
     def _has_room(self) -> bool:
         settings = self._settings

@@ -75,15 +75,17 @@ class StreamConnection:
     pipelined request behind the stream would replace.
     """
 
-    __slots__ = ("_cycle", "_flow", "_lost", "_owner", "_protocol", "_transport")
+    __slots__ = ("_cycle", "_lost", "_owner", "_protocol", "_transport", "paused")
 
     def __init__(self, protocol: HeadLimitsProtocol, cycle: RequestResponseCycle) -> None:
         self._protocol = protocol
         self._cycle = cycle
         self._transport = cycle.transport
-        self._flow = cycle.flow
         self._owner: connection.Owner | None = None
         self._lost = False
+        # The transport's flow control, as the protocol is told of it once the body is
+        # taken (before, uvicorn's own): one object less to touch per write.
+        self.paused = False
 
     def streaming(self) -> bool:
         cycle = self._cycle
@@ -100,6 +102,7 @@ class StreamConnection:
         # and the protocol holds anything the client sends until ``finish``.
         cycle = self._cycle
         cycle.response_complete = True
+        self.paused = cycle.flow.write_paused
         self._owner = owner
         self._protocol.taken = self
         # What only the request needed goes now, not when the stream ends hours later.
@@ -107,14 +110,14 @@ class StreamConnection:
         self._protocol.headers = []
 
     def write(self, data: bytes) -> bool:
-        if self._lost or self._flow.write_paused:
+        if self._lost or self.paused:
             return False
         if data:  # an empty chunk would end the body
             self._transport.write(_chunk(data))
         return True
 
     def blocked(self) -> bool:
-        return self._flow.write_paused
+        return self.paused
 
     def finish(self) -> None:
         self._owner = None
@@ -275,9 +278,15 @@ class HeadLimitsProtocol(HttpToolsProtocol):
         if stream is not None:
             stream.lost()
 
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self.taken is not None:
+            self.taken.paused = True
+
     def resume_writing(self) -> None:
         super().resume_writing()
         if self.taken is not None:
+            self.taken.paused = False
             self.taken.writable()
 
     def given_back(self) -> None:

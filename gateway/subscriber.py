@@ -40,6 +40,24 @@ class HubSource:
     the ring shares, not copies.
     """
 
+    # Slots: one per stream, alive as long as it.
+    __slots__ = (
+        "_backlog",
+        "_catch_up",
+        "_catching_up",
+        "_channel",
+        "_ended",
+        "_hub",
+        "_joined",
+        "_limit",
+        "_live",
+        "_seen",
+        "_sink",
+        "_sub",
+        "_wakeup",
+        "rest",
+    )
+
     def __init__(self, hub: Hub, subscription: Subscription) -> None:
         self._hub = hub
         self._sub = subscription
@@ -172,21 +190,21 @@ class HubSource:
         self._joined, self._seen = True, channel.newest
         return True
 
-    def deliver(self, item: Item) -> None:
-        """Called by the channel for every shared item (synchronously, never waits)."""
+    def deliver(self, item: Item) -> bool:
+        """Called by the channel for every shared item (synchronously, never waits).
+
+        True when the item went into the client's buffer now, not into the backlog.
+        """
         if self._ended:
-            return
-        if self._live:
-            sink = self._sink
-            assert sink is not None
-            if isinstance(item, SharedEvent):
-                self._hub.metrics.frames_delivered.inc()
+            return False
+        sink = self._sink
+        if self._live and sink is not None:
             if not sink.put(item):
                 self._live = False  # full: what follows waits in the backlog
                 wake(self._wakeup)
-            if isinstance(item, Failure):
+            if type(item) is Failure:
                 self.end()
-            return
+            return True
         backlog = self._queue()
         backlog.append(item)
         if len(backlog) > self._limit:
@@ -195,6 +213,7 @@ class HubSource:
             if self._sink is not None:
                 self._sink.slow_consumer()
             self.close()
+        return False
 
     def _queue(self) -> collections.deque[Item]:
         if self._backlog is None:
