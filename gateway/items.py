@@ -109,13 +109,19 @@ class SharedEvent:
 
     def frame(self, named: bool) -> bytes:
         """The frame bytes, built on first use and shared from then on."""
-        if named:
-            if self._named is None:
-                self._named = sse.event_frame(self.event, named=True, event_id=self.cursor)
-            return self._named
+        return self.named_frame() if named else self.plain_frame()
+
+    def plain_frame(self) -> bytes:
+        """The frame without ``event:`` (built once)."""
         if self._plain is None:
             self._plain = sse.event_frame(self.event, named=False, event_id=self.cursor)
         return self._plain
+
+    def named_frame(self) -> bytes:
+        """The frame with ``event:`` (built once)."""
+        if self._named is None:
+            self._named = sse.event_frame(self.event, named=True, event_id=self.cursor)
+        return self._named
 
 
 Item = kumiho_pb2.Event | SharedEvent | Reset | Failure | Status | Advance

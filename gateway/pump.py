@@ -154,7 +154,7 @@ class Pump:
         if self._finished:
             return False
         if type(item) is SharedEvent:  # nearly every item: the hub's (a fan-out's hot path)
-            self._emit(self._format.event(item), True)
+            self._emit(self._format.shared(item), True)
         else:
             self._put(item)
         if not self._frames:
@@ -401,9 +401,7 @@ class Pump:
         """Own ``conn``'s body from here to its end: the response's task may return."""
         conn.take(self)
         self._connection = conn
-        retry = self._format.retry(jittered_retry_ms(self._settings.retry_ms))
-        if conn.write(retry):
-            self._wrote(retry, 0)
+        self._emit(self._format.retry(jittered_retry_ms(self._settings.retry_ms)))
         self._opened()
 
     def _flush(self) -> None:

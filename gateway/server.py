@@ -113,7 +113,8 @@ class StreamConnection:
         if self._lost or self.paused:
             return False
         if data:  # an empty chunk would end the body
-            self._transport.write(_chunk(data))
+            framed = _framed  # the last frame's chunk, inline: this runs once a delivery
+            self._transport.write(framed[1] if framed[0] is data else _chunk(data))
         return True
 
     def blocked(self) -> bool:
