@@ -35,6 +35,17 @@ def adopt(cid: str | None) -> None:
     _current.set(cid)
 
 
+@contextlib.contextmanager
+def as_request(cid: str | None) -> Iterator[None]:
+    """Run a block as request ``cid``'s: shared work (the hub's feed, the ticker)
+    acting for one stream, so its log lines name that stream and no other."""
+    token = _current.set(cid)
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
 def new_id() -> str:
     return uuid.uuid4().hex
 

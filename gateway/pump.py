@@ -38,6 +38,7 @@ import time
 from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, assert_never
 
+from gateway import correlation
 from gateway._proto import kumiho_pb2
 from gateway.auth import token_expired
 from gateway.connection import Connection
@@ -70,6 +71,7 @@ class Pump:
         "_blocked_since",
         "_burst",
         "_cause",
+        "_cid",
         "_client",
         "_client_gauge",
         "_connection",
@@ -114,6 +116,7 @@ class Pump:
         expires_at: float | None = None,
     ) -> None:
         self._source = source
+        self._cid = correlation.current()  # its request's id, for its log lines
         self._client = client  # the client's address, for the per-client stream gauge
         self._place = place  # its place under --max-streams-per-client, given back at the end
         self._expires_at = expires_at  # the client's token's exp (epoch seconds), if it has one
@@ -241,6 +244,12 @@ class Pump:
         self._last_write = time.monotonic()
         self._metrics.writes.add(events, len(chunk))
 
+    def _log(self, level: int, message: str, *args: object) -> None:
+        """A line about this stream, under its request's correlation id: the pump
+        is called from work shared by many streams (the hub's feed, the ticker)."""
+        with correlation.as_request(self._cid):
+            log.log(level, message, *args)
+
     def _has_room(self) -> bool:
         settings = self._settings
         return len(self._frames) < settings.buffer_events and self._size < settings.buffer_bytes
@@ -264,7 +273,12 @@ class Pump:
     def slow_consumer(self) -> None:
         if self._finished:
             return  # already ending (its retry: line is queued)
-        log.info("slow consumer: %d frames (%d bytes) unread", len(self._frames), self._size)
+        self._log(
+            logging.INFO,
+            "slow consumer: %d frames (%d bytes) unread",
+            len(self._frames),
+            self._size,
+        )
         self._metrics.slow_consumer_disconnects.inc()
         self._frames.clear()  # the client fetches these again when it resumes
         self._size = self._events = 0
@@ -339,7 +353,9 @@ class Pump:
                 blocked = now - self._blocked_since
         if blocked >= self._settings.send_timeout:
             if not self.stalled:
-                log.warning("dropping a client whose write blocked for %.0fs", blocked)
+                self._log(
+                    logging.WARNING, "dropping a client whose write blocked for %.0fs", blocked
+                )
                 self.stalled = True
                 self._end("send_timeout")
                 if conn is not None:

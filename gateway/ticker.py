@@ -11,6 +11,7 @@ write for too long.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from typing import Protocol
 
@@ -31,7 +32,10 @@ class Ticker:
     def add(self, stream: Ticking) -> None:
         self._streams.add(stream)
         if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self.period, self._tick)
+            # A context of its own: made while one stream opens, it serves them all
+            # and must not carry that stream's correlation id (``correlation.py``).
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self.period, self._tick, context=contextvars.Context())
 
     def discard(self, stream: Ticking) -> None:
         self._streams.discard(stream)

@@ -334,13 +334,13 @@ def test_max_stream_lifetime_closes_between_frames(
     assert gateway.metric("kumiho_gateway_stream_closes_total", '{cause="lifetime"}') == 1
 
 
-def _stalled_client(url: str, params: str = "") -> socket.socket:
+def _stalled_client(url: str, params: str = "", headers: str = "") -> socket.socket:
     """A client that sends its request and then reads nothing (a tiny receive window)."""
     host, port = url.removeprefix("http://").split(":")
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect((host, int(port)))
-    sock.sendall(f"GET /events{params} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    sock.sendall(f"GET /events{params} HTTP/1.1\r\nHost: {host}\r\n{headers}\r\n".encode())
     return sock
 
 
@@ -454,6 +454,49 @@ def test_a_write_blocked_past_the_send_timeout_drops_the_connection(
     log = gateway.log()
     assert "dropping a client whose write blocked" in log
     assert "Traceback" not in log
+
+
+def test_a_dropped_client_is_logged_under_its_own_correlation_id(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(
+        devserver.address,
+        *FAST,
+        "--send-timeout",
+        "1",
+        "--slow-consumer-grace",
+        "60",
+        "--buffer-events",
+        "100000",
+        "--buffer-bytes",
+        str(64 * 2**20),
+    )
+    # Another stream opens first (the shared ticker is armed while it does) and
+    # stays open; it wants none of what follows, so it never stalls.
+    headers = {"x-correlation-id": "healthy-first"}
+    params = {"routing_key": "other.key"}
+    with httpx.stream(
+        "GET", gateway.url + "/events", params=params, headers=headers, timeout=30
+    ) as healthy:
+        assert healthy.status_code == 200
+        wait_until(lambda: gateway.metric("kumiho_gateway_streams_open") == 1, 10, "the first")
+        sock = _stalled_client(gateway.url, headers="x-correlation-id: stalled-second\r\n")
+        wait_until(lambda: gateway.metric("kumiho_gateway_streams_open") == 2, 10, "the second")
+        for _ in range(5):  # ~10 MB, more than the socket buffers take
+            devserver.publish(
+                "revision.created", "kref://p/stall.model", {"pad": "x" * 2000}, count=1000
+            )
+        wait_until(
+            lambda: (
+                gateway.metric("kumiho_gateway_stream_closes_total", '{cause="send_timeout"}') == 1
+            ),
+            20,
+            "the stalled stream to end",
+        )
+        sock.close()
+    lines = [line for line in gateway.log().splitlines() if "write blocked" in line]
+    assert len(lines) == 1 and "[stalled-second]" in lines[0], lines
 
 
 def test_thousand_connects_and_disconnects_leak_nothing(
