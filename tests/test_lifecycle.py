@@ -410,30 +410,24 @@ def test_a_slow_consumer_is_cut_off_and_resumes_without_loss(
     assert ids + [e.id for e in rest] == cursors  # nothing lost, nothing twice
 
 
-def test_a_write_blocked_past_the_send_timeout_drops_the_connection(
-    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
-) -> None:
-    devserver = make_devserver()
-    gateway = make_gateway(
-        devserver.address,
-        *FAST,
-        "--send-timeout",
-        "1",
-        # The buffer policy stays out of the way: this is the stalled-write check.
-        "--slow-consumer-grace",
-        "60",
-        "--buffer-events",
-        "100000",
-        "--buffer-bytes",
-        str(64 * 2**20),
-    )
-    # A first stream connects the upstream channel, so the fd count below is the baseline.
-    devserver.publish("revision.created", "kref://p/stall.model", count=1)
-    assert len(read_events(gateway.url, 1, params={"from": "beginning"})) == 1
-    fds = gateway.metric("process_open_fds")
-    sock = _stalled_client(gateway.url)
-    wait_until(lambda: gateway.metric("kumiho_gateway_streams_open") == 1, 10, "the stream")
-    # ~10 MB: more than the kernel's socket buffers (4 MiB at most here) can take.
+# A client whose write blocks for a second is dropped; the buffer policy stays
+# out of the way (these are the stalled-write checks).
+_STALL_ARGS = (
+    *FAST,
+    "--send-timeout",
+    "1",
+    "--slow-consumer-grace",
+    "60",
+    "--buffer-events",
+    "100000",
+    "--buffer-bytes",
+    str(64 * 2**20),
+)
+
+
+def _flood_until_one_is_dropped(devserver: DevServer, gateway: Gateway) -> None:
+    """~10 MB of events (more than the kernel's socket buffers, 4 MiB at most here,
+    can take), until one stream has been dropped for a blocked write."""
     for _ in range(5):
         devserver.publish(
             "revision.created", "kref://p/stall.model", {"pad": "x" * 2000}, count=1000
@@ -443,6 +437,20 @@ def test_a_write_blocked_past_the_send_timeout_drops_the_connection(
         20,
         "the stalled stream to end",
     )
+
+
+def test_a_write_blocked_past_the_send_timeout_drops_the_connection(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *_STALL_ARGS)
+    # A first stream connects the upstream channel, so the fd count below is the baseline.
+    devserver.publish("revision.created", "kref://p/stall.model", count=1)
+    assert len(read_events(gateway.url, 1, params={"from": "beginning"})) == 1
+    fds = gateway.metric("process_open_fds")
+    sock = _stalled_client(gateway.url)
+    wait_until(lambda: gateway.metric("kumiho_gateway_streams_open") == 1, 10, "the stream")
+    _flood_until_one_is_dropped(devserver, gateway)
     assert gateway.metric("kumiho_gateway_streams_open") == 0
     assert gateway.metric("kumiho_gateway_hub_subscribers") == 0
     # The client still reads nothing; the connection itself goes too (the kernel
@@ -460,18 +468,7 @@ def test_a_dropped_client_is_logged_under_its_own_correlation_id(
     make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
 ) -> None:
     devserver = make_devserver()
-    gateway = make_gateway(
-        devserver.address,
-        *FAST,
-        "--send-timeout",
-        "1",
-        "--slow-consumer-grace",
-        "60",
-        "--buffer-events",
-        "100000",
-        "--buffer-bytes",
-        str(64 * 2**20),
-    )
+    gateway = make_gateway(devserver.address, *_STALL_ARGS)
     # Another stream opens first (the shared ticker is armed while it does) and
     # stays open; it wants none of what follows, so it never stalls.
     headers = {"x-correlation-id": "healthy-first"}
@@ -483,17 +480,7 @@ def test_a_dropped_client_is_logged_under_its_own_correlation_id(
         wait_until(lambda: gateway.metric("kumiho_gateway_streams_open") == 1, 10, "the first")
         sock = _stalled_client(gateway.url, headers="x-correlation-id: stalled-second\r\n")
         wait_until(lambda: gateway.metric("kumiho_gateway_streams_open") == 2, 10, "the second")
-        for _ in range(5):  # ~10 MB, more than the socket buffers take
-            devserver.publish(
-                "revision.created", "kref://p/stall.model", {"pad": "x" * 2000}, count=1000
-            )
-        wait_until(
-            lambda: (
-                gateway.metric("kumiho_gateway_stream_closes_total", '{cause="send_timeout"}') == 1
-            ),
-            20,
-            "the stalled stream to end",
-        )
+        _flood_until_one_is_dropped(devserver, gateway)
         sock.close()
     lines = [line for line in gateway.log().splitlines() if "write blocked" in line]
     assert len(lines) == 1 and "[stalled-second]" in lines[0], lines
