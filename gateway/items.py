@@ -107,18 +107,14 @@ class SharedEvent:
         self._plain: bytes | None = None
         self._named: bytes | None = None
 
-    def frame(self, named: bool) -> bytes:
-        """The frame bytes, built on first use and shared from then on."""
-        return self.named_frame() if named else self.plain_frame()
-
     def plain_frame(self) -> bytes:
-        """The frame without ``event:`` (built once)."""
+        """The frame without ``event:``, built on first use and shared from then on."""
         if self._plain is None:
             self._plain = sse.event_frame(self.event, named=False, event_id=self.cursor)
         return self._plain
 
     def named_frame(self) -> bytes:
-        """The frame with ``event:`` (built once)."""
+        """The frame with ``event:``, built on first use and shared from then on."""
         if self._named is None:
             self._named = sse.event_frame(self.event, named=True, event_id=self.cursor)
         return self._named

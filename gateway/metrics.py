@@ -269,41 +269,36 @@ class Metrics:
 class Tally:
     """Increments of a counter, gathered in memory until ``flush()`` adds them to it."""
 
-    __slots__ = ("_counter", "_pending")
+    __slots__ = ("_counter", "pending")
 
     def __init__(self, counter: Counter) -> None:
         self._counter = counter
-        self._pending = 0.0
+        self.pending = 0.0
 
     def inc(self, amount: float = 1) -> None:
-        self._pending += amount
+        self.pending += amount
 
     def flush(self) -> None:
-        if self._pending:
-            pending, self._pending = self._pending, 0.0
+        if self.pending:
+            pending, self.pending = self.pending, 0.0
             self._counter.inc(pending)
 
 
 class Writes:
     """What streams wrote: event frames and bytes, two Tallies bumped in one call a write."""
 
-    __slots__ = ("_bytes", "_events", "events", "size")
+    __slots__ = ("events", "size")
 
     def __init__(self, events: Counter, size: Counter) -> None:
-        self._events, self._bytes = events, size
-        self.events = self.size = 0
+        self.events, self.size = Tally(events), Tally(size)
 
     def add(self, events: int, size: int) -> None:
-        self.events += events
-        self.size += size
+        self.events.pending += events
+        self.size.pending += size
 
     def flush(self) -> None:
-        if self.events:
-            events, self.events = self.events, 0
-            self._events.inc(events)
-        if self.size:
-            size, self.size = self.size, 0
-            self._bytes.inc(size)
+        self.events.flush()
+        self.size.flush()
 
 
 class ClientStreams:

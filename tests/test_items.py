@@ -60,9 +60,9 @@ def test_a_shared_event_is_encoded_once_per_form_and_takes_a_minted_id_without_a
     event = kumiho_pb2.Event(routing_key="a.b", kref=kumiho_pb2.Kref(uri="kref://p/x"), cursor="")
     shared = SharedEvent(event, "gw:1:7")
     assert shared.cursor == "gw:1:7"
-    plain, named = shared.frame(named=False), shared.frame(named=True)
+    plain, named = shared.plain_frame(), shared.named_frame()
     assert plain.startswith(b"id: gw:1:7\n") and b"event: a.b\n" in named
-    assert shared.frame(named=False) is plain and shared.frame(named=True) is named
+    assert shared.plain_frame() is plain and shared.named_frame() is named
     assert SharedEvent(kumiho_pb2.Event(cursor="5-0"), "gw:1:8").cursor == "5-0"
 
 
