@@ -53,17 +53,20 @@ class ResumeFilter:
 
     def repeat(self, cursor: str) -> bool:
         """Whether ``accept`` would refuse ``cursor``; nothing changes."""
-        if not cursor:
-            return False  # events without cursors cannot be told apart
-        if cursor == self._cursor:
-            return True
-        key = cursor_key(cursor)
-        return key is not None and self._key is not None and key <= self._key
+        return bool(cursor) and (cursor == self._cursor or self._before(cursor_key(cursor)))
 
     def accept(self, cursor: str) -> bool:
         """False for a repeat; otherwise True, and ``cursor`` becomes the new resume point."""
-        if self.repeat(cursor):
+        if not cursor:
+            return True  # events without cursors cannot be told apart: no new resume point
+        if cursor == self._cursor:
             return False
-        if cursor:  # events without cursors cannot be told apart: no new resume point
-            self._cursor, self._key = cursor, cursor_key(cursor)
+        key = cursor_key(cursor)  # once: this runs for every event of every upstream stream
+        if self._before(key):
+            return False
+        self._cursor, self._key = cursor, key
         return True
+
+    def _before(self, key: CursorKey | None) -> bool:
+        """Whether ``key`` is at or before the resume point (when both are ordered)."""
+        return key is not None and self._key is not None and key <= self._key

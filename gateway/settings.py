@@ -234,7 +234,9 @@ class Settings(BaseSettings):
         ge=0,
         le=1,
         validation_alias=_env("KUMIHO_GATEWAY_FLUSH_INTERVAL"),
-        description="how long (s) a burst of events may gather into one socket write",
+        description="how long (s) a burst of events may gather into one socket write; "
+        "while a burst goes on, each write gathers twice as long as the one before, up to "
+        "16 times this (a backlog goes out in few large writes)",
     )
     buffer_events: int = Field(
         4096,

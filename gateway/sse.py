@@ -81,7 +81,8 @@ def event_json(event: kumiho_pb2.Event) -> str:
     string escaper: twice as fast as ``json.dumps`` of a dict.
     """
     details = event.details
-    pairs = ",".join([f"{_q(k)}:{_q(v)}" for k, v in details.items()]) if details else ""
+    # By key, not .items(): a protobuf map's items() is the generic Mapping one, twice as slow.
+    pairs = ",".join([f"{_q(k)}:{_q(details[k])}" for k in details]) if details else ""
     return (
         f'{{"routing_key":{_q(event.routing_key)},"kref":{_q(event.kref.uri)},'
         f'"timestamp":{_q(event.timestamp)},"author":{_q(event.author)},'

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
+
+import pytest
 
 from gateway.items import Reset, Sink
 from gateway.metrics import Metrics
@@ -160,3 +163,21 @@ def test_closing_an_upstream_source_during_its_backoff_stops_it() -> None:
         await upstream.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 15))
+
+
+def test_a_burst_that_goes_on_gathers_longer_each_write_and_a_quiet_spell_starts_afresh() -> None:
+    async def scenario() -> None:
+        pump = make_pump(_Filler(), flush_interval=0.002)
+        pump._frames.append(b"data: x\n\n")  # something queued
+        assert pump._gathering() == 0.0  # nothing written for long: a lone event goes now
+        pump._last_write = time.monotonic()  # a write a moment ago: a burst
+        windows = [pump._gathering() for _ in range(7)]
+        assert windows == pytest.approx([0.002, 0.004, 0.008, 0.016, 0.032, 0.032, 0.032])
+        pump._last_write = time.monotonic() - 1  # quiet for a second: the burst is over
+        assert pump._gathering() == 0.0
+        pump._last_write = time.monotonic()
+        assert pump._gathering() == pytest.approx(0.002)  # the next burst starts afresh
+        pump.close()
+        assert pump._gathering() == 0.0  # an ending stream writes its last frames at once
+
+    asyncio.run(asyncio.wait_for(scenario(), 5))
