@@ -35,7 +35,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import TYPE_CHECKING, assert_never
 
 from gateway import correlation
@@ -457,6 +457,29 @@ class Pump:
     def lost(self) -> None:
         self._end("client")
         self._closed()
+
+    # -- written by a hub group's lane (items.Direct, channel.py) ---------------
+
+    @property
+    def shared(self) -> Callable[[SharedEvent], bytes]:
+        return self._format.shared
+
+    def steady(self) -> bool:
+        return self._connection is not None and not self._frames and not self._finished
+
+    def direct(self, frame: bytes, now: float) -> bool:
+        # The rules of _emit's write at once, for a frame that was never queued.
+        conn = self._connection
+        if (
+            conn is None
+            or self._frames
+            or self._finished
+            or now - self._last_write < self._burst
+            or not conn.write(frame)
+        ):
+            return False
+        self._last_write = now
+        return True
 
     # -- through ASGI (any other server, or a compressed stream) ---------------
 

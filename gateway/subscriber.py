@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from gateway.catchup import CatchUp
 from gateway.channel import MINTED_PREFIX, Channel
-from gateway.items import Advance, Failure, Item, Reset, SharedEvent, Sink, wake
+from gateway.items import Advance, Direct, Failure, Item, Reset, SharedEvent, Sink, wake
 from gateway.source import UpstreamSource
 from gateway.subscription import Subscription
 
@@ -46,6 +46,7 @@ class HubSource:
         "_catch_up",
         "_catching_up",
         "_channel",
+        "_direct",
         "_ended",
         "_hub",
         "_joined",
@@ -67,6 +68,7 @@ class HubSource:
         self._joined = False  # attached to the shared feed: live
         self._seen = ""  # the feed's newest event when this joined it
         self._sink: Sink | None = None
+        self._direct: Direct | None = None  # the sink, when a lane may write to it
         # Made when something waits (None while live: thousands of idle deques add up).
         self._backlog: collections.deque[Item] | None = None
         self._limit = hub.settings.hub_ring_size + hub.settings.buffer_events
@@ -153,6 +155,7 @@ class HubSource:
             if not catch_up.handed_over:
                 return  # the client left, or the catch-up stream failed for good
         self._sink = sink
+        self._direct = sink if isinstance(sink, Direct) else None
         delivered = self._hub.metrics.frames_delivered
         while True:
             while self._backlog:
@@ -202,6 +205,9 @@ class HubSource:
             if not sink.put(item):
                 self._live = False  # full: what follows waits in the backlog
                 wake(self._wakeup)
+            elif type(item) is SharedEvent and (direct := self._direct) and direct.steady():
+                assert self._channel is not None  # live: joined
+                self._channel.join(self, direct)  # written at once: its group's lane may go on
             if type(item) is Failure:
                 self.end()
             return True

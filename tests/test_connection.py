@@ -197,24 +197,37 @@ def test_an_open_stream_keeps_no_task_of_its_request(
     wait_until(lambda: gateway.metric("kumiho_gateway_streams_open") == 0, 10, "closed")
 
 
-def _chunks(sock: socket.socket, events: int, deadline: float = 60) -> list[tuple[float, bytes]]:
-    """The body's chunks as they arrive, with when, until ``events`` data lines came."""
-    end = time.monotonic() + deadline
-    got, chunks, seen = _read_until(sock, b"\r\n\r\n").partition(b"\r\n\r\n")[2], [], 0
-    while seen < events:
-        size, sep, rest = got.partition(b"\r\n")
-        length = int(size, 16) if sep else -1
-        if length >= 0 and len(rest) >= length + 2:
-            chunk, got = rest[:length], rest[length + 2 :]
-            chunks.append((time.monotonic(), chunk))
-            seen += chunk.count(b"\ndata: ") + chunk.startswith(b"data: ")
-            continue
-        assert time.monotonic() < end, f"{seen} of {events} events by the deadline"
-        sock.settimeout(max(0.01, end - time.monotonic()))
-        more = sock.recv(65536)
-        assert more, f"the connection closed after {seen} of {events} events"
-        got += more
-    return chunks
+class _Body:
+    """A stream's chunked body read off a raw socket, chunk by chunk, with when each came."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._got = _read_until(sock, b"\r\n\r\n").partition(b"\r\n\r\n")[2]
+
+    def chunks(self, events: int, deadline: float = 60) -> list[tuple[float, bytes]]:
+        """The chunks that bring the next ``events`` events (frames with an id)."""
+        end = time.monotonic() + deadline
+        chunks: list[tuple[float, bytes]] = []
+        seen = 0
+        while seen < events:
+            size, sep, rest = self._got.partition(b"\r\n")
+            length = int(size, 16) if sep else -1
+            if length >= 0 and len(rest) >= length + 2:
+                chunk, self._got = rest[:length], rest[length + 2 :]
+                chunks.append((time.monotonic(), chunk))
+                seen += chunk.count(b"\nid: ") + chunk.startswith(b"id: ")
+                continue
+            assert time.monotonic() < end, f"{seen} of {events} events by the deadline"
+            self.sock.settimeout(max(0.01, end - time.monotonic()))
+            more = self.sock.recv(65536)
+            assert more, f"the connection closed after {seen} of {events} events"
+            self._got += more
+        return chunks
+
+
+def _ids(chunks: list[tuple[float, bytes]]) -> list[str]:
+    body = b"".join(chunk for _, chunk in chunks)
+    return [line[4:].decode() for line in body.split(b"\n") if line.startswith(b"id: ")]
 
 
 def test_a_backlog_goes_out_in_few_large_writes_complete_and_in_order(
@@ -226,12 +239,37 @@ def test_a_backlog_goes_out_in_few_large_writes_complete_and_in_order(
     gateway = make_gateway(devserver.address, *FAST, "--flush-interval", str(flush))
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=15) as sock:
         sock.sendall(_stream_request(b"/events?from=beginning"))
-        chunks = [(at, c) for at, c in _chunks(sock, len(cursors)) if b"data: " in c]
-    body = b"".join(c for _, c in chunks)
-    assert [line[4:] for line in body.split(b"\n") if line.startswith(b"id: ")] == [
-        c.encode() for c in cursors
-    ]  # every event once, in order
+        chunks = [(at, c) for at, c in _Body(sock).chunks(len(cursors)) if b"id: " in c]
+    assert _ids(chunks) == cursors  # every event once, in order
     # Writes every flush interval would be a chunk every ~2 ms while the backlog
     # lasts; a burst that goes on gathers longer each write (up to 16 intervals).
     span = chunks[-1][0] - chunks[0][0]
     assert len(chunks) <= span / (4 * flush) + 10, (len(chunks), span)
+
+
+def test_a_burst_to_steady_streams_is_gathered_complete_and_in_order(
+    make_devserver: Any, make_gateway: Any
+) -> None:
+    devserver = make_devserver()
+    gateway = make_gateway(devserver.address, *FAST)  # bursts gather for 2 ms and more
+    socks = [socket.create_connection(("127.0.0.1", gateway.port), timeout=15) for _ in range(3)]
+    try:
+        for sock in socks:
+            sock.sendall(_stream_request(b"/events?routing_key=revision.*"))
+        bodies = [_Body(sock) for sock in socks]
+        wait_until(lambda: gateway.metric("kumiho_gateway_streams_open") == 3, 10, "open")
+        # Lone events, each written at once: the first takes every stream into its
+        # group's lane, which writes the next ones to all three in one loop.
+        for _ in range(3):
+            lone = devserver.publish("revision.created", "kref://p/a.b?r=1")
+            for body in bodies:
+                assert _ids(body.chunks(1))[-1:] == lone
+        # A burst: each stream falls back to its pump, which gathers it.
+        burst = devserver.publish("revision.created", "kref://p/a.b?r=1", count=300)
+        for body in bodies:
+            chunks = body.chunks(300)
+            assert _ids(chunks) == burst  # every event once, in order
+            assert len(chunks) <= 300 / 5, len(chunks)
+    finally:
+        for sock in socks:
+            sock.close()

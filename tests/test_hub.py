@@ -541,3 +541,35 @@ def test_a_request_waiting_on_an_opening_channel_outlives_its_cancelled_opener(
             await upstream.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+class _BrokenDirect:
+    """A lane member whose write raises."""
+
+    shared = staticmethod(SharedEvent.plain_frame)
+
+    def steady(self) -> bool:
+        return True
+
+    def direct(self, frame: bytes, now: float) -> bool:
+        raise RuntimeError("this stream is broken")
+
+
+def test_a_lane_member_that_fails_ends_its_own_stream_only() -> None:
+    async def scenario() -> None:
+        _, channel, feed, pump, frames = await _hub_with_subscriber()
+        broken = _Broken()
+        channel.attach(broken)  # type: ignore[arg-type]
+        channel.join(broken, _BrokenDirect())  # type: ignore[arg-type]
+        assert feed.sink is not None
+        feed.sink.put(_event(1))
+        assert broken.closed
+        assert b"id: 1-1" in await anext(frames)  # the others still get it
+        broken.closed = False
+        feed.sink.put(_event(2))
+        assert not broken.closed  # out of the lane: not written to again
+        assert b"id: 1-2" in await anext(frames)
+        pump.close()
+        [chunk async for chunk in frames]
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))
