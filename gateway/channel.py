@@ -324,19 +324,26 @@ class _Group:
         taken = 0
         for shared, lane in list(self.lanes.items()):
             frame, written = shared(item), 0
-            for member, direct in list(lane.items()):
+            out: list[HubSource] = []
+            broken: list[HubSource] = []
+            # No copy of the lane to loop over (a tuple a member, garbage to collect):
+            # a write never changes it, and who leaves, leaves after the loop.
+            for member, direct in lane.items():
                 try:
                     if direct.direct(frame, now):
                         written += 1
-                        continue
+                    else:
+                        out.append(member)
                 except Exception:
                     # One subscriber's failure ends its own stream, never the others'.
                     log.exception("writing to a subscriber failed; ending its stream")
-                    del lane[member]
-                    member.close()
-                    continue
+                    broken.append(member)
+            for member in out:
                 del lane[member]
                 self.loose.add(member)
+            for member in broken:
+                del lane[member]
+                member.close()
             if written:
                 self.writes.add(written, written * len(frame))
                 taken += written
