@@ -12,6 +12,7 @@ column, "set-up MiB".
     python bench/fanout.py [--clients 1,100,1000] [--rate 20] [--seconds 10]
                            [--no-hub | --compare]
                            [--response lean|sse-starlette|compare [--passes 2]]
+                           [--floors [--passes N]]
                            [--filters N] [--workers N]
 
 ``--response sse-starlette`` answers /events with sse-starlette's full
@@ -415,10 +416,16 @@ def print_response_ratios(
         for a, b in zip(lean_rows, full_rows, strict=True):
             line(str(n), a["clients"], a, b)
     if len(lean) > 1:
-        for j, row in enumerate(lean[0]):
-            a = {k: statistics.median(rows[j][k] for rows in lean) for k in keys}
-            b = {k: statistics.median(rows[j][k] for rows in full) for k in keys}
-            line("median", row["clients"], a, b)
+        for a, b in zip(medians(lean), medians(full), strict=True):
+            line("median", a["clients"], a, b)
+
+
+def medians(passes: list[list[dict[str, float]]]) -> list[dict[str, float]]:
+    """Row by row, each column's median over the passes (one list of rows a pass)."""
+    return [
+        {key: statistics.median(rows[j][key] for rows in passes) for key in row}
+        for j, row in enumerate(passes[0])
+    ]
 
 
 def compare_responses(args: argparse.Namespace) -> None:
@@ -426,7 +433,7 @@ def compare_responses(args: argparse.Namespace) -> None:
     runs: dict[str, list[list[dict[str, float]]]] = {"lean": [], "sse-starlette": []}
     rows: list[dict[str, float]] = []
     labels: list[str] = []
-    for n in range(1, args.passes + 1):
+    for n in range(1, (args.passes or 2) + 1):
         for response, passes in runs.items():
             passes.append(run_rounds(args, args.no_hub, response, show=False))
             rows += passes[-1]
@@ -490,22 +497,31 @@ def run_rounds(
 
 
 def compare_floors(args: argparse.Namespace) -> None:
-    """For each worker count: the gateway, then each floor, on the same clients; one table."""
+    """For each worker count: the gateway and each floor on the same clients, ``--passes``
+    times (each pass begins with the next of the three, so none always runs first); every
+    run in one table, then the ratios of the medians over the passes."""
     rows: list[dict[str, float]] = []
     labels: list[str] = []
     ratios: list[tuple[str, dict[str, float], dict[str, float], dict[str, float]]] = []
+    names = ("lean", *FLOORS)
+    passes = args.passes or 1
     for workers in args.workers_list:
         args.workers = workers
-        runs = {name: run_rounds(args, False, name, show=False) for name in ("lean", *FLOORS)}
-        for name, got in runs.items():
-            rows += got
-            labels += [f"{'gateway' if name == 'lean' else name}, {workers} proc"] * len(got)
-        for gateway, uvicorn_, raw in zip(*runs.values(), strict=True):
-            ratios.append((f"{workers} proc", gateway, uvicorn_, raw))
+        runs: dict[str, list[list[dict[str, float]]]] = {name: [] for name in names}
+        for n in range(passes):
+            for name in names[n % len(names) :] + names[: n % len(names)]:
+                got = run_rounds(args, False, name, show=False)
+                runs[name].append(got)
+                rows += got
+                label = f"{'gateway' if name == 'lean' else name}, {workers} proc"
+                labels += [label + (f" #{n + 1}" if passes > 1 else "")] * len(got)
+        gateway, uvicorn_, raw = (medians(runs[name]) for name in names)
+        for g, u, r in zip(gateway, uvicorn_, raw, strict=True):
+            ratios.append((f"{workers} proc", g, u, r))
     args.workers = max(args.workers_list)
     print_table(rows, args, False, labels)
     print()
-    print("gateway / floor, same run")
+    print("gateway / floor, same run" + (f", medians of {passes} passes" if passes > 1 else ""))
     header = ("processes", "clients", "CPU/raw", "CPU/uvicorn", "p99 - raw p99 ms",
               "p99/raw", "RSS/raw", "gateway RSS KiB/stream")  # fmt: skip
     print(" | ".join(header))
@@ -537,7 +553,10 @@ def main() -> None:
         "EventSourceResponse, or both alternately in one run (default: %(default)s)",
     )
     parser.add_argument(
-        "--passes", type=int, default=2, help="with --response compare: runs of each (default: 2)"
+        "--passes",
+        type=int,
+        help="with --response compare: runs of each (default: 2); with --floors: runs of "
+        "the gateway and each floor, in turn, and the ratios of their medians (default: 1)",
     )
     parser.add_argument(
         "--filters",

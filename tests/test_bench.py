@@ -108,6 +108,25 @@ def test_fanout_compares_the_lean_response_with_sse_starlette(tmp_path: Path) ->
     assert leftovers(tmp_path) == []
 
 
+def test_fanout_runs_the_gateway_and_both_floors_in_turn_and_compares_their_medians(
+    tmp_path: Path,
+) -> None:
+    result = run_bench(
+        tmp_path, "fanout.py", "--clients", "2", "--rate", "5", "--seconds", "1",
+        "--floors", "--workers", "1", "--passes", "2", "--client-procs", "1",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    runs = [line.split("|")[0].strip() for line in result.stdout.splitlines() if " proc #" in line]
+    # Each pass begins with the next of the three: none always runs first.
+    assert runs == [
+        "gateway, 1 proc #1", "bare uvicorn, 1 proc #1", "raw transports, 1 proc #1",
+        "bare uvicorn, 1 proc #2", "raw transports, 1 proc #2", "gateway, 1 proc #2",
+    ]  # fmt: skip
+    assert "gateway / floor, same run, medians of 2 passes" in result.stdout
+    assert "every client received every event" in result.stdout
+    assert leftovers(tmp_path) == []
+
+
 def test_a_gateway_that_fails_to_start_stops_the_stack_at_once(tmp_path: Path) -> None:
     started = time.monotonic()
     result = run_bench(

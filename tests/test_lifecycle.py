@@ -486,6 +486,41 @@ def test_a_dropped_client_is_logged_under_its_own_correlation_id(
     assert len(lines) == 1 and "[stalled-second]" in lines[0], lines
 
 
+def test_a_steady_stream_that_stops_reading_falls_back_and_is_cut_while_the_others_read_on(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    # No gathering: every event is written at once, so steady streams are written by
+    # their group's lane. A pump that has queued 50 events for a second cuts its client
+    # (its retry: line then waits on the full transport until the send timeout).
+    args = ("--flush-interval", "0", "--slow-consumer-grace", "1", "--send-timeout", "5")
+    gateway = make_gateway(devserver.address, *FAST, *args, "--buffer-events", "50")
+    healthy = Reader(gateway.url)
+    healthy.start()
+    assert healthy.connected.wait(10)
+    sock = _stalled_client(gateway.url)
+    wait_until(lambda: gateway.metric("kumiho_gateway_streams_open") == 2, 10, "both streams")
+    cuts, kref = "kumiho_gateway_slow_consumer_disconnects_total", "kref://p/stall.model"
+    cursors: list[str] = []
+    try:
+        # One event at a time, each once the healthy client has the last: lone events,
+        # written by the lane until the stalled client's transport takes no more. Then
+        # its pump must queue them, by its own bounds.
+        for i in range(600):
+            cursors += devserver.publish("revision.created", kref, {"pad": "x" * 30000})
+            healthy.wait_for(len(cursors))
+            if i % 20 == 0 and gateway.metric(cuts) == 1:
+                break
+        wait_until(lambda: gateway.metric(cuts) == 1, 20, "the slow consumer's cut")
+        wait_until(lambda: gateway.metric("kumiho_gateway_streams_open") == 1, 20, "its end")
+        cursors += devserver.publish("revision.created", kref, count=3)
+        assert [event.id for event in healthy.wait_for(len(cursors))] == cursors
+        assert gateway.metric("kumiho_gateway_stream_closes_total", '{cause="slow_consumer"}') == 1
+    finally:
+        healthy.stop.set()
+        sock.close()
+
+
 def test_thousand_connects_and_disconnects_leak_nothing(
     make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
 ) -> None:
