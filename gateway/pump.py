@@ -194,19 +194,15 @@ class Pump:
     def _emit(self, frame: bytes, event: bool = False) -> None:
         """Write ``frame`` to the connection now if nothing is ahead of it; else queue it.
 
-        At once only on an owned connection, with nothing queued, the
-        transport not paused and no burst gathering (a write moments ago).
+        At once (``direct``) only on an owned connection, with nothing queued,
+        the transport not paused, no burst gathering (a write moments ago) and
+        the stream not ending.
         Otherwise it waits its turn: in order, for the gathering timer, for
         the transport, or for the response's ``frames()``.
         """
-        conn = self._connection
-        if conn is not None and not self._frames:
-            now = time.monotonic()
-            if now - self._last_write >= self._burst and conn.write(frame):
-                self._last_write = now
-                self._window = self._settings.flush_interval  # a burst after it starts afresh
-                self._metrics.writes.add(event, len(frame))
-                return
+        if self.direct(frame, time.monotonic()):
+            self._metrics.writes.add(event, len(frame))
+            return
         self._frames.append(frame)
         self._size += len(frame)
         if event:
@@ -468,7 +464,8 @@ class Pump:
         return self._connection is not None and not self._frames and not self._finished
 
     def direct(self, frame: bytes, now: float) -> bool:
-        # The rules of _emit's write at once, for a frame that was never queued.
+        """Write ``frame`` at once, if nothing is ahead of it (see ``_emit``); its
+        caller counts it. A hub group's lane writes shared events this way."""
         conn = self._connection
         if (
             conn is None
@@ -479,6 +476,7 @@ class Pump:
         ):
             return False
         self._last_write = now
+        self._window = self._settings.flush_interval  # a burst after it starts afresh
         return True
 
     # -- through ASGI (any other server, or a compressed stream) ---------------
