@@ -7,8 +7,10 @@ never share: tenant isolation holds by construction. It is the Sink of that
 feed. Each event is encoded once (``SharedEvent``), kept in the channel's
 ``Ring``, and matched once per filter group (``_Group``: the subscribers
 with the same filter left to match, behind one ``FilteringSink``), and the
-same bytes go to every matching subscriber's bounded buffer; a subscriber
-that cannot keep up is cut off (slow consumer) and never delays the others.
+same bytes go to every matching subscriber's bounded buffer (or, for the
+steady ones, straight to their connections in one loop: the group's lanes);
+a subscriber that cannot keep up is cut off (slow consumer) and never
+delays the others.
 A consumer group's channel hands each event to one member in turn and keeps
 no ring. The upstream stream closes ``hub_linger`` seconds after its last
 subscriber leaves.
