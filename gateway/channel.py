@@ -27,12 +27,13 @@ import contextvars
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, assert_never
 
 from gateway._proto import kumiho_pb2
 from gateway.filtering import ADVANCE_EVERY, FilteringSink
-from gateway.items import Advance, Direct, Failure, Item, Reset, SharedEvent, Status
+from gateway.items import Advance, Failure, Item, Reset, SharedEvent, Status
+from gateway.lane import Direct, Lane
 from gateway.matching import EventFilter
 from gateway.ring import Ring
 from gateway.source import UpstreamSource
@@ -251,7 +252,7 @@ class Channel:
             source.end()  # each stream ends with a retry: line; clients resume elsewhere
 
 
-def _deliver(subscribers: set[HubSource], item: Item) -> int:
+def _deliver(subscribers: Collection[HubSource], item: Item) -> int:
     """``item`` to every subscriber; how many took it into their buffers at once."""
     taken = 0
     for subscriber in list(subscribers):
@@ -271,15 +272,12 @@ class _Group:
     unwanted events sends them an Advance together. It is the Sink of its
     filtering sink: it hands what passes to every member.
 
-    A shared event goes to most members through a lane: the members whose
-    streams are steady (``items.Direct``: a pump that owns its connection,
-    with nothing of its own queued), by frame format, get the event's frame
-    written in one loop, with no call through their subscriber and pump and
-    one count for all. A member joins after an event written to it at once,
-    and falls back to the loose members (each given the event through its
-    subscriber, which queues, gathers and holds back as ever) the moment
-    its pump would not write at once: everything a pump writes still goes
-    out in order, by its rules.
+    A shared event goes to most members through a lane (``lane.py``), one
+    for each frame format: the steady streams, whose frame is written to
+    their connections in one loop. A member joins its lane after an event
+    its pump wrote at once, and leaves it, back to the loose members (each
+    given the event through its subscriber, which queues, gathers and holds
+    back as ever), the moment its pump would not write at once.
     """
 
     __slots__ = ("delivered", "filtering", "lanes", "loose", "members", "writes")
@@ -287,7 +285,7 @@ class _Group:
     def __init__(self, rest: EventFilter, every: int, delivered: Tally, writes: Writes) -> None:
         self.members: set[HubSource] = set()
         self.loose: set[HubSource] = set()  # the members given shared events one by one
-        self.lanes: dict[Callable[[SharedEvent], bytes], dict[HubSource, Direct]] = {}
+        self.lanes: dict[Callable[[SharedEvent], bytes], Lane] = {}
         self.delivered = delivered  # the hub's count of shared frames handed over
         self.writes = writes
         # No repeat filter: the channel's feed has dropped its repeats already.
@@ -298,60 +296,33 @@ class _Group:
         self.loose.add(member)
 
     def discard(self, member: HubSource) -> None:
+        if member.direct is not None:
+            member.direct.leave()  # left already as its stream ended; never written after it
         self.members.discard(member)
         self.loose.discard(member)
-        for shared, lane in list(self.lanes.items()):
-            if lane.pop(member, None) is not None and not lane:
-                del self.lanes[shared]
 
     def join(self, member: HubSource, direct: Direct) -> None:
         if member in self.loose:
-            self.loose.discard(member)
-            self.lanes.setdefault(direct.shared, {})[member] = direct
+            lane = self.lanes.get(direct.shared)
+            if lane is None:
+                lane = Lane(direct.shared, direct.burst, self.loose, self.writes)
+                self.lanes[direct.shared] = lane
+            if lane.join(member, direct):
+                self.loose.discard(member)
 
     def put(self, item: Item) -> bool:
         if type(item) is SharedEvent:
-            taken = self._write_lanes(item) if self.lanes else 0
-            taken += _deliver(self.loose, item)
+            now = time.monotonic()
+            lanes = [lane for lane in self.lanes.values() if lane.ready(now)]
+            # Taken before the lanes write: a member that leaves its lane in the
+            # loop (its transport paused as it took the frame) has the event.
+            loose = list(self.loose)
+            taken = sum(lane.write(item, now) for lane in lanes) + _deliver(loose, item)
             if taken:
                 self.delivered.inc(taken)
         else:
             _deliver(self.members, item)
         return True  # members are never waited for: a slow one is cut instead
-
-    def _write_lanes(self, item: SharedEvent) -> int:
-        """The event's frame to every lane's members; one that cannot take it now goes
-        back to the loose members, which are given it next."""
-        now = time.monotonic()
-        taken = 0
-        for shared, lane in list(self.lanes.items()):
-            frame, written = shared(item), 0
-            out: list[HubSource] = []
-            broken: list[HubSource] = []
-            # No copy of the lane to loop over (a tuple a member, garbage to collect):
-            # a write never changes it, and who leaves, leaves after the loop.
-            for member, direct in lane.items():
-                try:
-                    if direct.direct(frame, now):
-                        written += 1
-                    else:
-                        out.append(member)
-                except Exception:
-                    # One subscriber's failure ends its own stream, never the others'.
-                    log.exception("writing to a subscriber failed; ending its stream")
-                    broken.append(member)
-            for member in out:
-                del lane[member]
-                self.loose.add(member)
-            for member in broken:
-                del lane[member]
-                member.close()
-            if written:
-                self.writes.add(written, written * len(frame))
-                taken += written
-            if not lane:
-                del self.lanes[shared]
-        return taken
 
     async def room(self) -> bool:
         return True

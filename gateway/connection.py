@@ -13,6 +13,9 @@ the transport itself, from the hub's delivery, its timers and the
 transport's own "writable again" signal, and the server tells it when the
 client leaves. At the end it writes the last chunk and gives the connection
 back (``finish``), which serves the next request on it as uvicorn would.
+A hub group's lane (``lane.py``) writes shared frames straight to the
+transport of each steady stream, framed as chunks here (``chunk``), while
+its owner lets it.
 
 Compressed streams and any server other than the gateway's own (the
 in-process test client) keep the ASGI path whole.
@@ -20,6 +23,7 @@ in-process test client) keep the ASGI path whole.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Protocol
 
 from starlette.types import Scope
@@ -32,6 +36,10 @@ class Owner(Protocol):
 
     def lost(self) -> None:
         """The client has gone: nothing more can be written."""
+
+    def paused(self) -> None:
+        """The transport holds more than it should: nothing more is written until
+        ``writable``."""
 
     def writable(self) -> None:
         """The transport took what it held: writes may go on."""
@@ -53,6 +61,12 @@ class Connection(Protocol):
         nothing written) when the client has gone or the transport is paused."""
         ...
 
+    @property
+    def transport(self) -> asyncio.WriteTransport:
+        """The socket's transport, for writing whole chunks (``chunk``) straight to it
+        while the owner lets a lane do so (no pause, nothing of its own waiting)."""
+        ...
+
     def blocked(self) -> bool:
         """The client takes no more for now: the transport holds what it could not send."""
         ...
@@ -62,6 +76,18 @@ class Connection(Protocol):
 
     def abort(self) -> None:
         """Close the connection without ending the body (a client that stopped reading)."""
+
+
+# The frame last framed as a chunk: one event written to every stream is framed once.
+_framed: tuple[bytes, bytes] = (b"", b"")
+
+
+def chunk(data: bytes) -> bytes:
+    """``data`` as one HTTP/1.1 chunk (as uvicorn's send frames it)."""
+    global _framed
+    if _framed[0] is not data:
+        _framed = (data, b"%x\r\n%b\r\n" % (len(data), data))
+    return _framed[1]
 
 
 def of(scope: Scope) -> Connection | None:

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol
 
 from gateway import sse
 from gateway._proto import kumiho_pb2
@@ -158,27 +157,6 @@ class Source(Protocol):
 
     def flush(self) -> None:
         """Deliver an Advance now for the unwanted events passed since the last item."""
-
-
-@runtime_checkable
-class Direct(Protocol):
-    """A Sink that a hub group may write shared frames to itself, in one loop for all
-    its streams (a lane, channel.py): a pump that owns its connection."""
-
-    @property
-    def shared(self) -> Callable[[SharedEvent], bytes]:
-        """How its format frames a shared event: every stream of a format has the same."""
-        ...
-
-    def steady(self) -> bool:
-        """Nothing of its own waits to be written and the stream goes on: a lane may take it."""
-        ...
-
-    def direct(self, frame: bytes, now: float) -> bool:
-        """Write ``frame`` (of a shared event) now, as ``put`` would have written it at
-        once; False, with nothing written, when it would not have (something queued,
-        a burst gathering, a paused transport, the end of the stream)."""
-        ...
 
 
 def wake(waiter: asyncio.Future[None] | None) -> None:

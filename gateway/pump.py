@@ -25,8 +25,11 @@ The body goes out one of two ways, by the same rules. On the gateway's own
 server the pump owns the connection (``start``, see ``connection.py``): it
 writes a frame at once when nothing is ahead of it, gathers a burst on a
 timer, and holds what a paused transport cannot take until the transport
-says it is writable again; no task waits for it. Anywhere else the response
-iterates ``frames()`` and writes through ASGI.
+says it is writable again; no task waits for it. While the stream is
+steady, its hub group's lane writes its shared events instead (``lane.py``):
+the pump takes it out of the lane before a frame of its own that cannot go
+out at once. Anywhere else
+the response iterates ``frames()`` and writes through ASGI.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from gateway.auth import token_expired
 from gateway.connection import Connection
 from gateway.formats import Format
 from gateway.items import Advance, Failure, Item, Reset, SharedEvent, Source, Status, wake
+from gateway.lane import Lane
 from gateway.lifecycle import Lifecycle
 from gateway.metrics import Metrics
 from gateway.settings import Settings
@@ -70,7 +74,6 @@ class Pump:
     # Slots: thousands of pumps live for hours, and a dict of this many attributes is 1.5 KB.
     __slots__ = (
         "_blocked_since",
-        "_burst",
         "_cause",
         "_cid",
         "_client",
@@ -83,6 +86,7 @@ class Pump:
         "_format",
         "_frames",
         "_heartbeat_after",
+        "_lane",
         "_last_write",
         "_lifecycle",
         "_metrics",
@@ -100,6 +104,7 @@ class Pump:
         "_window",
         "_writer",
         "_writing_since",
+        "burst",
         "media_type",
         "stalled",
     )
@@ -140,11 +145,12 @@ class Pump:
         self._writer: asyncio.Task[object] | None = None
         self._ticker = ticker
         self._heartbeat_after = settings.heartbeat - ticker.period  # so gaps stay <= heartbeat
-        self._burst = _BURST * settings.flush_interval
+        self.burst = _BURST * settings.flush_interval  # writes closer together are a burst
         self._window = settings.flush_interval  # how long the burst's next write gathers
         # Set by ``start`` when the pump owns the connection (connection.py).
         self._connection: Connection | None = None
         self._flush_timer: asyncio.TimerHandle | None = None
+        self._lane: Lane | None = None  # the hub group's lane that writes its shared frames
         self._timers: tuple[asyncio.TimerHandle, ...] = ()  # lifetime, token expiry
         self._open = False  # between _opened and _closed
         self._started = 0.0
@@ -194,15 +200,16 @@ class Pump:
     def _emit(self, frame: bytes, event: bool = False) -> None:
         """Write ``frame`` to the connection now if nothing is ahead of it; else queue it.
 
-        At once (``direct``) only on an owned connection, with nothing queued,
+        At once (``_at_once``) only on an owned connection, with nothing queued,
         the transport not paused, no burst gathering (a write moments ago) and
         the stream not ending.
         Otherwise it waits its turn: in order, for the gathering timer, for
         the transport, or for the response's ``frames()``.
         """
-        if self.direct(frame, time.monotonic()):
+        if self._at_once(frame, time.monotonic()):
             self._metrics.writes.add(event, len(frame))
             return
+        self.leave()  # what its lane would write next must wait behind this
         self._frames.append(frame)
         self._size += len(frame)
         if event:
@@ -234,7 +241,7 @@ class Pump:
         interval = self._settings.flush_interval
         if interval <= 0 or self._finished or self._size >= _MAX_CHUNK:
             return 0.0
-        if time.monotonic() - self._last_write >= self._burst:
+        if time.monotonic() - self._last_write >= self.burst:
             self._window = interval  # quiet for a burst's span: the next burst starts afresh
             return 0.0
         delay = self._window
@@ -317,6 +324,7 @@ class Pump:
         """Stop the source; the response flushes what is buffered, a retry: line, and ends."""
         if self._finished:
             return
+        self.leave()
         self._cause = cause
         self._finished = True
         if self._place is not None:
@@ -338,6 +346,7 @@ class Pump:
             log.exception("stream source failed")
         finally:
             if self._cause == "upstream_error":
+                self.leave()
                 self._finished = True  # after gateway.error: no retry: line, the client stops
                 self._kick()
             else:
@@ -375,7 +384,7 @@ class Pump:
         elif (
             not self._frames
             and not self._finished
-            and now - self._last_write >= self._heartbeat_after
+            and now - self._written_at() >= self._heartbeat_after
         ):
             self._emit(self._format.heartbeat)
 
@@ -427,6 +436,9 @@ class Pump:
         conn.take(self)
         self._connection = conn
         self._emit(self._format.retry(jittered_retry_ms(self._settings.retry_ms)))
+        # The stream's first bytes are no burst: its first frame (the hub's status)
+        # goes out at once too, so the stream is steady as soon as it is live.
+        self._last_write = 0.0
         self._opened()
 
     def _flush(self) -> None:
@@ -446,6 +458,9 @@ class Pump:
             conn.finish()
             self._closed()
 
+    def paused(self) -> None:
+        self.leave()  # the pump holds what the transport cannot take, under its bounds
+
     def writable(self) -> None:
         if self._frames and self._flush_timer is None:
             self._flush()
@@ -454,7 +469,27 @@ class Pump:
         self._end("client")
         self._closed()
 
-    # -- written by a hub group's lane (items.Direct, channel.py) ---------------
+    def _at_once(self, frame: bytes, now: float) -> bool:
+        """Write ``frame`` now, if nothing is ahead of it (see ``_emit``)."""
+        conn = self._connection
+        if (
+            conn is None
+            or self._frames
+            or self._finished
+            or now - self._written_at() < self.burst
+            or not conn.write(frame)
+        ):
+            return False
+        self._last_write = now
+        self._window = self._settings.flush_interval  # a burst after it starts afresh
+        return True
+
+    def _written_at(self) -> float:
+        """When a frame was last written to the stream, by the pump or its lane."""
+        lane = self._lane
+        return self._last_write if lane is None else max(self._last_write, lane.last)
+
+    # -- in a hub group's lane (lane.Direct) ----------------------------------
 
     @property
     def shared(self) -> Callable[[SharedEvent], bytes]:
@@ -463,21 +498,19 @@ class Pump:
     def steady(self) -> bool:
         return self._connection is not None and not self._frames and not self._finished
 
-    def direct(self, frame: bytes, now: float) -> bool:
-        """Write ``frame`` at once, if nothing is ahead of it (see ``_emit``); its
-        caller counts it. A hub group's lane writes shared events this way."""
+    def enter(self, lane: Lane) -> asyncio.WriteTransport | None:
         conn = self._connection
-        if (
-            conn is None
-            or self._frames
-            or self._finished
-            or now - self._last_write < self._burst
-            or not conn.write(frame)
-        ):
-            return False
-        self._last_write = now
-        self._window = self._settings.flush_interval  # a burst after it starts afresh
-        return True
+        if self._lane is not None or conn is None or not self.steady() or conn.blocked():
+            return None
+        self._lane = lane
+        return conn.transport
+
+    def leave(self) -> None:
+        lane = self._lane
+        if lane is not None:
+            self._last_write = self._written_at()  # the lane's last frame was its last write
+            self._lane = None
+            lane.leave(self)
 
     # -- through ASGI (any other server, or a compressed stream) ---------------
 

@@ -113,9 +113,12 @@ class StreamConnection:
         if self._lost or self.paused:
             return False
         if data:  # an empty chunk would end the body
-            framed = _framed  # the last frame's chunk, inline: this runs once a delivery
-            self._transport.write(framed[1] if framed[0] is data else _chunk(data))
+            self._transport.write(connection.chunk(data))
         return True
+
+    @property
+    def transport(self) -> asyncio.WriteTransport:
+        return self._transport
 
     def blocked(self) -> bool:
         return self.paused
@@ -142,8 +145,15 @@ class StreamConnection:
         if owner is not None:
             owner.lost()
 
+    def pause(self) -> None:
+        """From the protocol: the transport holds more than it should."""
+        self.paused = True
+        if self._owner is not None:
+            self._owner.paused()
+
     def writable(self) -> None:
         """From the protocol: the transport resumed writing."""
+        self.paused = False
         if self._owner is not None:
             self._owner.writable()
 
@@ -172,18 +182,6 @@ def lean(event: asyncio.Event) -> asyncio.Event:
     if isinstance(waiters, collections.deque) and not waiters:
         event._waiters = []  # type: ignore[assignment]
     return event
-
-
-# The frame last framed as a chunk: one event written to every stream is framed once.
-_framed: tuple[bytes, bytes] = (b"", b"")
-
-
-def _chunk(data: bytes) -> bytes:
-    """``data`` as one HTTP/1.1 chunk (as uvicorn's send frames it)."""
-    global _framed
-    if _framed[0] is not data:
-        _framed = (data, b"%x\r\n%b\r\n" % (len(data), data))
-    return _framed[1]
 
 
 class HeadLimitsProtocol(HttpToolsProtocol):
@@ -282,12 +280,11 @@ class HeadLimitsProtocol(HttpToolsProtocol):
     def pause_writing(self) -> None:
         super().pause_writing()
         if self.taken is not None:
-            self.taken.paused = True
+            self.taken.pause()
 
     def resume_writing(self) -> None:
         super().resume_writing()
         if self.taken is not None:
-            self.taken.paused = False
             self.taken.writable()
 
     def given_back(self) -> None:

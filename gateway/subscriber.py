@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 
 from gateway.catchup import CatchUp
 from gateway.channel import MINTED_PREFIX, Channel
-from gateway.items import Advance, Direct, Failure, Item, Reset, SharedEvent, Sink, wake
+from gateway.items import Advance, Failure, Item, Reset, SharedEvent, Sink, wake
+from gateway.lane import Direct
 from gateway.source import UpstreamSource
 from gateway.subscription import Subscription
 
@@ -46,7 +47,6 @@ class HubSource:
         "_catch_up",
         "_catching_up",
         "_channel",
-        "_direct",
         "_ended",
         "_hub",
         "_joined",
@@ -56,6 +56,7 @@ class HubSource:
         "_sink",
         "_sub",
         "_wakeup",
+        "direct",
         "rest",
     )
 
@@ -68,7 +69,7 @@ class HubSource:
         self._joined = False  # attached to the shared feed: live
         self._seen = ""  # the feed's newest event when this joined it
         self._sink: Sink | None = None
-        self._direct: Direct | None = None  # the sink, when a lane may write to it
+        self.direct: Direct | None = None  # the sink, when it may be in a lane (lane.py)
         # Made when something waits (None while live: thousands of idle deques add up).
         self._backlog: collections.deque[Item] | None = None
         self._limit = hub.settings.hub_ring_size + hub.settings.buffer_events
@@ -155,7 +156,7 @@ class HubSource:
             if not catch_up.handed_over:
                 return  # the client left, or the catch-up stream failed for good
         self._sink = sink
-        self._direct = sink if isinstance(sink, Direct) else None
+        self.direct = sink if isinstance(sink, Direct) else None
         delivered = self._hub.metrics.frames_delivered
         while True:
             while self._backlog:
@@ -172,6 +173,7 @@ class HubSource:
             # Caught up: deliver() writes straight into the buffer until it fills.
             self._backlog = None
             self._live = True
+            self._steady()
             self._wakeup = asyncio.get_running_loop().create_future()
             await self._wakeup
             self._wakeup = None
@@ -205,9 +207,8 @@ class HubSource:
             if not sink.put(item):
                 self._live = False  # full: what follows waits in the backlog
                 wake(self._wakeup)
-            elif type(item) is SharedEvent and (direct := self._direct) and direct.steady():
-                assert self._channel is not None  # live: joined
-                self._channel.join(self, direct)  # written at once: its group's lane may go on
+            elif type(item) is SharedEvent:
+                self._steady()  # written at once: its group's lane may go on
             if type(item) is Failure:
                 self.end()
             return True
@@ -220,6 +221,12 @@ class HubSource:
                 self._sink.slow_consumer()
             self.close()
         return False
+
+    def _steady(self) -> None:
+        """Live, with nothing waiting: its group's lane (lane.py) may write its shared events."""
+        direct, channel = self.direct, self._channel
+        if direct is not None and channel is not None and direct.steady():
+            channel.join(self, direct)
 
     def _queue(self) -> collections.deque[Item]:
         if self._backlog is None:

@@ -21,22 +21,22 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway import server
+from gateway import connection, server
 from tests.conftest import FAST, Gateway, wait_until
 
 
 @given(st.binary(min_size=1, max_size=5000))
 def test_a_chunk_is_framed_as_uvicorn_frames_it(data: bytes) -> None:
-    size, _, rest = server._chunk(data).partition(b"\r\n")
+    size, _, rest = connection.chunk(data).partition(b"\r\n")
     assert int(size, 16) == len(data) and rest == data + b"\r\n"
 
 
 def test_one_frame_is_framed_once_for_every_stream() -> None:
     frame = b"data: {}\n\n"
-    assert server._chunk(frame) is server._chunk(frame)
+    assert connection.chunk(frame) is connection.chunk(frame)
     other = b"data: []\n\n"
-    assert server._chunk(other) == b"a\r\ndata: []\n\n\r\n"  # a new frame is framed anew
-    assert server._chunk(frame) == b"a\r\ndata: {}\n\n\r\n"
+    assert connection.chunk(other) == b"a\r\ndata: []\n\n\r\n"  # a new frame is framed anew
+    assert connection.chunk(frame) == b"a\r\ndata: {}\n\n\r\n"
 
 
 def test_a_lean_event_wakes_every_waiter_and_keeps_none() -> None:

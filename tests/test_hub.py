@@ -17,6 +17,7 @@ from gateway.auth import ANONYMOUS
 from gateway.channel import Channel
 from gateway.hub import Hub
 from gateway.items import Item, SharedEvent, Sink, Status
+from gateway.lane import Lane
 from gateway.matching import EventFilter
 from gateway.metrics import Metrics
 from gateway.pump import Pump
@@ -543,31 +544,62 @@ def test_a_request_waiting_on_an_opening_channel_outlives_its_cancelled_opener(
     asyncio.run(asyncio.wait_for(scenario(), 60))
 
 
-class _BrokenDirect:
-    """A lane member whose write raises."""
+class _BrokenTransport:
+    def write(self, data: bytes) -> None:
+        raise RuntimeError("this stream's connection is broken")
 
+
+class _BrokenLaneMember:
+    """A subscriber whose stream is in a lane, and whose transport's write raises."""
+
+    rest = EventFilter()
+    burst = 0.0
     shared = staticmethod(SharedEvent.plain_frame)
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self.direct = self
+        self.lane: Lane | None = None
+        self.closed = False
+        self.given = 0  # items handed over one by one, out of the lane
+
+    def deliver(self, item: Item) -> bool:
+        self.given += 1
+        return True
 
     def steady(self) -> bool:
         return True
 
-    def direct(self, frame: bytes, now: float) -> bool:
-        raise RuntimeError("this stream is broken")
+    def enter(self, lane: Lane) -> _BrokenTransport:
+        self.lane = lane
+        return _BrokenTransport()
+
+    def leave(self) -> None:
+        if self.lane is not None:
+            lane, self.lane = self.lane, None
+            lane.leave(self)  # type: ignore[arg-type]
+
+    def end(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+        self.channel.detach(self)  # type: ignore[arg-type]
 
 
 def test_a_lane_member_that_fails_ends_its_own_stream_only() -> None:
     async def scenario() -> None:
         _, channel, feed, pump, frames = await _hub_with_subscriber()
-        broken = _Broken()
+        broken = _BrokenLaneMember(channel)
         channel.attach(broken)  # type: ignore[arg-type]
-        channel.join(broken, _BrokenDirect())  # type: ignore[arg-type]
+        channel.join(broken, broken)  # type: ignore[arg-type]
+        assert broken.lane is not None  # in its lane
         assert feed.sink is not None
         feed.sink.put(_event(1))
-        assert broken.closed
+        assert broken.closed and broken.lane is None  # out of the lane, its stream ended
         assert b"id: 1-1" in await anext(frames)  # the others still get it
-        broken.closed = False
         feed.sink.put(_event(2))
-        assert not broken.closed  # out of the lane: not written to again
+        assert broken.given == 0  # detached: not handed anything again
         assert b"id: 1-2" in await anext(frames)
         pump.close()
         [chunk async for chunk in frames]

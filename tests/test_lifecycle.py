@@ -521,6 +521,44 @@ def test_a_steady_stream_that_stops_reading_falls_back_and_is_cut_while_the_othe
         sock.close()
 
 
+def test_a_steady_stream_that_pauses_in_its_lane_gets_every_event_once_when_it_reads_again(
+    make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
+) -> None:
+    devserver = make_devserver()
+    # Every event written at once (to a steady stream: by its lane), and room to wait.
+    args = ("--flush-interval", "0", "--slow-consumer-grace", "60", "--send-timeout", "60")
+    gateway = make_gateway(devserver.address, *FAST, *args, "--buffer-bytes", str(64 * 2**20))
+    healthy = Reader(gateway.url)
+    healthy.start()
+    assert healthy.connected.wait(10)
+    sock = _stalled_client(gateway.url)
+    wait_until(lambda: gateway.metric("kumiho_gateway_streams_open") == 2, 10, "both streams")
+    kref, cursors = "kref://p/pause.model", []
+    try:
+        # Lone events, until the stalled stream's pump holds some: its transport paused
+        # as its lane wrote one (the frame that paused it is in the transport's buffer).
+        for _ in range(600):
+            cursors += devserver.publish("revision.created", kref, {"pad": "x" * 30000})
+            healthy.wait_for(len(cursors))
+            if gateway.metric("kumiho_gateway_events_delivered_total") < 2 * len(cursors):
+                break
+        assert gateway.metric("kumiho_gateway_events_delivered_total") < 2 * len(cursors)
+        cursors += devserver.publish("revision.created", kref, count=3)
+        healthy.wait_for(len(cursors))
+        # The stalled client reads again: every event, once, in order.
+        sock.settimeout(30)
+        raw, last = b"", f"id: {cursors[-1]}\n".encode()
+        while last not in raw:
+            data = sock.recv(1 << 20)
+            assert data, "the stream ended"
+            raw += data
+        ids = [line[4:] for line in _dechunk(raw).splitlines() if line.startswith("id: ")]
+        assert ids == cursors
+    finally:
+        healthy.stop.set()
+        sock.close()
+
+
 def test_thousand_connects_and_disconnects_leak_nothing(
     make_devserver: Callable[..., DevServer], make_gateway: Callable[..., Gateway]
 ) -> None:
