@@ -274,10 +274,11 @@ class _Group:
 
     A shared event goes to most members through a lane (``lane.py``), one
     for each frame format: the steady streams, whose frame is written to
-    their connections in one loop. A member joins its lane after an event
-    its pump wrote at once, and leaves it, back to the loose members (each
-    given the event through its subscriber, which queues, gathers and holds
-    back as ever), the moment its pump would not write at once.
+    their connections in one loop. A member joins its lane as soon as it is
+    live (and again after an event its pump wrote at once), and leaves it,
+    back to the loose members (each given the event through its subscriber,
+    which queues, gathers and holds back as ever), the moment its pump would
+    not write at once.
     """
 
     __slots__ = ("delivered", "filtering", "lanes", "loose", "members", "writes")
@@ -297,7 +298,7 @@ class _Group:
 
     def discard(self, member: HubSource) -> None:
         if member.direct is not None:
-            member.direct.leave()  # left already as its stream ended; never written after it
+            member.direct.leave()  # its pump left as its stream ended; this makes sure
         self.members.discard(member)
         self.loose.discard(member)
 
