@@ -298,7 +298,8 @@ class _Group:
 
     def discard(self, member: HubSource) -> None:
         if member.direct is not None:
-            member.direct.leave()  # its pump left as its stream ended; this makes sure
+            # Its pump left its lane as its stream ended: no lane writes after that end.
+            member.direct.leave()
         self.members.discard(member)
         self.loose.discard(member)
 
