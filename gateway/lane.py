@@ -116,8 +116,8 @@ class Lane:
             self._loose.add(self._members.pop(direct))
 
     def ready(self, now: float) -> bool:
-        """Whether the shared frame of ``now`` goes through the lane. Not in a burst: every
-        member leaves first, so its pump gathers the burst."""
+        """Whether the shared frame of ``now`` goes through the lane. Not in a burst (its
+        last frame moments ago): every member leaves, and its pump gathers the burst."""
         if not self._transports:
             return False
         if now - self.last >= self._burst:
