@@ -28,8 +28,8 @@ timer, and holds what a paused transport cannot take until the transport
 says it is writable again; no task waits for it. While the stream is
 steady, its hub group's lane writes its shared events instead (``lane.py``):
 the pump takes it out of the lane before a frame of its own that cannot go
-out at once. Anywhere else
-the response iterates ``frames()`` and writes through ASGI.
+out at once. Anywhere else the response iterates ``frames()`` and writes
+through ASGI.
 """
 
 from __future__ import annotations
