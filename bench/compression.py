@@ -230,8 +230,8 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=2, help="rounds of each (default: 2)")
     parser.add_argument("--client-procs", type=int, default=2)
     args = parser.parse_args()
-    # What fanout.round_ reads besides these: one filter, one worker.
-    args.filters, args.diverse, args.workers = None, False, 1
+    # What fanout's round_ and print_table read besides these: one filter, one worker, unpinned.
+    args.filters, args.diverse, args.workers, args.pin = None, False, 1, False
     raise_fd_limit()
     print(
         f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}, zlib {zlib.ZLIB_RUNTIME_VERSION}"

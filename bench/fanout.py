@@ -13,7 +13,7 @@ column, "set-up MiB".
                            [--no-hub | --compare]
                            [--response lean|sse-starlette|compare [--passes 2]]
                            [--floors [--passes N]]
-                           [--filters N] [--workers N]
+                           [--filters N] [--workers N] [--pin]
 
 ``--response sse-starlette`` answers /events with sse-starlette's full
 EventSourceResponse (``sse_starlette_gateway.py``) instead of the gateway's lean
@@ -30,6 +30,15 @@ shared upstream stream.
 ``--workers N`` runs the gateway as N worker processes (``serve --workers``):
 the CPU and RSS columns then add up the pool's processes, and the upstream
 streams are at most one per worker and credential.
+
+``--pin`` gives the gateway (or floor) one CPU per worker to itself and puts
+the devserver, the publisher and the clients on the others. Unpinned, on a
+small machine, the kernel often wakes a client on the served process's own
+CPU, and the two take turns write by write: that client then reads each
+frame as it comes and stays on that CPU, the same loop takes a fifth longer
+in wall time, and whether a run falls into that state varies by process
+(BENCHMARKS.md, "Fifth turn"). Pinned, the latency measures the served
+process, not where the kernel put its clients.
 
 Everything runs on 127.0.0.1; each round is bounded by its duration plus a deadline.
 """
@@ -361,6 +370,7 @@ def print_table(
         f"fanout: {args.rate:g} events/s for {args.seconds:g}s, hub {'off' if no_hub else 'on'}, "
         f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}"
         + (f", {args.workers} gateway workers" if args.workers > 1 else "")
+        + (", served processes pinned apart from the clients" if args.pin else "")
     )
     width = max((len(x) for x in labels), default=0)
     first = ("response".ljust(width),) if labels else ()
@@ -478,12 +488,26 @@ def compare_filters(args: argparse.Namespace) -> None:
     check_delivered(rows, [labels[0]] * len(results[0]) + [labels[1]] * len(results[1]))
 
 
+def cpu_split(args: argparse.Namespace) -> tuple[set[int] | None, set[int] | None]:
+    """With ``--pin``: the CPUs of the served processes (one per worker) and the others'."""
+    if not args.pin:
+        return None, None
+    cpus = sorted(args.cpus)
+    return set(cpus[: args.workers]), set(cpus[args.workers :])
+
+
 def run_rounds(
     args: argparse.Namespace, no_hub: bool, response: str = "lean", show: bool = True
 ) -> list[dict[str, float]]:
     service = ("--auth", "service", "--api-keys", KEY) if args.filters is not None else ()
     workers = ("--workers", str(args.workers)) if args.workers > 1 else ()
-    stack = start_stack(no_hub, *service, *workers, launcher={**LAUNCHERS, **FLOORS}[response])
+    served, rest = cpu_split(args)
+    if rest:
+        os.sched_setaffinity(0, rest)  # the publisher, and the clients forked from here
+    stack = start_stack(
+        no_hub, *service, *workers, launcher={**LAUNCHERS, **FLOORS}[response],
+        gateway_cpus=served, devserver_cpus=rest,
+    )  # fmt: skip
     try:
         rows = []
         for m in (int(x) for x in args.clients.split(",")):
@@ -582,11 +606,20 @@ def main() -> None:
         default=2,
         help="processes the clients are spread over (default: %(default)s)",
     )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="the gateway (or floor) alone on one CPU per worker; the devserver, the "
+        "publisher and the clients on the others (needs more CPUs than --workers)",
+    )
     args = parser.parse_args()
     args.workers_list = [int(x) for x in args.workers.split(",")]
     if len(args.workers_list) > 1 and not args.floors:
         parser.error("a list of --workers needs --floors")
     args.workers = args.workers_list[0]
+    args.cpus = os.sched_getaffinity(0)  # before --pin narrows this process's own
+    if args.pin and len(args.cpus) <= max(args.workers_list):
+        parser.error(f"--pin needs more CPUs than --workers: this process may use {len(args.cpus)}")
     raise_fd_limit()
     if args.compare and args.response != "lean":
         parser.error("--compare (hub vs no-hub) runs the lean response only")

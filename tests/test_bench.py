@@ -127,6 +127,49 @@ def test_fanout_runs_the_gateway_and_both_floors_in_turn_and_compares_their_medi
     assert leftovers(tmp_path) == []
 
 
+def test_fanout_pinned_keeps_every_client_off_the_gateways_cpu(tmp_path: Path) -> None:
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("--pin needs two CPUs")
+    bench = subprocess.Popen(
+        [sys.executable, "fanout.py", "--clients", "4", "--rate", "5", "--seconds", "6",
+         "--pin", "--client-procs", "2"],
+        cwd=BENCH, env=bench_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        found: list[psutil.Process] = []
+
+        def reading() -> bool:
+            assert bench.poll() is None, bench.communicate()
+            found[:] = psutil.Process(bench.pid).children()
+            return sum("fanout.py" in " ".join(c.cmdline()) for c in found) == 2
+
+        wait_until(reading, 60, "the benchmark's two client processes")
+        gateway = [c for c in found if "serve" in c.cmdline()]
+        others = [psutil.Process(bench.pid), *(c for c in found if c not in gateway)]
+        assert len(gateway) == 1 and len(others) == 4, found  # the bench, devserver, 2 readers
+        served = set(gateway[0].cpu_affinity())
+        assert len(served) == 1
+        for process in others:
+            assert not served & set(process.cpu_affinity()), process.cmdline()
+        out, err = bench.communicate(timeout=120)
+        assert bench.returncode == 0, err
+        assert "served processes pinned apart from the clients" in out
+        assert leftovers(tmp_path) == []
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.communicate()
+
+
+def test_fanout_refuses_to_pin_more_workers_than_it_leaves_cpus_for(tmp_path: Path) -> None:
+    cpus = len(os.sched_getaffinity(0))
+    result = run_bench(tmp_path, "fanout.py", "--floors", "--workers", str(cpus), "--pin")
+    assert result.returncode == 2
+    assert f"--pin needs more CPUs than --workers: this process may use {cpus}" in result.stderr
+    assert leftovers(tmp_path) == []
+
+
 def test_a_gateway_that_fails_to_start_stops_the_stack_at_once(tmp_path: Path) -> None:
     started = time.monotonic()
     result = run_bench(
