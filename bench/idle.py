@@ -1,7 +1,9 @@
 """Idle streams: N SSE streams held open by one gateway process, no events.
 
-Reports the gateway's RSS per open stream and the CPU it spends per minute
-on heartbeats (measured over --seconds, scaled to a minute).
+Reports the gateway's RSS per open stream, the CPU it spends per minute
+on heartbeats (measured over --seconds, scaled to a minute) and how often
+its event loop woke a second (its thread's voluntary context switches:
+each a sleep in the loop's wait for work, then a wake).
 
     python bench/idle.py [--streams 10000] [--seconds 30] [--heartbeat 15]
 """
@@ -32,6 +34,15 @@ async def hold(port: int, opened: asyncio.Event, stop: asyncio.Event) -> None:
         writer.close()
 
 
+def loop_wakeups(pid: int) -> int:
+    """How many times the process's main thread (its event loop) has slept and woken."""
+    with open(f"/proc/{pid}/task/{pid}/status") as status:
+        for line in status:
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    raise SystemExit("no voluntary_ctxt_switches in /proc: idle.py runs on Linux")
+
+
 async def measure(n: int, seconds: float, port: int, gw) -> dict[str, float]:  # type: ignore[no-untyped-def]
     rss0 = gw.memory_info().rss
     stop = asyncio.Event()
@@ -42,15 +53,20 @@ async def measure(n: int, seconds: float, port: int, gw) -> dict[str, float]:  #
         await asyncio.wait_for(asyncio.gather(*(o.wait() for o in opened)), 120)
     await asyncio.sleep(2)  # let the gateway settle before measuring (not a synchronisation)
     rss1 = gw.memory_info().rss
-    cpu0, t0 = sum(gw.cpu_times()[:2]), time.monotonic()
+    cpu0, woke0, t0 = sum(gw.cpu_times()[:2]), loop_wakeups(gw.pid), time.monotonic()
     await asyncio.sleep(seconds)  # the measurement window
     cpu = sum(gw.cpu_times()[:2]) - cpu0
+    woke = loop_wakeups(gw.pid) - woke0
     elapsed = time.monotonic() - t0
     stop.set()
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    return {"rss_kib": (rss1 - rss0) / n / 1024, "cpu_s_per_min": cpu / elapsed * 60}
+    return {
+        "rss_kib": (rss1 - rss0) / n / 1024,
+        "cpu_s_per_min": cpu / elapsed * 60,
+        "wakeups_per_s": woke / elapsed,
+    }
 
 
 def main() -> None:
@@ -69,8 +85,11 @@ def main() -> None:
         f"idle: {args.streams} streams, heartbeat every {args.heartbeat:g}s, measured over "
         f"{args.seconds:g}s, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}"
     )
-    print("streams | RSS KiB per stream | gateway CPU s per minute")
-    print(f"{args.streams:>7} | {result['rss_kib']:>18.1f} | {result['cpu_s_per_min']:>24.2f}")
+    print("streams | RSS KiB per stream | gateway CPU s per minute | event-loop wakeups/s")
+    print(
+        f"{args.streams:>7} | {result['rss_kib']:>18.1f} | {result['cpu_s_per_min']:>24.2f} | "
+        f"{result['wakeups_per_s']:>20.1f}"
+    )
 
 
 if __name__ == "__main__":

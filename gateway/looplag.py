@@ -7,6 +7,13 @@ to a histogram on ``/metrics``, and lateness over ``WARN_AFTER`` (a step
 that held the loop at least that long, or one round of ready work that
 took that long, as one event written to thousands of streams) is logged as
 a warning, so an operator sees the next freeze before the clients report it.
+
+Four times a second, not more: the timer wakes a process that has nothing
+else to do, and on a small busy machine a process that woke 20 times a
+second was measured losing more of each round of writes to the readers of
+those writes (BENCHMARKS.md, "Fifth turn"). A freeze of a quarter second or
+more always meets a due timer; a shorter one, in proportion to its length,
+so one that recurs is still seen.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from prometheus_client import Histogram
 
 log = logging.getLogger(__name__)
 
-PERIOD = 0.05
+PERIOD = 0.25
 WARN_AFTER = 0.1
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import gc
 import logging
 import socket
@@ -368,10 +369,25 @@ class GatewayServer(uvicorn.Server):
         self._signalled = False
         self._drain_task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._exiting = asyncio.Event()  # set with should_exit, which only this class sets
 
     async def serve(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
         self._loop = asyncio.get_running_loop()
         await super().serve(sockets)  # type: ignore[arg-type]
+
+    async def main_loop(self) -> None:
+        """uvicorn's, woken once a second (for its Date header) or when told to exit,
+        not ten times a second to look.
+
+        An idle process should not wake: on a small busy machine, one that woke
+        often was measured losing more of each round of writes to the readers
+        of those writes (BENCHMARKS.md, "Fifth turn").
+        """
+        # 0: every pass is uvicorn's once-a-second tick (its work at counter % 10 == 0).
+        while not await self.on_tick(0):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self._exiting.wait()
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
@@ -384,6 +400,8 @@ class GatewayServer(uvicorn.Server):
             # waiting for connections. uvicorn alone forces only on a second SIGINT.
             log.info("signal %d again: exiting now", sig)
             self.should_exit = self.force_exit = True
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(self._exiting.set)
             return
         self._signalled = True
         log.info("signal %d: draining %s", sig, streams_phrase(self._lifecycle.open_streams))
@@ -395,6 +413,7 @@ class GatewayServer(uvicorn.Server):
     async def _drain(self) -> None:
         await self._lifecycle.drain(self._grace * _DRAIN_SHARE - self._delay, self._delay)
         self.should_exit = True
+        self._exiting.set()
 
 
 GC_THRESHOLDS = (50_000, 50, 100)  # CPython's defaults: (700, 10, 10)

@@ -78,7 +78,7 @@ def tmp_path(tmp_path: Path) -> Iterator[Path]:
 
 # Each benchmark, small, and a line of what it prints at the end.
 RUNS = {
-    "idle": ("idle.py --streams 5 --seconds 1 --heartbeat 0.5", "RSS KiB"),
+    "idle": ("idle.py --streams 5 --seconds 1 --heartbeat 0.5", "event-loop wakeups/s"),
     "resume": ("resume.py --clients 5", "upstream calls"),
     "throughput": ("throughput.py --events 300 --rounds 1 --otel", "tracing on"),
     "compression": (
