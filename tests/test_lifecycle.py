@@ -15,7 +15,11 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import uvicorn
 
+from gateway.lifecycle import Lifecycle
+from gateway.server import GatewayServer
+from gateway.settings import Settings
 from tests.conftest import (
     BOTH_MODES,
     FAST,
@@ -300,6 +304,33 @@ def test_a_second_sigterm_exits_at_once(
     # The drain delay alone is 10 s, and uvicorn would wait 8 s for the open stream.
     assert time.monotonic() - second < 3
     reader.stop.set()
+
+
+def test_the_server_stops_as_its_drain_ends_not_at_its_next_tick() -> None:
+    # Its loop wakes once a second (the Date header); the end of a drain must wake it.
+    async def never_called(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("no request is made")
+
+    async def scenario() -> float:
+        config = uvicorn.Config(never_called, log_config=None, lifespan="off")
+        server = GatewayServer(config, Lifecycle(), Settings(drain_delay=0))
+        with socket.create_server(("127.0.0.1", 0)) as sock:
+            serving = asyncio.create_task(server.serve([sock]))
+            await asyncio.to_thread(wait_until, lambda: server.started, 10, "uvicorn to serve")
+            # Just after a tick (each one sets new default headers): the next is a second away.
+            headers = server.server_state.default_headers
+
+            def ticked() -> bool:
+                return server.server_state.default_headers is not headers
+
+            await asyncio.to_thread(wait_until, ticked, 10, "a tick")
+            loop = asyncio.get_running_loop()
+            asked = loop.time()
+            server.handle_exit(signal.SIGTERM, None)  # no stream open: the drain ends at once
+            await asyncio.wait_for(serving, 10)
+            return loop.time() - asked
+
+    assert asyncio.run(scenario()) < 0.5
 
 
 def test_new_streams_while_draining_get_a_retry_line(
