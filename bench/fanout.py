@@ -33,12 +33,12 @@ streams are at most one per worker and credential.
 
 ``--pin`` gives the gateway (or floor) one CPU per worker to itself and puts
 the devserver, the publisher and the clients on the others. Unpinned, on a
-small machine, the kernel often wakes a client on the served process's own
-CPU, and the two take turns write by write: that client then reads each
-frame as it comes and stays on that CPU, the same loop takes a fifth longer
-in wall time, and whether a run falls into that state varies by process
-(BENCHMARKS.md, "Fifth turn"). Pinned, the latency measures the served
-process, not where the kernel put its clients.
+small machine, the kernel may wake a client on the served process's own
+CPU, and the two then take turns write by write: the same round of writes
+takes longer in wall time, by up to a fifth, and how often that happens
+depends on the served process (one whose loop wakes often when idle fell
+into it more: BENCHMARKS.md, "Fifth turn"). Pinned, the latency measures
+the served process, not where the kernel put its clients.
 
 Everything runs on 127.0.0.1; each round is bounded by its duration plus a deadline.
 """
