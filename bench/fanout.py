@@ -31,8 +31,8 @@ shared upstream stream.
 the CPU and RSS columns then add up the pool's processes, and the upstream
 streams are at most one per worker and credential.
 
-``--pin`` gives the gateway (or floor) one CPU per worker to itself and puts
-the devserver, the publisher and the clients on the others. Unpinned, on a
+``--pin`` gives the gateway (or floor) as many CPUs as it has workers, to
+itself, and puts the devserver, the publisher and the clients on the others. Unpinned, on a
 small machine, the kernel may wake a client on the served process's own
 CPU, and the two then take turns write by write: the same round of writes
 takes longer in wall time, by up to a fifth, and how often that happens
@@ -609,8 +609,8 @@ def main() -> None:
     parser.add_argument(
         "--pin",
         action="store_true",
-        help="the gateway (or floor) alone on one CPU per worker; the devserver, the "
-        "publisher and the clients on the others (needs more CPUs than --workers)",
+        help="the gateway (or floor) alone on as many CPUs as it has workers; the devserver, "
+        "the publisher and the clients on the others (needs more CPUs than --workers)",
     )
     args = parser.parse_args()
     args.workers_list = [int(x) for x in args.workers.split(",")]

@@ -11,9 +11,10 @@ a warning, so an operator sees the next freeze before the clients report it.
 Four times a second, not more: the timer wakes a process that has nothing
 else to do, and on a small busy machine a process that woke 20 times a
 second was measured losing more of each round of writes to the readers of
-those writes (BENCHMARKS.md, "Fifth turn"). A freeze of a quarter second or
-more always meets a due timer; a shorter one, in proportion to its length,
-so one that recurs is still seen.
+those writes (BENCHMARKS.md, "Fifth turn"). The trade: the timer is a
+sample. A freeze longer than ``PERIOD + WARN_AFTER`` (350 ms) is always
+warned of; a shorter one over ``WARN_AFTER`` is warned of with a chance that
+grows with its length, so one that recurs is soon seen.
 """
 
 from __future__ import annotations

@@ -40,6 +40,8 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from gateway import looplag
+
 __all__ = ["CONTENT_TYPE", "MULTIPROC_DIR_ENV", "SAMPLE_PERIOD", "Metrics"]
 
 # Read by prometheus-client when it is imported: set, its values are mmap'd files there.
@@ -140,8 +142,8 @@ class Metrics:
         )
         self.loop_lag = Histogram(
             "kumiho_gateway_event_loop_lag_seconds",
-            "How late the event loop ran a timer due every 50 ms (a step that blocks delays "
-            "every stream)",
+            f"How late the event loop ran a timer due every {looplag.PERIOD * 1000:g} ms (a step "
+            "that blocks delays every stream)",
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=r,
         )
